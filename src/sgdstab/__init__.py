@@ -1,0 +1,62 @@
+"""sgdstab: flatness, SGD-noise alignment and linear stability of SGD at minima of real networks.
+
+Conventions (THEORY.md §1): square loss L(θ) = (1/(2n)) Σ_i ||f(x_i; θ) − y_i||², SGD noise covariance c·Σ with
+c = 1/B (with replacement) or (n − B)/(B(n − 1)) (without replacement).
+"""
+
+from sgdstab._version import __version__
+from sgdstab.alignment import Alignment, alignment
+from sgdstab.conventions import half_mse_learning_rate, noise_scale
+from sgdstab.curvature import Curvature, curvature, plan_method
+from sgdstab.data import DEFAULT_DATASET, Dataset, load_dataset
+from sgdstab.errors import (
+    DataError,
+    MemoryBudgetError,
+    ModelSpecError,
+    NotBuiltError,
+    ProblemError,
+    SgdstabError,
+)
+from sgdstab.models import (
+    ModelSpec,
+    build_model,
+    cnn,
+    count_parameters,
+    linear_net,
+    mlp,
+    random_features,
+)
+from sgdstab.ntk import ntk
+from sgdstab.problem import Problem
+from sgdstab.training import History, train
+
+__all__ = [
+    "DEFAULT_DATASET",
+    "Alignment",
+    "Curvature",
+    "DataError",
+    "Dataset",
+    "History",
+    "MemoryBudgetError",
+    "ModelSpec",
+    "ModelSpecError",
+    "NotBuiltError",
+    "Problem",
+    "ProblemError",
+    "SgdstabError",
+    "__version__",
+    "alignment",
+    "build_model",
+    "cnn",
+    "count_parameters",
+    "curvature",
+    "half_mse_learning_rate",
+    "linear_net",
+    "load_dataset",
+    "mlp",
+    "noise_scale",
+    "ntk",
+    "plan_method",
+    "random_features",
+    "train",
+]

@@ -1,0 +1,197 @@
+"""Alignment of the SGD noise with the curvature (THEORY.md §3).
+
+- loss alignment ``μ = Tr(ΣG)/(2L||G||_F²)`` (invariant to rescaling the loss; ≈ 1 when Σ ≈ 2L·G);
+- ``μ_H = Tr(ΣH)/(2L||H||_F²)``, the same with the true Hessian (differs from μ away from a minimum);
+- uniform alignment ``μ_inf = λ_min(A on range K)/||K||_F²``, ``A = n·bdiag(K²) − K²``, the worst alignment of
+  any residual direction the linearized dynamics can reach (the μ a certificate may use at a minimum);
+- directional alignment ``g(v_j) = v_jᵀΣv_j/(2L·v_jᵀGv_j)`` along the top eigenvectors of G; μ is their
+  λ²-weighted mean over all eigenvectors.
+
+Routes: ``"kernel"`` (exact from K), ``"matrix_free"`` (Gauss–Newton- and noise-vector products; Tr(ΣG) exactly
+from n GGN products, ||G||_F² by Hutch++ with a standard error, μ_inf not available). ``μ_H`` needs n Hessian-
+vector products for Tr(ΣH) and the Hessian's ||H||_F² from :func:`sgdstab.curvature`.
+At zero loss μ and μ_H are undefined (0/0) and reported as NaN; μ_inf is defined there.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from sgdstab import kernel_figures as kf
+from sgdstab.curvature import MethodError, curvature
+from sgdstab.estimators import hutchpp, top_eigenpairs
+from sgdstab.ntk import ntk
+from sgdstab.operators import (
+    gauss_newton_matmat,
+    gauss_newton_operator,
+    hessian_matmat,
+    noise_covariance_operator,
+)
+from sgdstab.problem import Problem
+from sgdstab.results import ResultMixin
+
+ALIGNMENT_METHODS = ("auto", "kernel", "matrix_free")
+_BLOCK = 64
+
+
+@dataclass(frozen=True)
+class Alignment(ResultMixin):
+    """Noise–curvature alignment at θ. ``*_stderr`` are standard errors (0 for exact figures)."""
+
+    mu: float
+    mu_stderr: float
+    mu_hessian: float
+    mu_hessian_stderr: float
+    mu_inf: float
+    tr_sigma_g: float
+    two_loss_gn_frob2: float
+    two_loss_gn_frob2_stderr: float
+    tr_sigma_h: float
+    two_loss_hess_frob2: float
+    two_loss_hess_frob2_stderr: float
+    trace_sigma: float
+    directional: tuple[float, ...]
+    directional_eigenvalues: tuple[float, ...]
+    loss: float
+    grad_norm: float
+    method: str
+    exact: bool
+    seconds: float
+    notes: tuple[str, ...] = field(default=())
+
+
+def _noise_traces(problem: Problem, matmat, centre: Tensor) -> tuple[float, float]:
+    """(Tr Σ, Tr(ΣM)) with Σ = (1/n) Σ_i (g_i − ḡ)(g_i − ḡ)ᵀ and M given by the product ``matmat``.
+
+    Runs over per-sample gradients in blocks: n products of M in all, never all gradients at once.
+    """
+    trace, quadratic = 0.0, 0.0
+    for _, grads in problem.per_sample_gradient_blocks(_BLOCK):
+        centred = (grads - centre).T.contiguous()  # (p, m)
+        trace += float((centred.to(torch.float64) ** 2).sum())
+        product = matmat(centred)
+        quadratic += float((centred.to(torch.float64) * product.to(torch.float64)).sum())
+    return trace / problem.n, quadratic / problem.n
+
+
+def alignment(
+    problem: Problem,
+    top: int = 10,
+    method: str = "auto",
+    hessian: bool = True,
+    rtol: float = 1e-3,
+    seed: int = 0,
+) -> Alignment:
+    """Alignment figures of ``problem`` at its current parameters.
+
+    Args:
+        top: number of top eigenvectors of G along which the directional alignment is reported.
+        method: ``"auto"`` (kernel when K fits in memory), ``"kernel"`` or ``"matrix_free"``.
+        hessian: also compute ``μ_H`` (n Hessian-vector products and the Hessian's ||H||_F).
+        rtol: relative standard error for the stochastic figures (||·||_F² by Hutch++).
+        seed: seed of the stochastic estimators.
+    """
+    if method not in ALIGNMENT_METHODS:
+        raise MethodError(f"unknown alignment method {method!r}; use one of {', '.join(ALIGNMENT_METHODS)}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise MethodError(f"top must be a positive integer, got {top!r}")
+    start = time.perf_counter()
+    if method == "auto":
+        from sgdstab.curvature import plan_method
+
+        method = "kernel" if "kernel" in plan_method(problem, rtol, at_minimum=True).estimated_seconds else (
+            "matrix_free"
+        )
+    n, k = problem.n, problem.k
+    r = problem.residuals()
+    loss = float((r * r).sum()) / (2 * n)
+    notes: list[str] = []
+    if method == "kernel":
+        K = ntk(problem)
+        eig = kf.kernel_eigen(K)
+        nf = kf.noise_figures(K, r, n, k)
+        lam, W = eig.range_basis()
+        m = min(top, W.shape[1])
+        W_top, lam_top = W[:, -m:].flip(1), lam[-m:].flip(0)
+        directional = kf.directional_alignment(r, W_top, n, k) if loss > 0 else torch.full((m,), math.nan)
+        figures = {
+            "mu": nf.mu,
+            "mu_stderr": 0.0,
+            "mu_inf": kf.uniform_alignment(K, n, k, eig),
+            "tr_sigma_g": nf.tr_sigma_g,
+            "two_loss_gn_frob2": nf.two_loss_gn_frob2,
+            "two_loss_gn_frob2_stderr": 0.0,
+            "trace_sigma": nf.trace_sigma,
+            "directional": tuple(float(x) for x in directional),
+            "directional_eigenvalues": tuple(float(x) / n for x in lam_top),
+            "grad_norm": nf.grad_norm,
+        }
+        exact = True
+    else:
+        figures = _matrix_free(problem, top, rtol, seed, loss, notes)
+        exact = False
+    if loss == 0:
+        notes.append("the loss is exactly zero: μ and μ_H are undefined (0/0)")
+    if hessian:
+        curv = curvature(problem, method="auto", rtol=rtol, seed=seed)
+        centre = problem.gradient()
+        _, tr_sigma_h = _noise_traces(problem, lambda V: hessian_matmat(problem, V), centre)
+        two_l_h = 2 * loss * curv.hessian_frobenius**2
+        two_l_h_se = 2 * loss * 2 * curv.hessian_frobenius * curv.hessian_frobenius_stderr
+        mu_h = tr_sigma_h / two_l_h if two_l_h > 0 else math.nan
+        mu_h_se = abs(mu_h) * two_l_h_se / two_l_h if two_l_h > 0 else 0.0
+        exact = exact and curv.exact
+        notes.append(f"μ_H uses ||H||_F from the {curv.method} route")
+    else:
+        tr_sigma_h = two_l_h = mu_h = math.nan
+        two_l_h_se = mu_h_se = 0.0
+    return Alignment(
+        **figures,
+        mu_hessian=mu_h,
+        mu_hessian_stderr=mu_h_se,
+        tr_sigma_h=tr_sigma_h,
+        two_loss_hess_frob2=two_l_h,
+        two_loss_hess_frob2_stderr=two_l_h_se,
+        loss=loss,
+        method=method,
+        exact=exact,
+        seconds=time.perf_counter() - start,
+        notes=tuple(notes),
+    )
+
+
+def _matrix_free(problem: Problem, top: int, rtol: float, seed: int, loss: float, notes: list[str]) -> dict:
+    gradient = problem.gradient()
+    trace_sigma, tr_sigma_g = _noise_traces(problem, lambda V: gauss_newton_matmat(problem, V), gradient)
+    gop = gauss_newton_operator(problem)
+    k_top = max(1, min(top, problem.p - 2))
+    eig = top_eigenpairs(gop, k=k_top, which="LA", seed=seed)
+    tf = hutchpp(gop, rtol=rtol, basis=eig.eigenvectors, seed=seed + 1)
+    two_l = 2 * loss * tf.frobenius_squared
+    two_l_se = 2 * loss * tf.frob2_stderr
+    mu = tr_sigma_g / two_l if two_l > 0 else math.nan
+    sop = noise_covariance_operator(problem)
+    V = eig.eigenvectors
+    vsv = (V * sop.matmat(V)).sum(0)
+    vgv = (V * gop.matmat(V)).sum(0)
+    directional = vsv / (2 * loss * vgv) if loss > 0 else vsv * math.nan
+    if not tf.converged:
+        notes.append("Hutch++ on G stopped at its budget before reaching rtol")
+    notes.append("μ_inf needs the kernel route (method='kernel')")
+    return {
+        "mu": mu,
+        "mu_stderr": abs(mu) * two_l_se / two_l if two_l > 0 else 0.0,
+        "mu_inf": math.nan,
+        "tr_sigma_g": tr_sigma_g,
+        "two_loss_gn_frob2": two_l,
+        "two_loss_gn_frob2_stderr": two_l_se,
+        "trace_sigma": trace_sigma,
+        "directional": tuple(float(x) for x in directional),
+        "directional_eigenvalues": tuple(float(x) for x in eig.eigenvalues),
+        "grad_norm": float(torch.linalg.vector_norm(gradient)),
+    }

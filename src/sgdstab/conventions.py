@@ -1,0 +1,88 @@
+"""The conventions of THEORY.md §1, stated once: loss scaling, learning-rate conversion, SGD noise scale.
+
+- Square loss, half-mean convention: ``L(θ) = (1/(2n)) Σ_i ||f(x_i; θ) − y_i||²`` (``loss="half_mse"``).
+- PyTorch's ``nn.MSELoss()`` is ``(1/(nk)) Σ_i ||r_i||² = (2/k)·L`` (``loss="torch_mse"``): SGD on it with step η
+  is SGD on ``L`` with step ``2η/k``.
+- SGD noise covariance is ``c·Σ`` with ``c = 1/B`` (batches drawn with replacement) or
+  ``c = (n − B)/(B(n − 1))`` (a uniform B-subset without replacement; ``B = n`` gives ``c = 0``, i.e. GD).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+from sgdstab.errors import SgdstabError
+
+LossConvention = Literal["half_mse", "torch_mse"]
+Sampling = Literal["with_replacement", "without_replacement"]
+
+LOSS_CONVENTIONS: tuple[str, ...] = ("half_mse", "torch_mse")
+SAMPLING_SCHEMES: tuple[str, ...] = ("with_replacement", "without_replacement")
+
+
+class ConventionError(SgdstabError, ValueError):
+    """An unknown loss convention or sampling scheme, or an invalid learning rate or batch size."""
+
+
+def check_loss_convention(loss: str) -> LossConvention:
+    if loss not in LOSS_CONVENTIONS:
+        raise ConventionError(f"unknown loss convention {loss!r}; use one of {', '.join(LOSS_CONVENTIONS)}")
+    return loss  # type: ignore[return-value]
+
+
+def check_sampling(sampling: str) -> Sampling:
+    if sampling not in SAMPLING_SCHEMES:
+        raise ConventionError(f"unknown sampling scheme {sampling!r}; use one of {', '.join(SAMPLING_SCHEMES)}")
+    return sampling  # type: ignore[return-value]
+
+
+def check_learning_rate(lr: float) -> float:
+    """Return ``lr`` as a float, refusing non-numbers, non-finite values and ``lr <= 0``."""
+    try:
+        value = float(lr)
+    except (TypeError, ValueError):
+        raise ConventionError(f"learning rate must be a positive number, got {lr!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConventionError(f"learning rate must be a positive finite number, got {lr!r}")
+    return value
+
+
+def check_batch_size(batch_size: int, n: int) -> int:
+    """Return ``batch_size`` as an int, refusing non-integers and values outside ``1..n``."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int | float) or batch_size != int(batch_size):
+        raise ConventionError(f"batch size must be a whole number, got {batch_size!r}")
+    b = int(batch_size)
+    if not 1 <= b <= n:
+        raise ConventionError(f"batch size must be between 1 and n = {n}, got {b}")
+    return b
+
+
+def noise_scale(batch_size: int, n: int, sampling: str = "with_replacement") -> float:
+    """The factor ``c`` in Cov(mini-batch gradient) = c·Σ.
+
+    ``c = 1/B`` with replacement; ``c = (n − B)/(B(n − 1))`` without replacement (0 at ``B = n``).
+    """
+    scheme = check_sampling(sampling)
+    b = check_batch_size(batch_size, n)
+    if scheme == "with_replacement":
+        return 1.0 / b
+    if n == 1:
+        return 0.0
+    return (n - b) / (b * (n - 1))
+
+
+def half_mse_learning_rate(lr: float, loss: str, outputs: int) -> float:
+    """Convert a learning rate used on the ``loss`` convention to the equivalent one on the half-MSE loss L.
+
+    ``torch_mse`` = (2/k)·L, so a step η on it is a step 2η/k on L; ``half_mse`` is returned unchanged.
+    """
+    value = check_learning_rate(lr)
+    if check_loss_convention(loss) == "torch_mse":
+        return 2.0 * value / outputs
+    return value
+
+
+def loss_scale(loss: str, outputs: int) -> float:
+    """The factor ``s`` with (loss in convention ``loss``) = s · L(θ)."""
+    return 2.0 / outputs if check_loss_convention(loss) == "torch_mse" else 1.0

@@ -1,0 +1,319 @@
+"""Curvature of the loss at θ: ||H||_F, Tr H, λ_max(H) and the Gauss–Newton and non-uniformity figures.
+
+Three routes (THEORY.md §2, §8), chosen by :func:`plan_method` or forced with ``method=``:
+
+- ``"dense"``: the full p×p Hessian by ``torch.func.hessian`` and its eigen-decomposition; every figure exact,
+  on or off a minimum. For small p only.
+- ``"kernel"``: the NTK Gram matrix ``K = JJᵀ`` (:func:`sgdstab.ntk`); the Gauss–Newton figures and the
+  non-uniformity exact. The Hessian figures are exact through ``H = G`` only when ``at_minimum=True`` is
+  asserted; otherwise they come from Hessian-vector products (Lanczos, Hutch++) with standard errors, since off a
+  minimum ``H ≠ G``.
+- ``"matrix_free"``: everything from Hessian-, Gauss–Newton-vector products: Lanczos (``eigsh``) for the top
+  eigenvalues, Hutch++ deflated by the Lanczos vectors for Tr and ||·||_F², stopped at the requested relative
+  standard error ``rtol``.
+
+Models that are not twice differentiable everywhere (ReLU) are measured as torch differentiates them: the
+second derivative of a kink is taken as zero, so the Hessian is the Gauss–Newton part plus the smooth terms.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sgdstab import kernel_figures as kf
+from sgdstab.errors import SgdstabError
+from sgdstab.estimators import hutchpp, top_eigenpairs
+from sgdstab.memory import available_memory_bytes
+from sgdstab.ntk import ntk
+from sgdstab.operators import gauss_newton_operator, hessian_operator
+from sgdstab.problem import Problem
+from sgdstab.results import ResultMixin
+
+METHODS = ("auto", "dense", "kernel", "matrix_free")
+
+# Rates measured on the 2-core reference machine (THEORY.md §8), used only to rank the routes.
+_SECONDS_PER_HVP_UNIT = 1.3e-10  # one Hessian-vector product ≈ 1.3e-10 s · n · p
+_SECONDS_PER_JAC_UNIT = 2.4e-9  # the Jacobian by vmap ≈ 2.4e-9 s · n · k · p
+_GEMM_FLOPS = 5.0e10  # float64-ish sustained GEMM rate
+_EIGH_UNIT = 1.0e-10  # eigh ≈ 1e-10 s · m³
+_DENSE_MAX_P = 4000
+
+
+class MethodError(SgdstabError, ValueError):
+    """An unknown or unusable measurement method."""
+
+
+@dataclass(frozen=True)
+class MethodPlan(ResultMixin):
+    """The route ``auto`` chose, with the estimated seconds of each feasible route."""
+
+    method: str
+    estimated_seconds: dict[str, float]
+    reason: str
+
+
+def _estimated_probes(rtol: float) -> int:
+    # THEORY.md §8: Hutchinson needs ≈ 2||H||_F²/(ε Tr H)² ≈ 0.03/ε² probes on the reference MLP; deflation by
+    # the Lanczos vectors does better, so this is a pessimistic count for ranking routes.
+    return int(min(10_000, math.ceil(0.03 / rtol**2)) + 60)
+
+
+def plan_method(problem: Problem, rtol: float = 1e-3, at_minimum: bool = False) -> MethodPlan:
+    """Rank the routes by a cost model in seconds and memory (THEORY.md §8) and pick the cheapest feasible."""
+    n, k, p = problem.n, problem.k, problem.p
+    nk = n * k
+    budget = available_memory_bytes() * 0.5
+    hvp = _SECONDS_PER_HVP_UNIT * n * p
+    matrix_free = _estimated_probes(rtol) * hvp
+    costs: dict[str, float] = {"matrix_free": matrix_free}
+    if p <= _DENSE_MAX_P and p * p * 8 * 3 < budget:
+        costs["dense"] = p * hvp + _EIGH_UNIT * p**3 + _SECONDS_PER_JAC_UNIT * nk * p
+    if nk * nk * 8 * 3 + nk * p * problem.itemsize < budget:
+        kernel = _SECONDS_PER_JAC_UNIT * nk * p + nk * nk * p / _GEMM_FLOPS + 2 * _EIGH_UNIT * nk**3
+        if not at_minimum:
+            kernel += matrix_free  # the true Hessian's figures still need HVPs off a minimum
+        costs["kernel"] = kernel
+    method = min(costs, key=costs.__getitem__)
+    reason = f"cheapest estimated route for n={n}, k={k}, p={p}, rtol={rtol:g}"
+    return MethodPlan(method, costs, reason)
+
+
+@dataclass(frozen=True)
+class Curvature(ResultMixin):
+    """Curvature figures of L at θ. Hessian figures are the true Hessian's; ``*_stderr`` fields are standard
+    errors of stochastic estimates (0 for exact ones); ``sharpness_error_bound`` is the Lanczos residual norm
+    (an eigenvalue of H lies within it; 0 when exact)."""
+
+    loss: float
+    grad_norm: float
+    hessian_frobenius: float
+    hessian_frobenius_stderr: float
+    trace: float
+    trace_stderr: float
+    sharpness: float
+    sharpness_error_bound: float
+    min_eigenvalue: float
+    top_eigenvalues: tuple[float, ...]
+    gauss_newton_frobenius: float
+    gauss_newton_frobenius_stderr: float
+    gauss_newton_trace: float
+    gauss_newton_trace_stderr: float
+    gauss_newton_sharpness: float
+    nonuniformity: float
+    method: str
+    hessian_route: str
+    exact: bool
+    converged: bool
+    at_minimum: bool
+    hessian_vector_products: int
+    seconds: float
+    n: int
+    k: int
+    p: int
+    notes: tuple[str, ...] = field(default=())
+
+
+def _check_args(method: str, rtol: float, top: int) -> None:
+    if method not in METHODS:
+        raise MethodError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if not (isinstance(rtol, int | float) and math.isfinite(rtol) and 0 < rtol < 1):
+        raise MethodError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    if isinstance(top, bool) or not isinstance(top, int) or top < 1:
+        raise MethodError(f"top must be a positive integer, got {top!r}")
+
+
+def _gauss_newton_from_jacobian(J: Tensor, n: int, k: int) -> tuple[float, float, float, float]:
+    """(||G||_F, Tr G, λ_max(G), s) with G = JᵀJ/n formed in parameter space (small p)."""
+    J64 = J.to(torch.float64)
+    G = J64.T @ J64 / n
+    blocks = torch.einsum("iap,ibp->iab", J64.reshape(n, k, -1), J64.reshape(n, k, -1))
+    # (1/n) Σ_i H_i² = Jᵀ bdiag(K) J / n with H_i = J_iᵀ J_i.
+    BJ = torch.einsum("iab,ibp->iap", blocks, J64.reshape(n, k, -1)).reshape(n * k, -1)
+    M = J64.T @ BJ / n - G @ G
+    eig_g = torch.linalg.eigvalsh(G)
+    s2 = float(torch.linalg.eigvalsh((M + M.T) / 2)[-1])
+    return float(torch.linalg.matrix_norm(G)), float(torch.trace(G)), float(eig_g[-1]), max(s2, 0.0) ** 0.5
+
+
+def curvature(
+    problem: Problem,
+    method: str = "auto",
+    rtol: float = 1e-3,
+    seed: int = 0,
+    top: int = 5,
+    at_minimum: bool = False,
+    max_matvecs: int = 10_000,
+) -> Curvature:
+    """Curvature figures of ``problem`` at its current parameters.
+
+    Args:
+        method: ``"auto"`` (cost model, :func:`plan_method`), ``"dense"``, ``"kernel"`` or ``"matrix_free"``.
+        rtol: target relative standard error of the stochastic figures (matrix-free Tr and ||·||_F).
+        seed: seed of the random probes and Lanczos start vectors.
+        top: number of top Hessian eigenvalues to report.
+        at_minimum: assert that θ is a global minimum (zero residuals), so H = G and the kernel route is exact.
+            The loss is reported beside the figures so the claim can be checked; it is never assumed silently.
+        max_matvecs: budget of Hessian-vector products for Hutch++; ``converged`` is False if it ran out.
+    """
+    _check_args(method, rtol, top)
+    start = time.perf_counter()
+    if method == "auto":
+        method = plan_method(problem, rtol, at_minimum).method
+    loss = float(problem.loss())
+    grad_norm = float(torch.linalg.vector_norm(problem.gradient()))
+    common = {"loss": loss, "grad_norm": grad_norm, "n": problem.n, "k": problem.k, "p": problem.p}
+    if method == "dense":
+        figures = _dense(problem, top)
+    elif method == "kernel":
+        figures = _kernel(problem, top, rtol, seed, at_minimum, max_matvecs)
+    else:
+        figures = _matrix_free(problem, top, rtol, seed, max_matvecs)
+    return Curvature(
+        **common,
+        **figures,
+        method=method,
+        at_minimum=at_minimum,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _hessian_dense_figures(H: Tensor, top: int) -> dict:
+    H = H.to(torch.float64)
+    H = (H + H.T) / 2
+    eig = torch.linalg.eigvalsh(H)
+    return {
+        "hessian_frobenius": float(torch.linalg.matrix_norm(H)),
+        "hessian_frobenius_stderr": 0.0,
+        "trace": float(torch.trace(H)),
+        "trace_stderr": 0.0,
+        "sharpness": float(eig[-1]),
+        "sharpness_error_bound": 0.0,
+        "min_eigenvalue": float(eig[0]),
+        "top_eigenvalues": tuple(float(x) for x in eig.flip(0)[:top]),
+        "exact": True,
+        "converged": True,
+    }
+
+
+def _dense(problem: Problem, top: int) -> dict:
+    H = torch.func.hessian(problem.loss_function())(problem.theta)
+    J = problem.jacobian()
+    gn_frob, gn_trace, gn_sharp, s = _gauss_newton_from_jacobian(J, problem.n, problem.k)
+    return _hessian_dense_figures(H, top) | {
+        "gauss_newton_frobenius": gn_frob,
+        "gauss_newton_frobenius_stderr": 0.0,
+        "gauss_newton_trace": gn_trace,
+        "gauss_newton_trace_stderr": 0.0,
+        "gauss_newton_sharpness": gn_sharp,
+        "nonuniformity": s,
+        "hessian_route": "dense Hessian (torch.func.hessian) and eigh",
+        "hessian_vector_products": 0,
+    }
+
+
+def _spectral_figures(op, p: int, top: int, rtol: float, seed: int, max_matvecs: int, name: str) -> dict:
+    """Tr, ||·||_F (± standard errors), top and bottom eigenvalues of a symmetric p×p operator.
+
+    Exact from p products when that is cheaper than the probes a stochastic estimate would need; otherwise
+    Lanczos (``eigsh``) for the extreme eigenvalues and Hutch++ deflated by their eigenvectors.
+    """
+    if p <= min(max_matvecs, _DENSE_MAX_P, _estimated_probes(rtol)):
+        A = torch.as_tensor(op.matmat(np.eye(p)))
+        return _hessian_dense_figures(A, top) | {
+            "products": int(op.matvecs),
+            "route": f"dense {name} from p products",
+            "notes": [],
+        }
+    k_top = max(1, min(top, p - 2))
+    upper = top_eigenpairs(op, k=k_top, which="LA", seed=seed)
+    lower = top_eigenpairs(op, k=1, which="SA", seed=seed + 1)
+    basis = np.concatenate([upper.eigenvectors, lower.eigenvectors], axis=1)
+    tf = hutchpp(op, rtol=rtol, basis=basis, max_matvecs=max_matvecs, seed=seed + 2)
+    notes = []
+    if not tf.converged:
+        notes.append(f"Hutch++ on {name} stopped at its budget of {max_matvecs} products before rtol={rtol:g}")
+    if not (upper.converged and lower.converged):
+        notes.append(f"Lanczos on {name} did not converge fully; see the error bound")
+    return {
+        "hessian_frobenius": tf.frobenius,
+        "hessian_frobenius_stderr": tf.frobenius_stderr,
+        "trace": tf.trace,
+        "trace_stderr": tf.trace_stderr,
+        "sharpness": float(upper.eigenvalues[0]),
+        "sharpness_error_bound": float(upper.residual_norms[0]),
+        "min_eigenvalue": float(lower.eigenvalues[0]),
+        "top_eigenvalues": tuple(float(x) for x in upper.eigenvalues[:top]),
+        "exact": False,
+        "converged": bool(tf.converged and upper.converged and lower.converged),
+        "products": int(op.matvecs),
+        "route": f"Lanczos and Hutch++ on {name}-vector products",
+        "notes": notes,
+    }
+
+
+def _hessian_matrix_free(
+    problem: Problem, top: int, rtol: float, seed: int, max_matvecs: int
+) -> tuple[dict, list[str]]:
+    f = _spectral_figures(hessian_operator(problem), problem.p, top, rtol, seed, max_matvecs, "Hessian")
+    notes = f.pop("notes")
+    f["hessian_vector_products"] = f.pop("products")
+    f["hessian_route"] = f.pop("route")
+    return f, notes
+
+
+def _kernel(problem: Problem, top: int, rtol: float, seed: int, at_minimum: bool, max_matvecs: int) -> dict:
+    K = ntk(problem)
+    eig = kf.kernel_eigen(K)
+    n, k = problem.n, problem.k
+    gn = {
+        "gauss_newton_frobenius": kf.gauss_newton_frobenius(K, n),
+        "gauss_newton_frobenius_stderr": 0.0,
+        "gauss_newton_trace": kf.gauss_newton_trace(K, n),
+        "gauss_newton_trace_stderr": 0.0,
+        "gauss_newton_sharpness": float(eig.values[-1]) / n,
+        "nonuniformity": kf.nonuniformity(K, n, k, eig),
+    }
+    if at_minimum:
+        values = eig.values.flip(0) / n
+        return gn | {
+            "hessian_frobenius": gn["gauss_newton_frobenius"],
+            "hessian_frobenius_stderr": 0.0,
+            "trace": gn["gauss_newton_trace"],
+            "trace_stderr": 0.0,
+            "sharpness": float(values[0]),
+            "sharpness_error_bound": 0.0,
+            # G = JᵀJ/n has rank ≤ nk: its eigenvalues are the top p of K's (divided by n), zeros beyond.
+            "min_eigenvalue": float(values[problem.p - 1]) if n * k >= problem.p else 0.0,
+            "top_eigenvalues": tuple(float(x) for x in values[:top]),
+            "hessian_route": "H = G at the asserted minimum, exact from the NTK kernel",
+            "exact": True,
+            "converged": True,
+            "hessian_vector_products": 0,
+        }
+    hess, notes = _hessian_matrix_free(problem, top, rtol, seed, max_matvecs)
+    route = hess.pop("hessian_route", "Lanczos and Hutch++ on Hessian-vector products (off a minimum H ≠ G)")
+    return gn | hess | {"hessian_route": route, "exact": hess.get("exact", False), "notes": tuple(notes)}
+
+
+def _matrix_free(problem: Problem, top: int, rtol: float, seed: int, max_matvecs: int) -> dict:
+    hess, notes = _hessian_matrix_free(problem, top, rtol, seed, max_matvecs)
+    g = _spectral_figures(
+        gauss_newton_operator(problem), problem.p, 1, rtol, seed + 3, max_matvecs, "Gauss–Newton"
+    )
+    return hess | {
+        "gauss_newton_frobenius": g["hessian_frobenius"],
+        "gauss_newton_frobenius_stderr": g["hessian_frobenius_stderr"],
+        "gauss_newton_trace": g["trace"],
+        "gauss_newton_trace_stderr": g["trace_stderr"],
+        "gauss_newton_sharpness": g["sharpness"],
+        "nonuniformity": float("nan"),
+        "exact": bool(hess["exact"] and g["exact"]),
+        "converged": bool(hess["converged"] and g["converged"]),
+        "notes": (*notes, *g["notes"], "nonuniformity needs the kernel route (method='kernel')"),
+    }

@@ -1,0 +1,481 @@
+"""Spectral and trace estimators for symmetric operators: Lanczos top eigenpairs, Hutch++ and Hutchinson.
+
+Every estimator takes a symmetric square operator as anything ``scipy.sparse.linalg.aslinearoperator`` accepts: a
+``LinearOperator`` (such as the :mod:`sgdstab.operators` ones, which convert to torch themselves), a dense numpy
+array or a scipy sparse matrix. It works in float64 numpy and applies the operator in blocks (``matmat``) where it
+can. Symmetry is assumed, not checked. Every product is counted: ``matvecs`` in a result is the number of vectors
+the estimator applied the operator to (a matmat counts its columns), everything included.
+
+Randomness comes from ``numpy.random.default_rng(seed)`` only, so a result is a deterministic function of the
+operator and the arguments.
+
+- :func:`top_eigenpairs`: ARPACK Lanczos (``eigsh``) from a seeded start vector, with the residual norms
+  ``||A v − λ v||`` of what it returns; dense ``eigh`` for tiny operators (k ≥ p − 1).
+- :func:`hutchpp`: Tr A and ||A||_F² = Tr A² together, with standard errors. Exact on a subspace Q (a given
+  ``basis``, or a Gaussian sketch ``Q = orth(A S)``): ``Tr(QᵀAQ)`` and ``||AQ||_F² = Tr(QᵀA²Q)``; the rest
+  ``Tr(PAP)`` and ``Tr(PA²P)`` (P = I − QQᵀ) by Gaussian probes g, h = Pg, w = Ah: ``hᵀw`` and ``||w||²`` — one
+  product per probe serves both. Adaptive: stops once both standard errors are ≤ rtol·|estimate|.
+- :func:`hutchinson`: the same without deflation and with Rademacher probes (for comparison).
+
+A standard error is the sample standard deviation over √(probes): the estimate is within about 2 standard errors
+of the truth 95% of the time (the sampling distribution is close to normal once there are tens of probes). An
+operator whose trace is 0 (or whose residual variance is huge) cannot meet a relative tolerance: the estimator
+then stops at ``max_matvecs`` and reports ``converged=False``; it never raises for that.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.linalg
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, aslinearoperator, eigsh
+
+from sgdstab.errors import SgdstabError
+
+__all__ = [
+    "EigenResult",
+    "EstimatorError",
+    "TraceFrobResult",
+    "hutchinson",
+    "hutchpp",
+    "top_eigenpairs",
+]
+
+DEFAULT_SKETCH = 20
+"""Columns of the Gaussian sketch of :func:`hutchpp` when neither ``sketch`` nor ``basis`` is given."""
+
+
+DENSE_FALLBACK_MAX = 2000
+"""Largest p for which :func:`top_eigenpairs` materializes the operator when ARPACK itself fails."""
+
+
+class EstimatorError(SgdstabError, ValueError):
+    """An estimator was called with invalid arguments (tolerances, budgets, shapes)."""
+
+
+# ---------------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True, eq=False)
+class EigenResult:
+    """Eigenpairs of a symmetric operator.
+
+    Attributes:
+        eigenvalues: shape (k',), descending for ``which="LA"``, ascending for ``"SA"``. k' < k only when ARPACK
+            did not converge (then only the converged pairs are returned).
+        eigenvectors: shape (p, k'), orthonormal columns matching ``eigenvalues``.
+        residual_norms: ``||A v_j − λ_j v_j||`` for each pair (one extra matmat).
+        converged: ARPACK reported convergence of all k pairs (always True on the dense route).
+        matvecs: products applied, the residual check included.
+        which: ``"LA"`` or ``"SA"``.
+        method: ``"lanczos"`` (ARPACK) or ``"dense"`` (``eigh`` of the materialized operator).
+    """
+
+    eigenvalues: np.ndarray
+    eigenvectors: np.ndarray
+    residual_norms: np.ndarray
+    converged: bool
+    matvecs: int
+    which: str
+    method: str
+
+    @property
+    def max_residual(self) -> float:
+        return float(self.residual_norms.max()) if self.residual_norms.size else math.nan
+
+
+@dataclass(frozen=True)
+class TraceFrobResult:
+    """Estimates of Tr A and ||A||_F² (= Tr A² for symmetric A) with their standard errors.
+
+    Attributes:
+        trace, trace_stderr: Tr A and its standard error.
+        frobenius_squared, frob2_stderr: ||A||_F² and its standard error.
+        frobenius, frobenius_stderr: ||A||_F = sqrt(max(frobenius_squared, 0)), standard error by the delta
+            method (frob2_stderr / (2 ||A||_F)).
+        probes: random probes used for the residual part (0 when the exact part is the whole space).
+        matvecs: all products applied (sketch, exact part and probes).
+        converged: both standard errors ≤ rtol·|estimate| (after at least min_probes probes), or exact.
+        rtol: the requested relative tolerance.
+        deflation_rank: columns of the exact subspace Q (0 for plain Hutchinson).
+        method: ``"hutch++"`` or ``"hutchinson"``.
+    """
+
+    trace: float
+    trace_stderr: float
+    frobenius_squared: float
+    frob2_stderr: float
+    frobenius: float
+    frobenius_stderr: float
+    probes: int
+    matvecs: int
+    converged: bool
+    rtol: float
+    deflation_rank: int
+    method: str
+
+
+# ---------------------------------------------------------------------------------------------------- helpers
+class _Counted(LinearOperator):
+    """Forwards to an operator and counts the vectors it is applied to."""
+
+    def __init__(self, op: LinearOperator) -> None:
+        super().__init__(dtype=np.dtype(np.float64), shape=op.shape)
+        self.op = op
+        self.count = 0
+
+    def _matvec(self, x: np.ndarray) -> np.ndarray:
+        self.count += 1
+        return np.asarray(self.op.matvec(np.asarray(x, dtype=np.float64).reshape(-1)), dtype=np.float64)
+
+    def _matmat(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.float64)
+        self.count += X.shape[1]
+        if X.shape[1] == 0:
+            return np.zeros((self.shape[0], 0))
+        out = np.asarray(self.op.matmat(X), dtype=np.float64)
+        return out.reshape(self.shape[0], X.shape[1])
+
+    _rmatvec = _matvec
+    _rmatmat = _matmat
+
+    def _adjoint(self) -> _Counted:
+        return self
+
+
+def _as_operator(op: Any) -> _Counted:
+    try:
+        lin = aslinearoperator(op)
+    except (TypeError, ValueError) as exc:
+        raise EstimatorError(
+            f"cannot use {type(op).__name__} as an operator: pass a LinearOperator, a numpy array or a sparse "
+            f"matrix ({exc})"
+        ) from None
+    if len(lin.shape) != 2 or lin.shape[0] != lin.shape[1]:
+        raise EstimatorError(f"the operator must be square (symmetric), got shape {lin.shape}")
+    if lin.shape[0] < 1:
+        raise EstimatorError("the operator is empty (shape 0 × 0)")
+    if np.issubdtype(lin.dtype, np.complexfloating):
+        raise EstimatorError("complex operators are not supported; pass a real symmetric operator")
+    return _Counted(lin)
+
+
+def _check_int(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise EstimatorError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_rtol(rtol: Any) -> float:
+    try:
+        r = float(rtol)
+    except (TypeError, ValueError):
+        raise EstimatorError(f"rtol must be a positive finite number, got {rtol!r}") from None
+    if not math.isfinite(r) or r <= 0:
+        raise EstimatorError(f"rtol must be a positive finite number, got {rtol!r}")
+    return r
+
+
+def _rng(seed: Any) -> np.random.Generator:
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def _orth(M: np.ndarray) -> np.ndarray:
+    """Orthonormal basis of the column space of M, dropping numerically dependent directions."""
+    if M.shape[1] == 0:
+        return M
+    U, s, _ = np.linalg.svd(M, full_matrices=False)
+    if s.size == 0 or s[0] == 0:
+        return M[:, :0]
+    keep = s > s[0] * max(M.shape) * np.finfo(np.float64).eps
+    return U[:, keep]
+
+
+# ---------------------------------------------------------------------------------------------------- eigenpairs
+def top_eigenpairs(
+    op: Any,
+    k: int = 1,
+    which: str = "LA",
+    tol: float = 1e-6,
+    maxiter: int | None = None,
+    seed: Any = 0,
+    *,
+    ncv: int | None = None,
+) -> EigenResult:
+    """The k algebraically largest (``"LA"``) or smallest (``"SA"``) eigenpairs of a symmetric operator.
+
+    Lanczos (``scipy.sparse.linalg.eigsh``) from a Gaussian start vector drawn from ``seed``; ``tol`` is ARPACK's
+    relative accuracy of the eigenvalues (0 = machine precision). If ARPACK does not converge within ``maxiter``
+    restarts, the pairs that did converge are returned with ``converged=False``. When k ≥ p − 1 (ARPACK's limit)
+    the operator is materialized (p products) and ``scipy.linalg.eigh`` is used; so it is when ARPACK fails
+    outright (the zero operator) and p ≤ ``DENSE_FALLBACK_MAX`` (otherwise :class:`EstimatorError`).
+    """
+    A = _as_operator(op)
+    p = A.shape[0]
+    k = _check_int(k, "k", 1)
+    if k > p:
+        raise EstimatorError(f"k = {k} eigenpairs asked of a {p} × {p} operator")
+    if which not in ("LA", "SA"):
+        raise EstimatorError(f"which must be 'LA' (largest) or 'SA' (smallest), got {which!r}")
+    try:
+        tol = float(tol)
+    except (TypeError, ValueError):
+        raise EstimatorError(f"tol must be a finite number ≥ 0, got {tol!r}") from None
+    if not math.isfinite(tol) or tol < 0:
+        raise EstimatorError(f"tol must be a finite number ≥ 0, got {tol!r}")
+    if maxiter is not None:
+        maxiter = _check_int(maxiter, "maxiter", 1)
+    if ncv is not None:
+        ncv = _check_int(ncv, "ncv", k + 1)
+    rng = _rng(seed)
+
+    converged = True
+    method = "dense" if k >= p - 1 else "lanczos"
+    if method == "lanczos":
+        v0 = rng.standard_normal(p)
+        try:
+            vals, vecs = eigsh(A, k=k, which=which, tol=tol, maxiter=maxiter, v0=v0, ncv=ncv)
+        except ArpackNoConvergence as exc:
+            converged = False
+            vals = np.asarray(exc.eigenvalues, dtype=np.float64).reshape(-1)
+            vecs = np.asarray(exc.eigenvectors, dtype=np.float64).reshape(p, -1)
+        except ArpackError as exc:  # e.g. the zero operator ("starting vector is zero")
+            if p > DENSE_FALLBACK_MAX:
+                raise EstimatorError(f"ARPACK failed on this {p} × {p} operator: {exc}") from None
+            method = "dense"
+        if method == "lanczos":
+            order = np.argsort(vals)
+            if which == "LA":
+                order = order[::-1]
+            vals, vecs = vals[order], vecs[:, order]
+    if method == "dense":
+        D = A.matmat(np.eye(p))
+        w, V = scipy.linalg.eigh(0.5 * (D + D.T))
+        idx = np.arange(p - 1, p - 1 - k, -1) if which == "LA" else np.arange(k)
+        vals, vecs = w[idx], V[:, idx]
+
+    vals = np.ascontiguousarray(vals, dtype=np.float64)
+    vecs = np.ascontiguousarray(vecs, dtype=np.float64)
+    if vals.size:
+        residual = np.linalg.norm(A.matmat(vecs) - vecs * vals[None, :], axis=0)
+    else:
+        residual = np.zeros(0)
+    return EigenResult(
+        eigenvalues=vals,
+        eigenvectors=vecs,
+        residual_norms=residual,
+        converged=converged and vals.size == k,
+        matvecs=A.count,
+        which=which,
+        method=method,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- trace / Frobenius
+def _adaptive_probes(
+    A: _Counted,
+    Q: np.ndarray,
+    exact_trace: float,
+    exact_frob2: float,
+    *,
+    rtol: float,
+    max_matvecs: int,
+    min_probes: int,
+    block_size: int,
+    rng: np.random.Generator,
+    rademacher: bool,
+    method: str,
+) -> TraceFrobResult:
+    p = A.shape[0]
+    q = Q.shape[1]
+    tr: list[np.ndarray] = []
+    fr: list[np.ndarray] = []
+    m = 0
+    converged = False
+    t_est, f_est = exact_trace, exact_frob2
+    t_se = f_se = math.inf
+
+    if q >= p:  # the exact part is the whole space
+        converged = True
+        t_se = f_se = 0.0
+    else:
+        while True:
+            if m >= min_probes:
+                t_all, f_all = np.concatenate(tr), np.concatenate(fr)
+                t_est = exact_trace + float(t_all.mean())
+                f_est = exact_frob2 + float(f_all.mean())
+                t_se = float(t_all.std(ddof=1)) / math.sqrt(m)
+                f_se = float(f_all.std(ddof=1)) / math.sqrt(m)
+                t_tol, f_tol = rtol * abs(t_est), rtol * abs(f_est)
+                if t_se <= t_tol and f_se <= f_tol:
+                    converged = True
+                    break
+                # probes needed in all, from the current variances (the standard error falls as 1/√m)
+                ratios = [(se / tl) ** 2 if tl > 0 else math.inf for se, tl in ((t_se, t_tol), (f_se, f_tol))]
+                need = m * max(ratios)
+                want = block_size if not math.isfinite(need) else math.ceil(need) - m
+            else:
+                want = min_probes - m
+            remaining = max_matvecs - A.count
+            if remaining <= 0:
+                break
+            b = min(max(want, min(8, block_size)), block_size, remaining)
+            if rademacher:
+                H = rng.integers(0, 2, size=(p, b)).astype(np.float64) * 2.0 - 1.0
+            else:
+                H = rng.standard_normal((p, b))
+                if q:
+                    H -= Q @ (Q.T @ H)
+            W = A.matmat(H)
+            tr.append(np.einsum("ij,ij->j", H, W))
+            fr.append(np.einsum("ij,ij->j", W, W))
+            m += b
+        if not converged and 0 < m < min_probes:  # budget ran out before min_probes: report what there is
+            t_all, f_all = np.concatenate(tr), np.concatenate(fr)
+            t_est = exact_trace + float(t_all.mean())
+            f_est = exact_frob2 + float(f_all.mean())
+            t_se = float(t_all.std(ddof=1)) / math.sqrt(m) if m > 1 else math.inf
+            f_se = float(f_all.std(ddof=1)) / math.sqrt(m) if m > 1 else math.inf
+
+    frob = math.sqrt(max(f_est, 0.0))
+    if frob > 0:
+        frob_se = f_se / (2.0 * frob)
+    else:
+        frob_se = 0.0 if f_se == 0 else math.inf
+    return TraceFrobResult(
+        trace=float(t_est),
+        trace_stderr=float(t_se),
+        frobenius_squared=float(f_est),
+        frob2_stderr=float(f_se),
+        frobenius=frob,
+        frobenius_stderr=float(frob_se),
+        probes=m,
+        matvecs=A.count,
+        converged=converged,
+        rtol=rtol,
+        deflation_rank=q,
+        method=method,
+    )
+
+
+def _check_common(rtol: Any, max_matvecs: Any, min_probes: Any, block_size: Any) -> tuple[float, int, int, int]:
+    return (
+        _check_rtol(rtol),
+        _check_int(max_matvecs, "max_matvecs", 1),
+        _check_int(min_probes, "min_probes", 2),
+        _check_int(block_size, "block_size", 1),
+    )
+
+
+def hutchpp(
+    op: Any,
+    rtol: float = 1e-3,
+    sketch: int | None = None,
+    basis: np.ndarray | None = None,
+    max_matvecs: int = 10000,
+    min_probes: int = 10,
+    seed: Any = 0,
+    *,
+    block_size: int = 32,
+) -> TraceFrobResult:
+    """Tr A and ||A||_F² of a symmetric operator by adaptive Hutch++ (exact on a subspace, Hutchinson on the rest).
+
+    Args:
+        op: symmetric square operator (see the module docstring).
+        rtol: stop once both standard errors are ≤ rtol·|estimate| (and at least ``min_probes`` probes were used).
+        sketch: Gaussian sketch columns s; Q gains orth(A S) (2s products). Default: 20 (capped by p and by the
+            budget) without ``basis``, 0 with it.
+        basis: (p, q) columns spanning a subspace to treat exactly (e.g. top eigenvectors from Lanczos); they need
+            not be orthonormal (they are orthonormalized; dependent columns dropped). Costs q products.
+        max_matvecs: budget for all products; when spent, the estimate so far is returned with
+            ``converged=False``. An explicit ``sketch``/``basis`` that alone exceeds it is an error.
+        min_probes: probes before the stopping rule is first checked (≥ 2).
+        seed: seed of ``numpy.random.default_rng`` (or a Generator).
+        block_size: probes applied per matmat (the adaptive rule draws between min(8, block_size) and
+            block_size at a time).
+    """
+    rtol, max_matvecs, min_probes, block_size = _check_common(rtol, max_matvecs, min_probes, block_size)
+    A = _as_operator(op)
+    p = A.shape[0]
+    rng = _rng(seed)
+
+    B = np.zeros((p, 0))
+    if basis is not None:
+        B = np.asarray(basis, dtype=np.float64)
+        if B.ndim == 1:
+            B = B[:, None]
+        if B.ndim != 2 or B.shape[0] != p:
+            raise EstimatorError(f"basis must have shape ({p}, q), got {np.shape(basis)}")
+        if not np.isfinite(B).all():
+            raise EstimatorError("basis contains non-finite values")
+        B = _orth(B)
+    if sketch is None:
+        s = 0 if basis is not None else min(p, DEFAULT_SKETCH, max(0, (max_matvecs - min_probes) // 2))
+    else:
+        s = _check_int(sketch, "sketch", 0)
+        s = min(s, p)
+    exact_cost = 2 * s + B.shape[1]
+    if (sketch is not None or basis is not None) and exact_cost > max_matvecs:
+        raise EstimatorError(
+            f"the exact part needs up to {exact_cost} products (sketch {s}: 2·{s}, basis {B.shape[1]}) but "
+            f"max_matvecs = {max_matvecs}; raise max_matvecs or shrink sketch/basis"
+        )
+
+    Q = B
+    if s > 0:
+        S = rng.standard_normal((p, s))
+        Y = A.matmat(S)
+        norms = np.linalg.norm(Y, axis=0)
+        Y = Y[:, norms > 0] / norms[norms > 0]  # unit columns, so that the union below is scale-free
+        Q = _orth(np.hstack([Q, Y]))
+    exact_trace = exact_frob2 = 0.0
+    if Q.shape[1]:
+        AQ = A.matmat(Q)
+        exact_trace = float(np.einsum("ij,ij->", Q, AQ))
+        exact_frob2 = float(np.einsum("ij,ij->", AQ, AQ))
+    return _adaptive_probes(
+        A,
+        Q,
+        exact_trace,
+        exact_frob2,
+        rtol=rtol,
+        max_matvecs=max_matvecs,
+        min_probes=min_probes,
+        block_size=block_size,
+        rng=rng,
+        rademacher=False,
+        method="hutch++",
+    )
+
+
+def hutchinson(
+    op: Any,
+    rtol: float = 1e-3,
+    max_matvecs: int = 10000,
+    min_probes: int = 10,
+    seed: Any = 0,
+    *,
+    block_size: int = 32,
+) -> TraceFrobResult:
+    """Tr A and ||A||_F² by plain adaptive Hutchinson with Rademacher probes z: zᵀAz and ||Az||² (no deflation).
+
+    Same stopping rule, budget and result as :func:`hutchpp` (``deflation_rank`` = 0).
+    """
+    rtol, max_matvecs, min_probes, block_size = _check_common(rtol, max_matvecs, min_probes, block_size)
+    A = _as_operator(op)
+    return _adaptive_probes(
+        A,
+        np.zeros((A.shape[0], 0)),
+        0.0,
+        0.0,
+        rtol=rtol,
+        max_matvecs=max_matvecs,
+        min_probes=min_probes,
+        block_size=block_size,
+        rng=_rng(seed),
+        rademacher=True,
+        method="hutchinson",
+    )

@@ -1,0 +1,172 @@
+"""Curvature and noise figures from the NTK Gram matrix ``K`` and the residuals ``r`` (THEORY.md §2–3).
+
+Plain tensor functions. ``K`` is (nk × nk) with row ``i·k + c``; ``r`` is (n, k) or flat (nk,). Everything
+here is exact linear algebra on K; eigen-problems run in float64 (THEORY.md §7: K can be ill-conditioned).
+
+With ``G = JᵀJ/n`` the Gauss–Newton matrix (= the Hessian at a global minimum) and ``H_i = J_iᵀJ_i`` the
+per-sample Gauss–Newton matrices:
+
+- ``||G||_F = ||K||_F / n``, ``Tr G = Tr K / n``, ``λ_j(G) = λ_j(K) / n``;
+- non-uniformity ``s² = λ_max((1/n) Σ_i H_i² − G²) = λ_max(K^{1/2} S K^{1/2})``, ``S = bdiag(K)/n − K/n²``;
+- ``||∇L||² = rᵀKr/n²``, ``Tr Σ = (1/n) Σ_i r_iᵀK_ii r_i − rᵀKr/n²``;
+- ``Tr(ΣG) = (1/n²) Σ_i r_iᵀ(K²)_ii r_i − rᵀK²r/n³``;
+- ``μ = Tr(ΣG)/(2L||G||_F²) = rᵀAr/(||r||²||K||_F²)``, ``A = n·bdiag(K²) − K²``;
+- ``μ_inf = λ_min(A on range K)/||K||_F²``;
+- directional ``g(v_j) = [n Σ_i (r_iᵀ w_{j,i})² − (rᵀw_j)²]/||r||²`` along ``v_j = Jᵀw_j/√λ_j``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class KernelEigen:
+    """Eigen-decomposition of K in float64, eigenvalues ascending; ``rank`` counts those above ``cutoff``."""
+
+    values: Tensor
+    vectors: Tensor
+    cutoff: float
+
+    @property
+    def rank(self) -> int:
+        return int((self.values > self.cutoff).sum())
+
+    def range_basis(self) -> tuple[Tensor, Tensor]:
+        """Eigenpairs spanning range(K): (values, vectors) with values above the cutoff."""
+        keep = self.values > self.cutoff
+        return self.values[keep], self.vectors[:, keep]
+
+
+def kernel_eigen(K: Tensor) -> KernelEigen:
+    """Full eigen-decomposition of symmetric K in float64; the range cutoff is ``nk·eps·λ_max``."""
+    K64 = K.to(torch.float64)
+    values, vectors = torch.linalg.eigh(K64)
+    lam_max = float(values[-1].clamp(min=0))
+    cutoff = K.shape[0] * torch.finfo(torch.float64).eps * max(lam_max, 1e-300)
+    if K.dtype == torch.float32:
+        cutoff = max(cutoff, K.shape[0] * torch.finfo(torch.float32).eps * lam_max)
+    return KernelEigen(values, vectors, cutoff)
+
+
+def block_diagonal(M: Tensor, n: int, k: int) -> Tensor:
+    """The n diagonal k×k blocks of an (nk × nk) matrix, shape (n, k, k)."""
+    M4 = M.reshape(n, k, n, k)
+    idx = torch.arange(n, device=M.device)
+    return M4[idx, :, idx, :]
+
+
+def gauss_newton_frobenius(K: Tensor, n: int) -> float:
+    """``||G||_F = ||K||_F / n``."""
+    return float(torch.linalg.matrix_norm(K.to(torch.float64)) / n)
+
+
+def gauss_newton_trace(K: Tensor, n: int) -> float:
+    """``Tr G = Tr K / n``."""
+    return float(torch.diagonal(K).to(torch.float64).sum() / n)
+
+
+def nonuniformity(K: Tensor, n: int, k: int, eigen: KernelEigen | None = None) -> float:
+    """Wu–Ma–E (2018) non-uniformity ``s = λ_max((1/n) Σ_i H_i² − G²)^{1/2}`` with ``H_i = J_iᵀJ_i``.
+
+    Computed as ``λ_max(K^{1/2} S K^{1/2})``, ``S = bdiag(K)/n − K/n²`` (same non-zero spectrum).
+    """
+    eig = eigen or kernel_eigen(K)
+    lam, U = eig.range_basis()
+    K64 = K.to(torch.float64)
+    S = -K64 / n**2
+    blocks = block_diagonal(K64, n, k) / n
+    S4 = S.reshape(n, k, n, k)
+    idx = torch.arange(n, device=K.device)
+    S4[idx, :, idx, :] += blocks
+    half = U * lam.sqrt()  # K^{1/2} restricted to range K, in U's coordinates: K^{1/2} = U diag(√λ) Uᵀ
+    M = half.T @ S @ half
+    top = float(torch.linalg.eigvalsh((M + M.T) / 2)[-1]) if M.numel() else 0.0
+    return max(top, 0.0) ** 0.5
+
+
+def _flat(r: Tensor) -> Tensor:
+    return r.reshape(-1).to(torch.float64)
+
+
+def alignment_matrix(K: Tensor, n: int, k: int) -> Tensor:
+    """``A = n·bdiag(K²) − K²`` (PSD), so that ``μ*(u) = uᵀAu/(||u||²||K||_F²)``."""
+    K64 = K.to(torch.float64)
+    K2 = K64 @ K64
+    A = -K2
+    A4 = A.reshape(n, k, n, k)
+    idx = torch.arange(n, device=K.device)
+    A4[idx, :, idx, :] += n * block_diagonal(K2, n, k)
+    return A
+
+
+@dataclass(frozen=True)
+class NoiseFigures:
+    """Noise and alignment figures at the current residuals (exact, from K)."""
+
+    loss: float
+    grad_norm: float
+    trace_sigma: float
+    tr_sigma_g: float
+    two_loss_gn_frob2: float
+    mu: float
+
+
+def noise_figures(K: Tensor, r: Tensor, n: int, k: int) -> NoiseFigures:
+    """``||∇L||``, ``Tr Σ``, ``Tr(ΣG)``, ``2L||G||_F²`` and ``μ`` from K and the residuals (THEORY.md §3).
+
+    ``μ`` is NaN when the loss is exactly zero (the ratio is then undefined).
+    """
+    K64 = K.to(torch.float64)
+    rf = _flat(r)
+    Kr = K64 @ rf
+    rKr = float(rf @ Kr)
+    r_blocks = rf.reshape(n, k)
+    diag_blocks = block_diagonal(K64, n, k)
+    per_sample = torch.einsum("ia,iab,ib->i", r_blocks, diag_blocks, r_blocks)
+    trace_sigma = float(per_sample.sum()) / n - rKr / n**2
+    # r_iᵀ(K²)_ii r_i = ||K[:, block i] r_i||²: scale K's columns by r and sum each sample's k columns.
+    cols = (K64 * rf[None, :]).reshape(n * k, n, k).sum(-1)
+    sum_blocks = float((cols * cols).sum())
+    rK2r = float(Kr @ Kr)
+    tr_sigma_g = sum_blocks / n**2 - rK2r / n**3
+    loss = float(rf @ rf) / (2 * n)
+    frob_g2 = float(torch.linalg.matrix_norm(K64) ** 2) / n**2
+    two_loss_gn_frob2 = 2 * loss * frob_g2
+    mu = tr_sigma_g / two_loss_gn_frob2 if two_loss_gn_frob2 > 0 else float("nan")
+    return NoiseFigures(
+        loss=loss,
+        grad_norm=max(rKr, 0.0) ** 0.5 / n,
+        trace_sigma=trace_sigma,
+        tr_sigma_g=tr_sigma_g,
+        two_loss_gn_frob2=two_loss_gn_frob2,
+        mu=mu,
+    )
+
+
+def uniform_alignment(K: Tensor, n: int, k: int, eigen: KernelEigen | None = None) -> float:
+    """``μ_inf = λ_min(A restricted to range K) / ||K||_F²``: the worst alignment of any residual direction
+    reachable by the linearized dynamics."""
+    eig = eigen or kernel_eigen(K)
+    _, U = eig.range_basis()
+    if U.shape[1] == 0:
+        return float("nan")
+    A = alignment_matrix(K, n, k)
+    Ar = U.T @ A @ U
+    lam_min = float(torch.linalg.eigvalsh((Ar + Ar.T) / 2)[0])
+    return lam_min / float(torch.linalg.matrix_norm(K.to(torch.float64)) ** 2)
+
+
+def directional_alignment(r: Tensor, W: Tensor, n: int, k: int) -> Tensor:
+    """``g(v_j) = v_jᵀΣv_j/(2L·v_jᵀGv_j)`` along ``v_j = Jᵀw_j/√λ_j`` for the columns ``w_j`` of W (nk × m).
+
+    Closed form through the kernel: ``g(v_j) = [n Σ_i (r_iᵀw_{j,i})² − (rᵀw_j)²] / ||r||²``.
+    """
+    rf = _flat(r)
+    W64 = W.to(torch.float64)
+    per_sample = (rf[:, None] * W64).reshape(n, k, -1).sum(1)  # (n, m): r_iᵀ w_{j,i}
+    num = n * (per_sample**2).sum(0) - (rf @ W64) ** 2
+    return num / (rf @ rf)

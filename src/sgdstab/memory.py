@@ -1,0 +1,53 @@
+"""Memory estimates made before large allocations, so that a request that cannot fit is refused, not killed."""
+
+from __future__ import annotations
+
+import os
+
+from sgdstab.errors import MemoryBudgetError
+
+
+def available_memory_bytes() -> int:
+    """Memory available to this process now (``MemAvailable`` on Linux; a conservative 4 GiB elsewhere).
+
+    The environment variable ``SGDSTAB_MEMORY_LIMIT`` (bytes, or with a K/M/G suffix) overrides it.
+    """
+    limit = os.environ.get("SGDSTAB_MEMORY_LIMIT")
+    if limit:
+        return parse_bytes(limit)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 4 * 1024**3
+
+
+def parse_bytes(text: str) -> int:
+    units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
+    t = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        if t and t[-1] in units:
+            return int(float(t[:-1]) * units[t[-1]])
+        return int(float(t))
+    except ValueError:
+        raise MemoryBudgetError(f"cannot read memory size {text!r}; use e.g. 8G or 512M") from None
+
+
+def format_bytes(nbytes: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(nbytes) < 1024 or unit == "TiB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    raise AssertionError("unreachable")
+
+
+def check_allocation(nbytes: int, what: str, hint: str, fraction: float = 0.8) -> None:
+    """Refuse an allocation of ``nbytes`` that exceeds ``fraction`` of the available memory."""
+    budget = int(available_memory_bytes() * fraction)
+    if nbytes > budget:
+        raise MemoryBudgetError(
+            f"{what} needs about {format_bytes(nbytes)} but only {format_bytes(budget)} is available; {hint}"
+        )

@@ -1,0 +1,101 @@
+"""The empirical NTK Gram matrix ``K = J Jᵀ ∈ R^{nk×nk}`` (THEORY.md §1–2), built block by block.
+
+Row and column ``i·k + c`` belong to output ``c`` of sample ``i``; ``K_ij`` is the k×k block of samples i, j.
+
+Two routes, chosen by memory:
+
+- **one Jacobian** (default when ``J`` and ``K`` fit together): ``J`` is computed once in chunks and ``K`` is
+  filled block by block from its upper triangle (``K_ab = J_a J_bᵀ`` for ``b ≥ a``, mirrored), i.e. half the
+  flops of ``J @ J.T``. Peak memory ≈ ``size(K) + size(J)``.
+- **recomputed blocks** (when ``J`` does not fit, or ``chunk_size`` is given): for each row block ``a`` its
+  Jacobian ``J_a`` is computed once, and every column block ``J_b`` (``b ≥ a``) is recomputed. Peak memory ≈
+  ``size(K) + 2·chunk_size·k·p·itemsize`` plus one chunk's backward pass; compute grows with the number of
+  blocks (each Jacobian chunk is rebuilt up to n/chunk_size times).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sgdstab.errors import MemoryBudgetError
+from sgdstab.memory import available_memory_bytes, format_bytes
+from sgdstab.problem import Problem
+
+_GEMM_ROWS = 2048  # rows of K per GEMM block: large enough for full matmul throughput
+
+
+def ntk_memory(problem: Problem, chunk_size: int | None = None) -> dict[str, int]:
+    """Bytes needed by :func:`ntk`: ``kernel`` (K itself), ``jacobian`` (all of J) and ``blocked`` (peak of the
+    recomputed-blocks route with ``chunk_size``)."""
+    nk = problem.n * problem.k
+    item = problem.itemsize
+    chunk = chunk_size or problem.chunk_size
+    return {
+        "kernel": nk * nk * item,
+        "jacobian": nk * problem.p * item,
+        "blocked": nk * nk * item + 2 * min(chunk, problem.n) * problem.k * problem.p * item,
+    }
+
+
+def _plan(problem: Problem, chunk_size: int | None) -> tuple[str, int]:
+    mem = ntk_memory(problem, chunk_size)
+    budget = int(available_memory_bytes() * 0.8)
+    if chunk_size is None and mem["kernel"] + mem["jacobian"] <= budget:
+        return "one_jacobian", problem.chunk_size
+    if mem["kernel"] > budget:
+        raise MemoryBudgetError(
+            f"the NTK Gram matrix (n·k = {problem.n * problem.k}) needs {format_bytes(mem['kernel'])} but only "
+            f"{format_bytes(budget)} is available; use method='matrix_free' or fewer samples"
+        )
+    chunk = chunk_size or problem.chunk_size
+    # Shrink the chunk until two chunk Jacobians fit beside K.
+    while chunk > 1 and ntk_memory(problem, chunk)["blocked"] > budget:
+        chunk //= 2
+    if ntk_memory(problem, chunk)["blocked"] > budget:
+        raise MemoryBudgetError(
+            f"the NTK needs {format_bytes(mem['kernel'])} for K plus two Jacobian rows of "
+            f"{format_bytes(2 * problem.k * problem.p * problem.itemsize)}, more than the "
+            f"{format_bytes(budget)} available; use method='matrix_free'"
+        )
+    return "blocked", chunk
+
+
+def _symmetrize_(block: Tensor) -> None:
+    """Make a diagonal block exactly symmetric (a GEMM's J_a J_aᵀ can differ from its transpose in the last bit)."""
+    block.copy_((block + block.T) / 2)
+
+
+def ntk(problem: Problem, chunk_size: int | None = None, theta: Tensor | None = None) -> Tensor:
+    """``K = J Jᵀ`` at θ (default: the problem's parameters), shape (n·k, n·k), in the problem's dtype/device.
+
+    ``chunk_size`` (samples per block) forces the recomputed-blocks route with bounded memory:
+    peak ≈ ``(nk)²·itemsize + 2·chunk_size·k·p·itemsize``. Without it, the faster one-Jacobian route is used
+    whenever ``J`` and ``K`` fit in memory together. Refuses (:class:`MemoryBudgetError`) when ``K`` cannot fit.
+    """
+    route, chunk = _plan(problem, chunk_size)
+    nk = problem.n * problem.k
+    K = torch.empty((nk, nk), dtype=problem.dtype, device=problem.device)
+    if route == "one_jacobian":
+        J = torch.cat([b for _, b in problem.jacobian_blocks(chunk, theta)])
+        for a in range(0, nk, _GEMM_ROWS):
+            a_end = min(a + _GEMM_ROWS, nk)
+            block = J[a:a_end] @ J[a:].T  # (rows of block a) × (columns a..end): upper triangle only
+            K[a:a_end, a:] = block
+            K[a_end:, a:a_end] = block[:, a_end - a :].T
+            _symmetrize_(K[a:a_end, a:a_end])
+        return K
+    k = problem.k
+    blocks = list(problem.chunks(chunk))
+    for ia, sa in enumerate(blocks):
+        Ja = next(problem.jacobian_blocks(chunk, theta, start=sa.start))[1]
+        ra = slice(sa.start * k, sa.stop * k)
+        K[ra, ra] = Ja @ Ja.T
+        _symmetrize_(K[ra, ra])
+        for sb in blocks[ia + 1 :]:
+            Jb = next(problem.jacobian_blocks(chunk, theta, start=sb.start))[1]
+            rb = slice(sb.start * k, sb.stop * k)
+            Kab = Ja @ Jb.T
+            K[ra, rb] = Kab
+            K[rb, ra] = Kab.T
+    return K

@@ -1,0 +1,130 @@
+"""Alignment figures against dense Σ, G and H; the identities of THEORY.md §3; analytic behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from references import dense, tiny_problem
+
+from sgdstab import Problem, alignment, linear_net, load_dataset, random_features
+from sgdstab import kernel_figures as kf
+from sgdstab.curvature import MethodError
+from sgdstab.ntk import ntk
+
+CASES = [(kind, k) for kind in ("mlp", "cnn") for k in (1, 3)]
+
+
+@pytest.mark.parametrize(("kind", "k"), CASES)
+@pytest.mark.parametrize("state", ["off", "near"])
+def test_kernel_route_matches_dense_noise_and_curvature(kind, k, state):
+    P = tiny_problem(kind, k, state)
+    D = dense(P)
+    a = alignment(P, method="kernel", top=3)
+    tr_sg = float(torch.trace(D.Sigma @ D.G))
+    tr_sh = float(torch.trace(D.Sigma @ D.H))
+    g_frob2 = float(torch.linalg.matrix_norm(D.G) ** 2)
+    h_frob2 = float(torch.linalg.matrix_norm(D.H) ** 2)
+    assert a.exact
+    assert a.tr_sigma_g == pytest.approx(tr_sg, rel=1e-8)
+    assert a.two_loss_gn_frob2 == pytest.approx(2 * D.loss * g_frob2, rel=1e-8)
+    assert a.mu == pytest.approx(tr_sg / (2 * D.loss * g_frob2), rel=1e-8)
+    assert a.tr_sigma_h == pytest.approx(tr_sh, rel=1e-8, abs=1e-12 * abs(tr_sg))
+    assert a.mu_hessian == pytest.approx(tr_sh / (2 * D.loss * h_frob2), rel=1e-8, abs=1e-10)
+    assert a.trace_sigma == pytest.approx(float(torch.trace(D.Sigma)), rel=1e-8)
+    assert a.grad_norm == pytest.approx(float(D.grads.mean(0).norm()), rel=1e-8)
+    # directional alignment along G's top eigenvectors, computed densely in parameter space
+    evals, evecs = torch.linalg.eigh(D.G)
+    for j in range(3):
+        v = evecs[:, -1 - j]
+        g_ref = float(v @ D.Sigma @ v / (2 * D.loss * (v @ D.G @ v)))
+        assert a.directional[j] == pytest.approx(g_ref, rel=1e-6)
+        assert a.directional_eigenvalues[j] == pytest.approx(float(evals[-1 - j]), rel=1e-8)
+
+
+@pytest.mark.parametrize(("kind", "k"), CASES)
+def test_mu_is_the_lambda_squared_weighted_mean_of_directional_alignments(kind, k):
+    P = tiny_problem(kind, k, "off")
+    a = alignment(P, method="kernel", top=P.n * P.k, hessian=False)
+    lam = np.array(a.directional_eigenvalues)
+    g = np.array(a.directional)
+    assert len(g) == min(P.n * P.k, P.p)
+    assert float((lam**2 * g).sum() / (lam**2).sum()) == pytest.approx(a.mu, rel=1e-9)
+
+
+def test_mu_inf_is_the_worst_alignment_over_reachable_residuals():
+    P = tiny_problem("mlp", 3, "minimum")
+    D = dense(P)
+    K = D.J @ D.J.T
+    n, k = P.n, P.k
+    a = alignment(P, method="kernel", hessian=False)
+    assert math.isnan(a.mu)  # zero loss: μ undefined
+    assert a.mu_inf > 0
+
+    def mu_star(u: torch.Tensor) -> float:
+        # alignment of the linearized problem with residual u, computed densely from Σ_u and G
+        g_i = torch.stack([D.J[i * k : (i + 1) * k].T @ u[i * k : (i + 1) * k] for i in range(n)])
+        gbar = g_i.mean(0)
+        sigma_u = g_i.T @ g_i / n - torch.outer(gbar, gbar)
+        loss_u = float(u @ u) / (2 * n)
+        return float(torch.trace(sigma_u @ D.G)) / (2 * loss_u * float(torch.linalg.matrix_norm(D.G) ** 2))
+
+    gen = torch.Generator().manual_seed(0)
+    samples = [mu_star(D.J @ torch.randn(P.p, dtype=torch.float64, generator=gen)) for _ in range(200)]
+    assert min(samples) >= a.mu_inf - 1e-10
+    # the minimizing direction attains it
+    eig = kf.kernel_eigen(K)
+    _, U = eig.range_basis()
+    A = kf.alignment_matrix(K, n, k)
+    w = torch.linalg.eigh(U.T @ A @ U).eigenvectors[:, 0]
+    assert mu_star(U @ w) == pytest.approx(a.mu_inf, rel=1e-8)
+
+
+def test_matrix_free_route_agrees_within_standard_errors():
+    P = tiny_problem("mlp", 3, "off", n=9, width=40)
+    exact = alignment(P, method="kernel", top=3)
+    a = alignment(P, method="matrix_free", top=3, rtol=0.02, seed=2)
+    assert a.method == "matrix_free" and not a.exact and math.isnan(a.mu_inf)
+    assert a.tr_sigma_g == pytest.approx(exact.tr_sigma_g, rel=1e-9)  # exact: n GGN products
+    assert a.trace_sigma == pytest.approx(exact.trace_sigma, rel=1e-9)
+    assert abs(a.mu - exact.mu) <= 4 * a.mu_stderr + 1e-12
+    np.testing.assert_allclose(a.directional, exact.directional, rtol=1e-6)
+
+
+def test_kernel_identities_hold_on_a_real_network():
+    X, Y = load_dataset("digits", n=60)
+    P = Problem(random_features(X.shape[1:], Y.shape[1], width=40, seed=0).double(), X, Y)
+    K = ntk(P)
+    J = P.jacobian()
+    G = J.T @ J / P.n
+    assert kf.gauss_newton_frobenius(K, P.n) == pytest.approx(float(torch.linalg.matrix_norm(G)), rel=1e-10)
+    assert kf.gauss_newton_trace(K, P.n) == pytest.approx(float(torch.trace(G)), rel=1e-10)
+
+
+def test_linear_model_on_gaussian_data_has_mu_at_least_one():
+    # population level: Σ ⪰ 2L·G for a model linear in Gaussian inputs, hence μ ≥ 1 (THEORY.md §3)
+    X, Y = load_dataset("gaussian-linear", n=4000, dim=5, outputs=1, seed=0)
+    model = linear_net(X.shape[1:], 1, widths=(), bias=False, seed=3).double()
+    P = Problem(model, X, Y)
+    mu = alignment(P, method="matrix_free", hessian=False, rtol=1e-3).mu
+    assert mu >= 0.95, mu
+
+
+def test_random_feature_alignment_does_not_shrink_with_width():
+    X, Y = load_dataset("teacher", n=150, dim=10, outputs=1, seed=0)
+    mus = []
+    for width in (40, 400):
+        model = random_features(X.shape[1:], 1, width=width, activation="tanh", seed=1).double()
+        mus.append(alignment(Problem(model, X, Y), method="kernel", hessian=False).mu)
+    assert mus[1] >= 0.5 * mus[0], mus
+    assert all(m > 0.1 for m in mus), mus
+
+
+def test_bad_alignment_arguments():
+    P = tiny_problem("mlp", 1, "off")
+    with pytest.raises(MethodError, match="unknown alignment method"):
+        alignment(P, method="dense")
+    with pytest.raises(MethodError, match="top"):
+        alignment(P, top=0)

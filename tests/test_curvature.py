@@ -1,0 +1,169 @@
+"""Curvature figures against dense float64 references, on and off a minimum, for every route."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from references import dense, tiny_model, tiny_problem
+
+from sgdstab import Problem, curvature, plan_method
+from sgdstab.curvature import MethodError
+
+CASES = [(kind, k) for kind in ("mlp", "cnn") for k in (1, 3)]
+
+
+def _reference_figures(problem: Problem) -> dict[str, float]:
+    D = dense(problem)
+    eig_h = torch.linalg.eigvalsh(D.H)
+    eig_g = torch.linalg.eigvalsh(D.G)
+    n, k = problem.n, problem.k
+    Hi = [D.J[i * k : (i + 1) * k].T @ D.J[i * k : (i + 1) * k] for i in range(n)]
+    M = sum(h @ h for h in Hi) / n - D.G @ D.G
+    return {
+        "hessian_frobenius": float(torch.linalg.matrix_norm(D.H)),
+        "trace": float(torch.trace(D.H)),
+        "sharpness": float(eig_h[-1]),
+        "min_eigenvalue": float(eig_h[0]),
+        "gauss_newton_frobenius": float(torch.linalg.matrix_norm(D.G)),
+        "gauss_newton_trace": float(torch.trace(D.G)),
+        "gauss_newton_sharpness": float(eig_g[-1]),
+        "nonuniformity": float(torch.linalg.eigvalsh(M)[-1]) ** 0.5,
+        "loss": D.loss,
+        "grad_norm": float(D.grads.mean(0).norm()),
+        "top": eig_h.flip(0)[:3].tolist(),
+    }
+
+
+EXACT_FIELDS = (
+    "hessian_frobenius",
+    "trace",
+    "sharpness",
+    "min_eigenvalue",
+    "gauss_newton_frobenius",
+    "gauss_newton_trace",
+    "gauss_newton_sharpness",
+    "nonuniformity",
+    "loss",
+    "grad_norm",
+)
+
+
+def _assert_close(value: float, ref: float, rel: float = 1e-8, scale: float = 1.0) -> None:
+    assert abs(value - ref) <= rel * max(abs(ref), scale), (value, ref)
+
+
+@pytest.mark.parametrize(("kind", "k"), CASES)
+@pytest.mark.parametrize("state", ["off", "minimum"])
+def test_dense_route_is_exact(kind, k, state):
+    P = tiny_problem(kind, k, state)
+    ref = _reference_figures(P)
+    c = curvature(P, method="dense", top=3)
+    assert c.method == "dense" and c.exact and c.converged
+    for name in EXACT_FIELDS:
+        _assert_close(getattr(c, name), ref[name], scale=ref["hessian_frobenius"])
+    np.testing.assert_allclose(c.top_eigenvalues, ref["top"], rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize(("kind", "k"), CASES)
+def test_kernel_route_at_a_minimum_is_exact(kind, k):
+    P = tiny_problem(kind, k, "minimum")
+    ref = _reference_figures(P)
+    assert ref["loss"] == 0.0
+    c = curvature(P, method="kernel", at_minimum=True, top=3)
+    assert c.exact and c.hessian_vector_products == 0
+    for name in EXACT_FIELDS:
+        _assert_close(getattr(c, name), ref[name], scale=ref["hessian_frobenius"])
+
+
+@pytest.mark.parametrize(("kind", "k"), CASES)
+def test_kernel_route_off_a_minimum_never_reports_gauss_newton_as_hessian(kind, k):
+    P = tiny_problem(kind, k, "off")
+    ref = _reference_figures(P)
+    # the two differ here, so confusing them would fail
+    assert abs(ref["hessian_frobenius"] - ref["gauss_newton_frobenius"]) > 1e-3 * ref["hessian_frobenius"]
+    c = curvature(P, method="kernel", top=3)
+    for name in EXACT_FIELDS:
+        _assert_close(getattr(c, name), ref[name], scale=ref["hessian_frobenius"])
+    assert c.hessian_vector_products > 0
+
+
+@pytest.mark.parametrize(("kind", "k"), CASES)
+def test_matrix_free_route_within_four_standard_errors(kind, k):
+    # rtol = 0.05 makes Hutch++ cheaper than p products, so the estimate really is stochastic
+    P = tiny_problem(kind, k, "off", n=9, width=30)
+    assert P.p > 100
+    ref = _reference_figures(P)
+    c = curvature(P, method="matrix_free", rtol=0.05, top=3, seed=3)
+    assert not c.exact
+    for name, se in (
+        ("hessian_frobenius", c.hessian_frobenius_stderr),
+        ("trace", c.trace_stderr),
+        ("gauss_newton_frobenius", c.gauss_newton_frobenius_stderr),
+        ("gauss_newton_trace", c.gauss_newton_trace_stderr),
+    ):
+        assert se > 0
+        assert abs(getattr(c, name) - ref[name]) <= 4 * se + 1e-12, (name, getattr(c, name), ref[name], se)
+        if c.converged:
+            assert se <= 0.05 * abs(getattr(c, name)) + 1e-12
+    # Lanczos is deterministic and tight: the extreme eigenvalues are exact to the residual bound
+    assert abs(c.sharpness - ref["sharpness"]) <= max(c.sharpness_error_bound, 1e-8 * abs(ref["sharpness"]))
+    _assert_close(c.min_eigenvalue, ref["min_eigenvalue"], rel=1e-6, scale=ref["hessian_frobenius"])
+
+
+def test_stochastic_standard_errors_shrink_with_rtol():
+    P = tiny_problem("mlp", 3, "off", n=9, width=60)
+    loose = curvature(P, method="matrix_free", rtol=0.1, seed=1)
+    tight = curvature(P, method="matrix_free", rtol=0.02, seed=1)
+    assert not tight.exact and tight.trace_stderr > 0
+    assert tight.trace_stderr < loose.trace_stderr / 2.5
+    assert tight.hessian_vector_products > loose.hessian_vector_products
+
+
+def test_relu_network_is_measured_as_torch_differentiates_it():
+    model = tiny_model("mlp", 1, activation=torch.nn.ReLU)
+    X = torch.randn(7, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    Y = torch.randn(7, 1, dtype=torch.float64, generator=torch.Generator().manual_seed(6))
+    P = Problem(model, X, Y)
+    ref = _reference_figures(P)
+    c = curvature(P, method="dense")
+    _assert_close(c.hessian_frobenius, ref["hessian_frobenius"])
+    _assert_close(c.sharpness, ref["sharpness"])
+
+
+def test_auto_picks_dense_for_tiny_models_and_reports_it():
+    P = tiny_problem("mlp", 1, "off")
+    plan = plan_method(P)
+    assert plan.method == "dense" and set(plan.estimated_seconds) >= {"dense", "matrix_free"}
+    assert curvature(P).method == "dense"
+
+
+def test_auto_avoids_dense_for_large_p():
+    model = torch.nn.Sequential(torch.nn.Linear(100, 100), torch.nn.Tanh(), torch.nn.Linear(100, 1))
+    P = Problem(model, torch.randn(50, 100), torch.randn(50, 1))
+    assert P.p > 10_000
+    assert plan_method(P).method != "dense"
+    assert plan_method(P, at_minimum=True).method == "kernel"
+
+
+def test_result_prints_and_serializes():
+    c = curvature(tiny_problem("mlp", 1, "off"))
+    text = str(c)
+    assert "hessian_frobenius" in text and "method" in text
+    d = c.to_dict()
+    assert d["method"] == "dense" and isinstance(d["top_eigenvalues"], list)
+    assert '"sharpness"' in c.to_json()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"method": "pyhessian"}, "unknown method"),
+        ({"rtol": 0}, "rtol"),
+        ({"rtol": float("nan")}, "rtol"),
+        ({"top": 0}, "top"),
+    ],
+)
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(MethodError, match=match):
+        curvature(tiny_problem("mlp", 1, "off"), **kwargs)
