@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from references import dense, tiny_problem
 
+from references import dense, tiny_problem
 from sgdstab import Problem, alignment, linear_net, load_dataset, random_features
 from sgdstab import kernel_figures as kf
 from sgdstab.curvature import MethodError

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from references import dense, tiny_model, tiny_problem
 
+from references import dense, tiny_model, tiny_problem
 from sgdstab import Problem, curvature, plan_method
 from sgdstab.curvature import MethodError
 
@@ -76,6 +76,19 @@ def test_kernel_route_at_a_minimum_is_exact(kind, k):
         _assert_close(getattr(c, name), ref[name], scale=ref["hessian_frobenius"])
 
 
+def test_kernel_route_off_a_minimum_uses_the_gauss_newton_control_variate():
+    P = tiny_problem("mlp", 3, "near", n=9, width=100)
+    ref = _reference_figures(P)
+    c = curvature(P, method="kernel", rtol=0.05, seed=4)
+    assert "control variate" in c.hessian_route and not c.exact
+    assert abs(c.trace - ref["trace"]) <= 4 * c.trace_stderr + 1e-12
+    assert abs(c.hessian_frobenius - ref["hessian_frobenius"]) <= 4 * c.hessian_frobenius_stderr + 1e-12
+    plain = curvature(P, method="matrix_free", rtol=0.05, seed=4)
+    # near a minimum H ≈ G: the exact G part leaves far less to estimate
+    assert c.trace_stderr < plain.trace_stderr / 10
+    assert c.hessian_frobenius_stderr < plain.hessian_frobenius_stderr / 10
+
+
 @pytest.mark.parametrize(("kind", "k"), CASES)
 def test_kernel_route_off_a_minimum_never_reports_gauss_newton_as_hessian(kind, k):
     P = tiny_problem(kind, k, "off")
@@ -90,11 +103,11 @@ def test_kernel_route_off_a_minimum_never_reports_gauss_newton_as_hessian(kind, 
 
 @pytest.mark.parametrize(("kind", "k"), CASES)
 def test_matrix_free_route_within_four_standard_errors(kind, k):
-    # rtol = 0.05 makes Hutch++ cheaper than p products, so the estimate really is stochastic
+    # rtol = 0.1 makes Hutch++ cheaper than p products, so the estimate really is stochastic
     P = tiny_problem(kind, k, "off", n=9, width=30)
-    assert P.p > 100
+    assert P.p > 150
     ref = _reference_figures(P)
-    c = curvature(P, method="matrix_free", rtol=0.05, top=3, seed=3)
+    c = curvature(P, method="matrix_free", rtol=0.1, top=3, seed=3)
     assert not c.exact
     for name, se in (
         ("hessian_frobenius", c.hessian_frobenius_stderr),
@@ -105,14 +118,14 @@ def test_matrix_free_route_within_four_standard_errors(kind, k):
         assert se > 0
         assert abs(getattr(c, name) - ref[name]) <= 4 * se + 1e-12, (name, getattr(c, name), ref[name], se)
         if c.converged:
-            assert se <= 0.05 * abs(getattr(c, name)) + 1e-12
+            assert se <= 0.1 * abs(getattr(c, name)) + 1e-12
     # Lanczos is deterministic and tight: the extreme eigenvalues are exact to the residual bound
     assert abs(c.sharpness - ref["sharpness"]) <= max(c.sharpness_error_bound, 1e-8 * abs(ref["sharpness"]))
     _assert_close(c.min_eigenvalue, ref["min_eigenvalue"], rel=1e-6, scale=ref["hessian_frobenius"])
 
 
 def test_stochastic_standard_errors_shrink_with_rtol():
-    P = tiny_problem("mlp", 3, "off", n=9, width=60)
+    P = tiny_problem("mlp", 3, "off", n=9, width=100)
     loose = curvature(P, method="matrix_free", rtol=0.1, seed=1)
     tight = curvature(P, method="matrix_free", rtol=0.02, seed=1)
     assert not tight.exact and tight.trace_stderr > 0

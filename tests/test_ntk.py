@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from references import dense, tiny_problem
 
+from references import dense, tiny_problem
 from sgdstab import MemoryBudgetError, ntk
 from sgdstab.ntk import ntk_memory
 

@@ -176,7 +176,7 @@ def test_float32_products_follow_problem_dtype() -> None:
 )
 def test_linear_operators_equal_dense(case, name, factory) -> None:
     problem, dense = case
-    op = factory(problem, block_size=4)  # several blocks per identity
+    op = factory(problem, block_size=16)  # several blocks per identity
     assert isinstance(op, TorchLinearOperator)
     assert op.shape == (problem.p, problem.p) and op.dtype == np.float64
     D = op @ np.eye(problem.p)

@@ -170,7 +170,7 @@ def _matrix_free(problem: Problem, top: int, rtol: float, seed: int, loss: float
     trace_sigma, tr_sigma_g = _noise_traces(problem, lambda V: gauss_newton_matmat(problem, V), gradient)
     gop = gauss_newton_operator(problem)
     k_top = max(1, min(top, problem.p - 2))
-    eig = top_eigenpairs(gop, k=k_top, which="LA", seed=seed)
+    eig = top_eigenpairs(gop, k=k_top, which="LA", seed=seed, maxiter=50)
     tf = hutchpp(gop, rtol=rtol, basis=eig.eigenvectors, seed=seed + 1)
     two_l = 2 * loss * tf.frobenius_squared
     two_l_se = 2 * loss * tf.frob2_stderr

@@ -42,7 +42,7 @@ def _not_built(command: str, issue: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out: str | None, n: int | None, seed: int) -> None:
     """The main job: measure a network trained on the built-in Fashion-MNIST subset."""
-    from sgdstab.demo import run_demo
+    from sgdstab.experiments.demo import run_demo
 
     run_demo(out=out, n=n, seed=seed)
 

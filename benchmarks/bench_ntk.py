@@ -1,0 +1,187 @@
+"""The NTK kernel route: GEMM throughput of ``sgdstab.ntk`` against a plain ``J @ J.T``, and its peak memory.
+
+Everything runs in a fresh subprocess, so that the peak resident memory (``ru_maxrss``) counts only this work:
+
+1. ``K = sgdstab.ntk(problem)`` is timed and the peak memory it added is read (against the sizes of K and J);
+2. ``J = problem.jacobian()`` is timed on its own, so K's assembly (the GEMMs) ≈ ntk − jacobian;
+3. a plain ``J @ J.T`` of the same shape is timed, and K is checked against it.
+
+sgdstab fills K from its upper triangle in row blocks, so its *useful* flops are (nk)²·p against the plain
+product's 2(nk)²·p; the flops its blocks actually execute are counted too. Target: useful GFLOP/s ≥ 70% of the
+plain product's.
+
+    python benchmarks/bench_ntk.py [--quick] [--threads N]      (writes benchmarks/results/ntk.json)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import sgdstab
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RESULTS_DIR, fmt_seconds, machine_state, table, write_json
+
+# digits, k = 10 outputs: n·k = 5000 rows of J with p ≈ 100k (full), or n·k = 2000, p ≈ 9k (quick).
+FULL = {"n": 500, "widths": [280, 280]}
+QUICK = {"n": 200, "widths": [64, 64]}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as fh:
+        return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kilobytes on Linux
+
+
+def executed_flops(nk: int, p: int, rows: int | None) -> float:
+    """Flops of sgdstab's row-block loop: block a (rows a..a+r) times columns a..nk."""
+    if rows is None:
+        return 2.0 * nk * nk * p
+    return sum(2.0 * (min(a + rows, nk) - a) * (nk - a) * p for a in range(0, nk, rows))
+
+
+def worker(config: dict[str, Any]) -> dict[str, Any]:
+    """The measurements, in this (fresh) process."""
+    if config["threads"] > 0:
+        torch.set_num_threads(config["threads"])
+    X, Y = sgdstab.load_dataset("digits", n=config["n"])
+    model = sgdstab.mlp(X.shape[1:], Y.shape[1], widths=tuple(config["widths"]), activation="tanh", seed=0)
+    problem = sgdstab.Problem(model, X, Y)
+    sgdstab.Problem(model, X[:4], Y[:4]).jacobian()  # warm torch.func up on a tiny problem
+    n, k, p = problem.n, problem.k, problem.p
+    nk = n * k
+    item = problem.itemsize
+    ntk_module = sys.modules["sgdstab.ntk"]
+    route = ntk_module._plan(problem, None)[0] if hasattr(ntk_module, "_plan") else "unknown"
+    gemm_rows = getattr(ntk_module, "_GEMM_ROWS", None)
+
+    rss_before, maxrss_before = _rss_bytes(), _maxrss_bytes()
+    start = time.perf_counter()
+    K = sgdstab.ntk(problem)
+    t_ntk = time.perf_counter() - start
+    maxrss_after = _maxrss_bytes()
+
+    start = time.perf_counter()
+    J = problem.jacobian()
+    t_jac = time.perf_counter() - start
+    start = time.perf_counter()
+    K_plain = J @ J.T
+    t_plain = time.perf_counter() - start
+    diff = float((K - K_plain).abs().max() / K_plain.abs().max())
+    t_gemm = max(t_ntk - t_jac, 1e-9)
+    useful = float(nk) * nk * p
+    return {
+        "n": n,
+        "k": k,
+        "p": p,
+        "nk": nk,
+        "dtype": str(problem.dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "ntk_route": route,
+        "gemm_rows": gemm_rows,
+        "chunk_size": problem.chunk_size,
+        "seconds_ntk": t_ntk,
+        "seconds_jacobian": t_jac,
+        "seconds_k_assembly": t_gemm,
+        "seconds_plain_matmul": t_plain,
+        "gflops_sgdstab_useful": useful / t_gemm / 1e9,
+        "gflops_sgdstab_executed": executed_flops(nk, p, gemm_rows) / t_gemm / 1e9,
+        "gflops_plain": 2 * useful / t_plain / 1e9,
+        "useful_throughput_ratio": (useful / t_gemm) / (2 * useful / t_plain),
+        "time_ratio_plain_over_assembly": t_plain / t_gemm,
+        "max_rel_diff_vs_plain": diff,
+        "bytes_K": nk * nk * item,
+        "bytes_J": nk * p * item,
+        "rss_before": rss_before,
+        "maxrss_before": maxrss_before,
+        "maxrss_after_ntk": maxrss_after,
+        "peak_added_by_ntk": maxrss_after - rss_before,
+        "ntk_memory_estimate": ntk_module.ntk_memory(problem) if hasattr(ntk_module, "ntk_memory") else None,
+    }
+
+
+def run(quick: bool = False, threads: int = 0) -> dict[str, Any]:
+    """Run :func:`worker` in a fresh interpreter and return its measurements."""
+    config = dict(QUICK if quick else FULL, threads=threads)
+    done = subprocess.run(
+        [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"NTK worker failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _mib(x: float) -> str:
+    return f"{x / 2**20:,.0f} MiB"
+
+
+def print_report(r: dict[str, Any]) -> None:
+    print(
+        f"\n=== NTK kernel route: digits n={r['n']}, k={r['k']} (n·k = {r['nk']}), p = {r['p']:,}, {r['dtype']}, "
+        f"{r['threads']} thread(s); route {r['ntk_route']!r}, GEMM row block {r['gemm_rows']}"
+    )
+    rows = [
+        ["sgdstab.ntk (Jacobian + K)", fmt_seconds(r["seconds_ntk"]), "", ""],
+        ["  problem.jacobian() alone", fmt_seconds(r["seconds_jacobian"]), "", ""],
+        [
+            "  K assembly = ntk − jacobian",
+            fmt_seconds(r["seconds_k_assembly"]),
+            f"{r['gflops_sgdstab_useful']:.1f}",
+            f"{r['gflops_sgdstab_executed']:.1f}",
+        ],
+        [
+            "plain J @ J.T",
+            fmt_seconds(r["seconds_plain_matmul"]),
+            f"{r['gflops_plain']:.1f}",
+            f"{r['gflops_plain']:.1f}",
+        ],
+    ]
+    print(table(["what", "seconds", "useful GFLOP/s", "executed GFLOP/s"], rows, right=(1, 2, 3)))
+    print(
+        f"  useful throughput / plain matmul throughput = {100 * r['useful_throughput_ratio']:.0f}% (target ≥ 70%);"
+        f" time plain / K assembly = {r['time_ratio_plain_over_assembly']:.2f}×; "
+        f"max |K − JJᵀ| / max |JJᵀ| = {r['max_rel_diff_vs_plain']:.1e}"
+    )
+    print(
+        f"  peak memory added by sgdstab.ntk: {_mib(r['peak_added_by_ntk'])} = "
+        f"{r['peak_added_by_ntk'] / r['bytes_K']:.1f}× size(K) ({_mib(r['bytes_K'])}) = "
+        f"{r['peak_added_by_ntk'] / r['bytes_J']:.2f}× size(J) ({_mib(r['bytes_J'])}); "
+        f"sgdstab's own estimate K + J = {_mib(r['bytes_K'] + r['bytes_J'])}"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="n·k = 2000, p ≈ 9k instead of n·k = 5000, p ≈ 100k")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "ntk.json", help="JSON output path")
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    result = run(args.quick, args.threads)
+    print_report(result)
+    write_json(args.out, {"machine": machine_state(), "ntk": result})
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

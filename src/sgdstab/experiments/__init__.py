@@ -1,0 +1,1 @@
+"""Experiments: thin, declarative layers over the measurement API (THEORY.md §6)."""

@@ -1,0 +1,757 @@
+"""Linear (mean-square) stability of SGD at a global minimum, from the NTK Gram matrix K (THEORY.md §4).
+
+At a global minimum θ*, SGD linearizes to ``u_{t+1} = (I − (η/B) K D_ξ) u_t`` on the residual ``u = Jδ``, and the
+second moment ``M_t = E[u_t u_tᵀ]`` follows
+
+    T(M) = (I − ηK/n) M (I − ηK/n) + η² c [ (1/n) K bdiag(M) K − (1/n²) K M K ],
+
+``c`` = :func:`sgdstab.conventions.noise_scale`. θ* is mean-square stable iff ``ρ(T) ≤ 1``; ``E L̃_t`` grows like
+``ρ(T)^t`` otherwise. Writing ``T = I − 2ηC + η²D`` with ``C(M) = (KM + MK)/(2n)`` and
+``D(M) = ((1−c)/n²) KMK + (c/n) K bdiag(M) K``, the critical learning rate is ``η* = 2/λ_max(C⁻¹D)``.
+
+**Coordinates.** Everything runs in K's eigenbasis restricted to range(K) (the null space of K never moves):
+``K = U Λ Uᵀ`` with the r eigenvalues above the cutoff of :func:`sgdstab.kernel_figures.kernel_eigen`. With
+``V = U Λ^{1/2}`` (so ``K = V Vᵀ``) and the congruence ``M = V N Vᵀ`` (``N_ab = M̃_ab/√(λ_a λ_b)``), the operators
+become *self-adjoint* on symmetric r×r matrices with the Frobenius inner product:
+
+    T̂(N) = S ∘ N + (η²c/n) Vᵀ bdiag(V N Vᵀ) V,      S_ab = p_a p_b − (η²c/n²) λ_a λ_b,  p_a = 1 − ηλ_a/n,
+    Ĉ(N) = ĉ ∘ N,  ĉ_ab = (λ_a + λ_b)/(2n),      D̂(N) = ((1−c)/n²) λ_a λ_b N_ab + (c/n) Vᵀ bdiag(V N Vᵀ) V.
+
+(The bdiag term ``K bdiag(M) K`` alone is not self-adjoint in M; in N it is ``Ψ* P Ψ`` with ``Ψ(N) = V N Vᵀ`` and
+P the block-diagonal projection.) T̂ is similar to T on Sym(range K), so it has the same, real, spectrum; it maps
+PSD to PSD, so by Perron–Frobenius for cones ``ρ(T)`` is its largest eigenvalue, attained by a PSD eigenmatrix.
+``C⁻¹D`` is similar to the PSD operator ``Ĉ^{-1/2} D̂ Ĉ^{-1/2}``. Both are therefore symmetric eigenproblems,
+solved by Lanczos (``scipy.sparse.linalg.eigsh``, ``which="LA"``) on symmetric matrices vectorized by their upper
+triangle with off-diagonal entries scaled by √2 (an isometry, dimension r(r+1)/2), or by a dense ``eigh`` of the
+materialized r(r+1)/2-square matrix when that is small, with power iteration from ``M = I`` as a fallback.
+
+**Cost.** One application of T̂ (or of ``Ĉ^{-1/2} D̂ Ĉ^{-1/2}``) costs two GEMMs of size nk × r × r
+(``V N`` and ``Vᵀ (bdiag · V)``), about ``4·nk·r²`` flops, plus O(n k² r); K's eigendecomposition costs
+O((nk)³) once per :class:`Kernel`. For nk beyond ~1200, ``method="galerkin"`` restricts both operators to the top
+r eigen-subspace of K (r = 64, 128, 256, … until ρ and η* change by less than ``galerkin_rtol`` between
+successive r). That restriction is a compression of a self-adjoint operator, so ρ and ``λ_max(C⁻¹D)`` grow with r
+towards their exact values: the Galerkin ρ is a lower bound and its η* an upper bound.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse.linalg as spla
+import torch
+from scipy.linalg.blas import dsyrk as _dsyrk
+from torch import Tensor
+
+from sgdstab import kernel_figures as kf
+from sgdstab.conventions import check_batch_size, check_learning_rate, check_sampling, noise_scale
+from sgdstab.errors import SgdstabError
+from sgdstab.results import ResultMixin
+
+if TYPE_CHECKING:
+    from sgdstab.certificates import Certificates
+    from sgdstab.problem import Problem
+
+METHODS: tuple[str, ...] = ("auto", "exact", "dense", "lanczos", "power", "galerkin")
+
+DENSE_MAX_DIM = 1500  # dense eigh of the materialized operator when r(r+1)/2 is at most this ...
+_DENSE_MAX_ENTRIES = 4_000_000  # ... and its n·k²·r(r+1)/2 building block fits comfortably
+EXACT_MAX_RANK = 1200  # method="auto": exact up to this rank of K, Galerkin beyond
+GALERKIN_START = 64
+_POWER_MAX_MATVECS = 20_000
+_NCV = 16  # Lanczos basis size: one restart usually suffices
+# residual tolerances = factor·√tol (symmetric problems: eigenvalue error ≲ residual²/gap); set from measurements
+_RESIDUAL = 0.1  # Lanczos (ARPACK, relative to the eigenvalue)
+_RESIDUAL_LOBPCG = 1.0  # LOBPCG on Z (relative to max |diag Z|)
+
+
+class StabilityError(SgdstabError, ValueError):
+    """An invalid kernel or stability request (non-square, asymmetric, non-PSD or non-finite K, unknown method)."""
+
+
+# --------------------------------------------------------------------------------------------------- the kernel
+@dataclass(frozen=True, eq=False)
+class Kernel:
+    """The NTK Gram matrix ``K`` (nk × nk, row ``i·k + c``) of n samples with k outputs, validated.
+
+    ``K`` is stored symmetrized in float64; its eigendecomposition (in float64, range cutoff as in
+    :func:`sgdstab.kernel_figures.kernel_eigen`, float32's when K came in float32) is computed once on construction
+    and reused. Raises :class:`StabilityError` unless K is square, finite, symmetric within rounding, PSD within
+    rounding and ``n·k`` equals its size.
+    """
+
+    K: Tensor
+    n: int
+    k: int = 1
+    _eigen: kf.KernelEigen = field(init=False, repr=False)
+    _cache: dict[str, Any] = field(init=False, repr=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        K = self.K
+        if isinstance(K, np.ndarray):
+            K = torch.from_numpy(K)
+        if not isinstance(K, Tensor):
+            raise StabilityError(f"K must be a torch tensor or numpy array, got {type(self.K).__name__}")
+        if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
+            raise StabilityError(f"K must be a non-empty square matrix, got shape {tuple(K.shape)}")
+        for name, value in (("n", self.n), ("k", self.k)):
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise StabilityError(f"{name} must be a positive integer, got {value!r}")
+        n, k = int(self.n), int(self.k)
+        if n * k != K.shape[0]:
+            raise StabilityError(f"K is {K.shape[0]} × {K.shape[0]} but n·k = {n}·{k} = {n * k}")
+        in_dtype = K.dtype if K.dtype in (torch.float32, torch.float64) else torch.float64
+        K = K.detach().to("cpu", in_dtype)
+        if not bool(torch.isfinite(K).all()):
+            raise StabilityError(f"K contains {int((~torch.isfinite(K)).sum())} non-finite value(s) (NaN or inf)")
+        scale = float(K.abs().max())
+        asym = float((K - K.T).abs().max())
+        sym_tol = (1e-4 if in_dtype == torch.float32 else 1e-8) * scale
+        if asym > sym_tol:
+            raise StabilityError(
+                f"K is not symmetric: max |K − Kᵀ| = {asym:.3g} exceeds {sym_tol:.3g} (relative to max |K|)"
+            )
+        Ks = (K + K.T) / 2
+        eig = kf.kernel_eigen(Ks)
+        lam_max = max(float(eig.values[-1]), 0.0)
+        eps = torch.finfo(in_dtype).eps
+        psd_tol = 100 * K.shape[0] * eps * lam_max
+        if float(eig.values[0]) < -psd_tol:
+            raise StabilityError(
+                f"K is not positive semi-definite: λ_min = {float(eig.values[0]):.3g} < −{psd_tol:.3g} "
+                f"(λ_max = {lam_max:.3g}); an NTK Gram matrix J Jᵀ always is"
+            )
+        object.__setattr__(self, "K", Ks.to(torch.float64))
+        object.__setattr__(self, "n", n)
+        object.__setattr__(self, "k", k)
+        object.__setattr__(self, "_eigen", eig)
+
+    @classmethod
+    def from_problem(cls, problem: Problem) -> Kernel:
+        """K = :func:`sgdstab.ntk` at the problem's θ (meant to be a global minimum)."""
+        from sgdstab.ntk import ntk
+
+        return cls(ntk(problem), problem.n, problem.k)
+
+    @property
+    def nk(self) -> int:
+        return self.n * self.k
+
+    @property
+    def eigen(self) -> kf.KernelEigen:
+        """Float64 eigendecomposition of K (eigenvalues ascending)."""
+        return self._eigen
+
+    @property
+    def rank(self) -> int:
+        """Number of eigenvalues above the range cutoff."""
+        return self._eigen.rank
+
+    def range_basis(self, top: int | None = None) -> tuple[Tensor, Tensor]:
+        """``(λ, U)`` spanning range(K), eigenvalues ascending; ``top`` keeps only the largest ``top``."""
+        lam, U = self._eigen.range_basis()
+        if top is not None and top < lam.shape[0]:
+            lam, U = lam[-top:], U[:, -top:]
+        return lam, U
+
+    def __repr__(self) -> str:
+        return f"Kernel(n={self.n}, k={self.k}, rank={self.rank}, λ_max={float(self._eigen.values[-1]):.4g})"
+
+
+def as_kernel(obj: Any) -> Kernel:
+    """A :class:`Kernel` from a ``Kernel`` (returned as is), a :class:`~sgdstab.Problem` (its NTK at θ) or a plain
+    square tensor/array (k = 1, n = its size)."""
+    if isinstance(obj, Kernel):
+        return obj
+    from sgdstab.problem import Problem
+
+    if isinstance(obj, Problem):
+        return Kernel.from_problem(obj)
+    if isinstance(obj, Tensor | np.ndarray):
+        if obj.ndim != 2 or obj.shape[0] != obj.shape[1]:
+            raise StabilityError(f"K must be a square matrix, got shape {tuple(obj.shape)}")
+        return Kernel(obj if isinstance(obj, Tensor) else torch.from_numpy(np.asarray(obj)), int(obj.shape[0]), 1)
+    raise StabilityError(f"expected a Problem, a Kernel or a square tensor, got {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------- operators
+def stability_operator(
+    kernel: Any, lr: float, batch_size: int, sampling: str = "with_replacement"
+) -> Callable[[Tensor], Tensor]:
+    """The second-moment map ``M ↦ T(M)`` on symmetric nk × nk matrices (THEORY.md §4), exact on the whole space.
+
+    Implemented through K's range eigenbasis (K is replaced by its truncation to eigenvalues above the cutoff,
+    a change below rounding): ``(I − ηK/n)`` and ``K X K`` are applied as rank-r updates, so one call costs
+    O((nk)²·r). Components of M in null(K) are carried exactly (``I − ηK/n`` is the identity there).
+    """
+    ker = as_kernel(kernel)
+    eta = check_learning_rate(lr)
+    c = noise_scale(batch_size, ker.n, check_sampling(sampling))
+    n, k = ker.n, ker.k
+    lam, U = ker.range_basis()
+    q = eta * lam / n
+
+    def apply(M: Tensor) -> Tensor:
+        M64 = torch.as_tensor(M, dtype=torch.float64)
+        if M64.shape != (ker.nk, ker.nk):
+            raise StabilityError(f"M must be {ker.nk} × {ker.nk}, got shape {tuple(M64.shape)}")
+        AM = M64 - U @ (q[:, None] * (U.T @ M64))  # (I − ηK/n) M
+        AMA = AM - ((AM @ U) * q[None, :]) @ U.T  # … (I − ηK/n)
+        Bd = torch.zeros_like(M64)
+        blocks = kf.block_diagonal(M64, n, k)
+        B4 = Bd.reshape(n, k, n, k)
+        idx = torch.arange(n)
+        B4[idx, :, idx, :] = blocks
+        X = Bd / n - M64 / n**2
+        KXK = U @ (lam[:, None] * (U.T @ X @ U) * lam[None, :]) @ U.T
+        out = AMA + eta**2 * c * KXK
+        return (out + out.T) / 2
+
+    return apply
+
+
+class _SymForm:
+    """The self-adjoint forms T̂, Ĉ^{-1/2} D̂ Ĉ^{-1/2} on Sym(r), vectorized by the √2-scaled upper triangle.
+
+    Vectors may carry leading batch dimensions (``(..., m)``); packing and unpacking are gathers.
+    """
+
+    def __init__(self, lam: Tensor, U: Tensor, n: int, k: int) -> None:
+        self.lam = lam
+        self.n, self.k = n, k
+        self.r = r = int(lam.shape[0])
+        self.V = U * lam.sqrt()[None, :]
+        self.V3 = self.V.reshape(n, k, r)
+        ia, ib = torch.triu_indices(r, r)
+        self.ia, self.ib = ia, ib
+        self.m = m = int(ia.shape[0])
+        self.w = torch.full((m,), math.sqrt(2.0), dtype=torch.float64)
+        self.w[ia == ib] = 1.0
+        self.upper = ia * r + ib  # flat position of each packed entry
+        full_to_packed = torch.empty(r * r, dtype=torch.long)
+        full_to_packed[ia * r + ib] = torch.arange(m)
+        full_to_packed[ib * r + ia] = torch.arange(m)
+        self.full_to_packed = full_to_packed
+        self.lam_a, self.lam_b = lam[ia], lam[ib]
+        self._dense_bdiag: Tensor | None = None
+
+    # vectorization (an isometry Sym(r) → R^m)
+    def pack(self, N: Tensor) -> Tensor:
+        lead = N.shape[:-2]
+        return N.reshape(*lead, self.r * self.r).index_select(-1, self.upper) * self.w
+
+    def unpack(self, v: Tensor) -> Tensor:
+        return (v / self.w).index_select(-1, self.full_to_packed).reshape(*v.shape[:-1], self.r, self.r)
+
+    def bdiag(self, v: Tensor) -> Tensor:
+        """Packed ``Vᵀ bdiag(V N Vᵀ) V``: one nk × r × r GEMM (``V N``) and one symmetric rank-nk update (half a
+        GEMM) per vector. For k > 1 each diagonal k×k block is diagonalized first, ``B_i = Q_i diag(e_i) Q_iᵀ``, so
+        that ``Vᵀ bdiag(B) V = Ṽᵀ diag(e) Ṽ`` with ``Ṽ_i = Q_iᵀ V_i``."""
+        N = self.unpack(v)
+        W = torch.matmul(self.V, N)  # (..., nk, r)
+        lead = W.shape[:-2]
+        if self.k == 1:
+            e = (W * self.V).sum(-1)
+            Vt = self.V.expand(*lead, *self.V.shape)
+        else:
+            W4 = W.reshape(*lead, self.n, self.k, self.r)
+            blocks = torch.matmul(W4, self.V3.transpose(1, 2))  # (..., n, k, k): diagonal blocks of V N Vᵀ
+            e, Q = torch.linalg.eigh((blocks + blocks.transpose(-1, -2)) / 2)
+            Vt = torch.matmul(Q.transpose(-1, -2), self.V3).reshape(*lead, self.n * self.k, self.r)
+            e = e.reshape(*lead, self.n * self.k)
+        flat_e, flat_V = e.reshape(-1, e.shape[-1]), Vt.reshape(-1, *Vt.shape[-2:])
+        R = torch.stack([_weighted_gram(flat_V[j], flat_e[j]) for j in range(flat_e.shape[0])])
+        return self.pack(R.reshape(*lead, self.r, self.r))
+
+    def dense_bdiag(self) -> Tensor:
+        """The m × m matrix of :meth:`bdiag`: ``Gᵀ G`` with ``G[(i,x,y), (a,b)] = (V_i Q_ab V_iᵀ)_xy``."""
+        if self._dense_bdiag is None:
+            Xa, Xb = self.V3[:, :, self.ia], self.V3[:, :, self.ib]  # (n, k, m)
+            G = (Xa[:, :, None, :] * Xb[:, None, :, :] + Xb[:, :, None, :] * Xa[:, None, :, :]) * (self.w / 2)
+            G = G.reshape(-1, self.m)
+            self._dense_bdiag = G.T @ G
+        return self._dense_bdiag
+
+    def dense_ok(self) -> bool:
+        return self.m <= DENSE_MAX_DIM and self.n * self.k**2 * self.m <= _DENSE_MAX_ENTRIES
+
+    # the operators' diagonal (entrywise) parts, packed
+    def t_diag(self, eta: float, c: float) -> Tensor:
+        n = self.n
+        pa, pb = 1 - eta * self.lam_a / n, 1 - eta * self.lam_b / n
+        return pa * pb - eta**2 * c * self.lam_a * self.lam_b / n**2
+
+    def z_diag(self, eta: float, c: float) -> Tensor:
+        """Diagonal part of Z = I − T̂ = 2ηĈ − η²D̂ (computed without cancellation)."""
+        n = self.n
+        return eta * (self.lam_a + self.lam_b) / n - eta**2 * (1 - c) * self.lam_a * self.lam_b / n**2
+
+    def c_diag(self) -> Tensor:
+        return (self.lam_a + self.lam_b) / (2 * self.n)
+
+    def d_diag(self, c: float) -> Tensor:
+        return (1 - c) * self.lam_a * self.lam_b / self.n**2
+
+    def identity_start(self) -> Tensor:
+        """Packed N for M = P_range (M̃ = I): N = Λ^{-1}, normalized."""
+        v = self.pack(torch.diag(1 / self.lam))
+        return v / v.norm()
+
+
+def _weighted_gram(X: Tensor, e: Tensor) -> Tensor:
+    """``Xᵀ diag(e) X`` (upper triangle only; the rest is garbage) by BLAS ``dsyrk`` on the rows of each sign."""
+    r = X.shape[1]
+    out: np.ndarray | None = None
+    for sign in (1.0, -1.0):
+        keep = e > 0 if sign > 0 else e < 0
+        if not bool(keep.any()):
+            continue
+        rows = (X[keep] * e[keep].abs().sqrt()[:, None]).numpy()  # C-order, so rows.T is Fortran-order
+        if out is None:
+            out = _dsyrk(sign, rows.T, trans=0)
+        else:
+            out = _dsyrk(sign, rows.T, beta=1.0, c=out, trans=0, overwrite_c=1)
+    if out is None:
+        return torch.zeros(r, r, dtype=torch.float64)
+    return torch.from_numpy(out)
+
+
+@dataclass
+class _Eig:
+    value: float
+    vector: Tensor | None
+    converged: bool
+    matvecs: int
+    route: str
+
+
+def _top_eigen(
+    matvec: Callable[[Tensor], Tensor],
+    dense: Callable[[], Tensor] | None,
+    m: int,
+    route: str,
+    tol: float,
+    v0: Tensor | None,
+) -> _Eig:
+    """Largest (algebraic) eigenvalue of a symmetric operator of dimension m, with its eigenvector."""
+    if m == 0:
+        return _Eig(0.0, None, True, 0, route)
+    if route == "dense" or m < 3:
+        assert dense is not None
+        A = dense()
+        values, vectors = torch.linalg.eigh((A + A.T) / 2)
+        # the largest |eigenvalue|; for T̂ Perron–Frobenius makes it the largest one, so this is a check
+        if float(-values[0]) > float(values[-1]):
+            return _Eig(float(-values[0]), vectors[:, 0], True, 0, "dense")
+        return _Eig(float(values[-1]), vectors[:, -1], True, 0, "dense")
+    if route == "lanczos":
+        count = [0]
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            count[0] += 1
+            return matvec(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))).numpy()
+
+        op = spla.LinearOperator((m, m), matvec=mv, dtype=np.float64)
+        start = None if v0 is None else v0.numpy()
+        try:
+            vals, vecs = spla.eigsh(
+                op, k=1, which="LA", v0=start, tol=_RESIDUAL * math.sqrt(tol), ncv=min(m - 1, _NCV), maxiter=2000
+            )
+            return _Eig(float(vals[0]), torch.from_numpy(vecs[:, 0].copy()), True, count[0], "lanczos")
+        except spla.ArpackNoConvergence as exc:
+            start_t = torch.from_numpy(exc.eigenvectors[:, 0].copy()) if exc.eigenvectors.size else v0
+            res = _power(matvec, m, tol, start_t)
+            res.matvecs += count[0]
+            res.route = "lanczos+power"
+            return res
+    if route == "power":
+        return _power(matvec, m, tol, v0)
+    raise StabilityError(f"unknown eigen route {route!r}")
+
+
+def _power(matvec: Callable[[Tensor], Tensor], m: int, tol: float, v0: Tensor | None) -> _Eig:
+    """Power iteration with Rayleigh quotients; converged when the residual ‖Ax − θx‖ ≤ tol^0.8·|θ|
+    and θ changed by at most tol·|θ|."""
+    x = torch.ones(m, dtype=torch.float64) if v0 is None else v0.clone()
+    x = x / x.norm()
+    theta_old = math.nan
+    for it in range(1, _POWER_MAX_MATVECS + 1):
+        y = matvec(x)
+        theta = float(x @ y)
+        res = float((y - theta * x).norm())
+        ny = float(y.norm())
+        if ny == 0:
+            return _Eig(0.0, x, True, it, "power")
+        if res <= tol**0.8 * abs(theta) and abs(theta - theta_old) <= tol * abs(theta):
+            return _Eig(theta, x, True, it, "power")
+        theta_old = theta
+        x = y / ny
+    return _Eig(theta, x, False, _POWER_MAX_MATVECS, "power")
+
+
+def _rho(
+    form: _SymForm, eta: float, c: float, route: str, tol: float, v0: Tensor | None, eta_star: float = math.nan
+) -> _Eig:
+    """ρ(T) = the largest eigenvalue of T̂. On the Lanczos route, below η* (where T̂'s top is a cluster near 1 of
+    slowly contracting modes, on which Lanczos crawls) it is computed as 1 − λ_min(Z), Z = I − T̂ = 2ηĈ − η²D̂, by
+    LOBPCG preconditioned with Ĉ⁻¹: below η*, 2η(1 − η/η*)Ĉ ⪯ Z ⪯ 2ηĈ, so the preconditioned condition
+    number is at most 1/(1 − η/η*)."""
+    sdiag = form.t_diag(eta, c)
+    coef = eta**2 * c / form.n
+
+    def mv(v: Tensor) -> Tensor:
+        out = sdiag * v
+        if coef:
+            out = out + coef * form.bdiag(v)
+        return out
+
+    def dense() -> Tensor:
+        out = torch.diag(sdiag)
+        return out + coef * form.dense_bdiag() if coef else out
+
+    if route == "power" and v0 is None:
+        v0 = form.identity_start()
+    if route == "lanczos" and form.m >= 16 and eta < eta_star * (1 - 1e-3):
+        res = _rho_lobpcg(form, eta, c, tol, v0)
+        if res.converged:
+            return res
+        more = _top_eigen(mv, dense, form.m, route, tol, res.vector)
+        more.matvecs += res.matvecs
+        return more
+    return _top_eigen(mv, dense, form.m, route, tol, v0)
+
+
+def _rho_lobpcg(form: _SymForm, eta: float, c: float, tol: float, v0: Tensor | None) -> _Eig:
+    zdiag = form.z_diag(eta, c)
+    coef = eta**2 * c / form.n
+    prec = 1.0 / (2 * eta * form.c_diag())
+    count = [0]
+
+    def z(X: np.ndarray) -> np.ndarray:
+        Xt = torch.from_numpy(np.ascontiguousarray(np.asarray(X).reshape(form.m, -1).T))
+        count[0] += Xt.shape[0]
+        out = zdiag * Xt
+        if coef:
+            out = out - coef * form.bdiag(Xt)
+        return out.T.numpy()
+
+    def p(X: np.ndarray) -> np.ndarray:
+        return np.asarray(X).reshape(form.m, -1) * prec.numpy()[:, None]
+
+    # starts: the η* eigenmatrix, the slowest diagonal mode (smallest λ is packed index 0), M = I
+    starts = [form.identity_start()]
+    if v0 is not None:
+        starts.insert(0, v0)
+    slow = torch.zeros(form.m, dtype=torch.float64)
+    slow[0] = 1.0
+    starts.append(slow)
+    X0 = torch.stack(starts, 1).numpy()
+    A = spla.LinearOperator((form.m, form.m), matvec=z, matmat=z, dtype=np.float64)
+    M = spla.LinearOperator((form.m, form.m), matvec=p, matmat=p, dtype=np.float64)
+    scale = float(zdiag.abs().max())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vals, vecs = spla.lobpcg(A, X0, M=M, largest=False, tol=_RESIDUAL_LOBPCG * math.sqrt(tol) * scale, maxiter=400)
+    x = torch.from_numpy(np.ascontiguousarray(vecs[:, int(np.argmin(vals))]))
+    x = x / x.norm()
+    zx = torch.from_numpy(z(x.numpy()[:, None])[:, 0])
+    sigma = float(x @ zx)
+    res = float((zx - sigma * x).norm())
+    return _Eig(1.0 - sigma, x, res <= math.sqrt(tol) * max(scale, 1e-300), count[0], "lanczos")
+
+
+def _critical(form: _SymForm, c: float, route: str, tol: float, v0: Tensor | None) -> _Eig:
+    """Largest eigenvalue of Ĉ^{-1/2} D̂ Ĉ^{-1/2} (= λ_max(C⁻¹D)); η* = 2 / it."""
+    s = form.c_diag().rsqrt()
+    ddiag = form.d_diag(c) * s * s
+    coef = c / form.n
+
+    def mv(v: Tensor) -> Tensor:
+        out = ddiag * v
+        if coef:
+            out = out + coef * s * form.bdiag(s * v)
+        return out
+
+    def dense() -> Tensor:
+        out = torch.diag(ddiag)
+        if coef:
+            out = out + coef * (s[:, None] * form.dense_bdiag() * s[None, :])
+        return out
+
+    if v0 is None:
+        v0 = form.pack(torch.eye(form.r, dtype=torch.float64))
+        v0 = v0 / v0.norm() if form.m else v0
+    return _top_eigen(mv, dense, form.m, route, tol, v0)
+
+
+def _eta_star(top: float) -> float:
+    return 2.0 / top if top > 0 else math.inf
+
+
+def _psd_check(form: _SymForm, vector: Tensor | None) -> tuple[bool, float]:
+    """Is the eigenmatrix N (⇔ M̃ = Λ^{1/2} N Λ^{1/2}) PSD? Returns (ok, λ_min/λ_max of ±N)."""
+    if vector is None or form.m == 0:
+        return True, 0.0
+    N = form.unpack(vector)
+    values = torch.linalg.eigvalsh(N)
+    if float(values.sum()) < 0:
+        values = -values.flip(0)
+    top = float(values[-1])
+    ratio = float(values[0]) / top if top > 0 else -1.0
+    return ratio >= -1e-6, ratio
+
+
+# --------------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Stability(ResultMixin):
+    """Mean-square linear stability of SGD at a global minimum (THEORY.md §4).
+
+    ``rho``: spectral radius of the second-moment operator T on Sym(range K); ``stable``: ``rho ≤ 1 + tol``;
+    ``escape_rate``: ``log rho`` per step (the growth rate of E L̃_t, not of a typical run); ``critical_lr``: the
+    exact η* for this batch size and scheme; ``lr_ratio`` = lr/η*. ``method``: the route that produced ρ
+    (``dense``, ``lanczos``, ``power``, ``lanczos+power`` or ``galerkin``); ``exact`` is False for Galerkin, whose
+    ``error`` is the last relative change of ρ and η* between successive subspace ranks (0 when exact), and whose
+    ρ is a lower bound and η* an upper bound. ``subspace_rank``: the r used (``rank`` for exact routes).
+    ``eigenmatrix_psd``: the top eigenmatrix found is PSD (Perron–Frobenius), ``eigenmatrix_min_ratio`` its
+    λ_min/λ_max. ``matvecs`` counts operator applications for ρ and η* together.
+    """
+
+    rho: float
+    stable: bool
+    escape_rate: float
+    critical_lr: float
+    lr_ratio: float
+    lr: float
+    batch_size: int
+    sampling: str
+    c: float
+    n: int
+    k: int
+    rank: int
+    subspace_rank: int
+    method: str
+    exact: bool
+    error: float
+    converged: bool
+    matvecs: int
+    seconds: float
+    eigenmatrix_psd: bool
+    eigenmatrix_min_ratio: float
+    certificates: Certificates | None
+    notes: tuple[str, ...] = ()
+
+
+def _route(method: str, rank: int, form_dense_ok: bool) -> str:
+    if method not in METHODS:
+        raise StabilityError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if method in ("auto", "exact"):
+        if method == "auto" and rank > EXACT_MAX_RANK:
+            return "galerkin"
+        return "dense" if form_dense_ok else "lanczos"
+    return method
+
+
+def _dense_ok_for(rank: int, n: int, k: int) -> bool:
+    m = rank * (rank + 1) // 2
+    return m <= DENSE_MAX_DIM and n * k * k * m <= _DENSE_MAX_ENTRIES
+
+
+def _form(ker: Kernel, top: int | None = None) -> _SymForm:
+    key = f"form:{top}"
+    if key not in ker._cache:
+        lam, U = ker.range_basis(top)
+        ker._cache[key] = _SymForm(lam, U, ker.n, ker.k)
+    return ker._cache[key]
+
+
+@dataclass
+class _Solution:
+    rho: _Eig
+    crit: _Eig | None
+    subspace: int
+    error: float
+    method: str
+    matvecs: int
+    converged: bool
+    form: _SymForm
+    notes: list[str]
+
+
+def _solve(
+    ker: Kernel, eta: float | None, c: float, method: str, tol: float, galerkin_rtol: float, want_critical: bool
+) -> _Solution:
+    """ρ (if ``eta``) and λ_max(C⁻¹D) (if ``want_critical``) on the route ``method`` asks for."""
+    rank = ker.rank
+    route = _route(method, rank, _dense_ok_for(rank, ker.n, ker.k))
+    notes: list[str] = []
+    if route != "galerkin":
+        form = _form(ker)
+        crit = _critical(form, c, route, tol, None) if want_critical else None
+        rho = (
+            _rho(form, eta, c, route, tol, crit.vector if crit else None, _eta_star(crit.value) if crit else math.nan)
+            if eta is not None
+            else None
+        )
+        parts = [e for e in (rho, crit) if e is not None]
+        return _Solution(
+            rho=rho,  # type: ignore[arg-type]
+            crit=crit,
+            subspace=rank,
+            error=0.0,
+            method=parts[0].route if parts else route,
+            matvecs=sum(e.matvecs for e in parts),
+            converged=all(e.converged for e in parts),
+            form=form,
+            notes=notes,
+        )
+    if not 0 < galerkin_rtol < 1:
+        raise StabilityError(f"galerkin_rtol must be in (0, 1), got {galerkin_rtol!r}")
+    sizes = []
+    r = GALERKIN_START
+    while r < rank:
+        sizes.append(r)
+        r *= 2
+    sizes.append(rank)
+    # each level's eigenproblem only needs to be far more accurate than the Galerkin change it is compared with
+    level_tol = max(tol, 1e-3 * galerkin_rtol**2)
+    prev: tuple[float, float] | None = None
+    matvecs, converged, error = 0, True, math.inf
+    rho = crit = None
+    form = _form(ker)
+    for r in sizes:
+        form = _SymForm(*ker.range_basis(r), ker.n, ker.k) if r < rank else _form(ker)
+        sub = "dense" if form.dense_ok() else "lanczos"
+        crit = _critical(form, c, sub, level_tol if r < rank else tol, None) if want_critical else None
+        rho = (
+            _rho(
+                form,
+                eta,
+                c,
+                sub,
+                level_tol if r < rank else tol,
+                crit.vector if crit else None,
+                _eta_star(crit.value) if crit else math.nan,
+            )
+            if eta is not None
+            else None
+        )
+        parts = [e for e in (rho, crit) if e is not None]
+        matvecs += sum(e.matvecs for e in parts)
+        converged = all(e.converged for e in parts)
+        now = (rho.value if rho else 0.0, crit.value if crit else 0.0)
+        if r == rank:
+            error = 0.0
+            break
+        if prev is not None:
+            error = max(abs(a - b) / max(abs(a), 1e-300) for a, b in zip(now, prev, strict=True))
+            if error < galerkin_rtol:
+                break
+        prev = now
+    if error == 0.0:
+        notes.append(f"Galerkin reached the full rank r = {rank}: exact")
+    else:
+        notes.append(f"Galerkin on the top {form.r} of {rank} eigen-directions of K; relative change {error:.2g}")
+    return _Solution(rho, crit, form.r, error, "galerkin", matvecs, converged, form, notes)  # type: ignore[arg-type]
+
+
+def critical_learning_rate(
+    problem_or_kernel: Any,
+    batch_size: int,
+    sampling: str = "with_replacement",
+    *,
+    method: str = "auto",
+    tol: float = 1e-10,
+    galerkin_rtol: float = 1e-3,
+) -> float:
+    """The exact mean-square critical learning rate ``η* = 2/λ_max(C⁻¹D)`` (THEORY.md §4), no bisection.
+
+    ``ρ(T) ≤ 1`` exactly for ``η ≤ η*``. ``B = n`` without replacement (c = 0) gives ``2n/λ_max(K) = 2/λ_max(H)``;
+    ``inf`` when K = 0. ``method`` as in :func:`stability` (``"galerkin"`` returns an upper bound on η*).
+    """
+    ker = as_kernel(problem_or_kernel)
+    c = noise_scale(batch_size, ker.n, check_sampling(sampling))
+    sol = _solve(ker, None, c, method, _check_tol(tol), galerkin_rtol, want_critical=True)
+    assert sol.crit is not None
+    return _eta_star(sol.crit.value)
+
+
+def _check_tol(tol: float) -> float:
+    if not isinstance(tol, int | float) or not 0 < tol < 1e-2:
+        raise StabilityError(f"tol must be a number in (0, 0.01), got {tol!r}")
+    return float(tol)
+
+
+def stability(
+    problem_or_kernel: Any,
+    lr: float,
+    batch_size: int,
+    sampling: str = "with_replacement",
+    *,
+    method: str = "auto",
+    tol: float = 1e-10,
+    galerkin_rtol: float = 1e-3,
+    mu: float | None = None,
+    residual: Tensor | None = None,
+    with_certificates: bool = True,
+) -> Stability:
+    """Mean-square linear stability of SGD(lr, batch_size, sampling) at a global minimum (THEORY.md §4).
+
+    ``problem_or_kernel``: a :class:`~sgdstab.Problem` at a global minimum (K = its NTK), a :class:`Kernel`, or a
+    plain square tensor (k = 1). ``lr`` is on the half-MSE loss L (convert with ``Problem.half_mse_lr``).
+    ``method``: ``"auto"`` (exact when rank K ≤ 1200, Galerkin beyond), ``"exact"`` (dense or Lanczos by size),
+    ``"dense"``, ``"lanczos"``, ``"power"`` or ``"galerkin"``. ``tol``: eigen-solver relative tolerance.
+    ``mu``/``residual`` pass a measured loss alignment to the certificates (:func:`sgdstab.certificates`).
+    """
+    from sgdstab.certificates import certificates as _certificates
+
+    start = time.perf_counter()
+    ker = as_kernel(problem_or_kernel)
+    eta = check_learning_rate(lr)
+    scheme = check_sampling(sampling)
+    b = check_batch_size(batch_size, ker.n)
+    c = noise_scale(b, ker.n, scheme)
+    tol = _check_tol(tol)
+    notes: list[str] = []
+    sol = _solve(ker, eta, c, method, tol, galerkin_rtol, want_critical=True)
+    notes += sol.notes
+    assert sol.crit is not None and sol.rho is not None
+    rho = sol.rho.value
+    if ker.rank == 0:
+        notes.append("K = 0: nothing moves; ρ is taken as 0")
+    psd, ratio = _psd_check(sol.form, sol.rho.vector)
+    if not psd:
+        notes.append(f"top eigenmatrix is not PSD (λ_min/λ_max = {ratio:.2g}): the top eigenvalue is degenerate")
+    if not sol.converged:
+        notes.append("the eigen-solver did not converge: ρ and η* are the last iterates")
+    cert = _certificates(ker, eta, b, scheme, mu=mu, residual=residual) if with_certificates else None
+    eta_star = _eta_star(sol.crit.value)
+    return Stability(
+        rho=rho,
+        stable=rho <= 1.0 + tol,
+        escape_rate=math.log(rho) if rho > 0 else -math.inf,
+        critical_lr=eta_star,
+        lr_ratio=eta / eta_star,
+        lr=eta,
+        batch_size=b,
+        sampling=scheme,
+        c=c,
+        n=ker.n,
+        k=ker.k,
+        rank=ker.rank,
+        subspace_rank=sol.subspace,
+        method=sol.method,
+        exact=sol.method != "galerkin" or sol.error == 0.0,
+        error=sol.error,
+        converged=sol.converged,
+        matvecs=sol.matvecs,
+        seconds=time.perf_counter() - start,
+        eigenmatrix_psd=psd,
+        eigenmatrix_min_ratio=ratio,
+        certificates=cert,
+        notes=tuple(notes),
+    )
