@@ -112,10 +112,11 @@ def run_demo(
     data = load_dataset(DEFAULT_DATASET, n=n, classes=DEMO_CLASSES, subset="stratified", seed=seed)
     console.print(f"[bold]sgdstab demo[/bold]: {data.description}")
     lr = 0.05
+    large, small = min(50, max(1, n // 2)), min(10, max(1, n // 4))
     settings = [
         ("GD", n, "without_replacement"),
-        ("SGD B=50", 50, "with_replacement"),
-        ("SGD B=10", 10, "with_replacement"),
+        (f"SGD B={large}", large, "with_replacement"),
+        (f"SGD B={small}", small, "with_replacement"),
     ]
     runs: list[DemoRun] = []
     histories = {}
@@ -132,7 +133,7 @@ def run_demo(
     summary = _summary(runs, data.description, time.perf_counter() - start, steps)
     _atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, allow_nan=True)))
     _atomic_write(out_dir / "loss.png", lambda p: _plot_losses(histories, p))
-    _atomic_write(out_dir / "frobenius.png", lambda p: _plot_frobenius(runs, p))
+    _atomic_write(out_dir / "flatness.png", lambda p: _plot_frobenius(runs, p))
     report = out_dir / "report.md"
     _atomic_write(report, lambda p: p.write_text(_report(summary)))
     console.print(f"report: {report}")
@@ -200,7 +201,7 @@ def _report(summary: dict) -> str:
                 f"  - within 2% above 2/η: {', '.join(claim['at_edge_of_stability'])}. GD at this η runs at the edge "
                 "of stability (THEORY.md §5): it has not settled in a minimum, and λ_max oscillates around 2/η."
             )
-    lines += ["", "![loss](loss.png)", "", "![frobenius](frobenius.png)", "", f"Run time: {summary['seconds']:.0f} s."]
+    lines += ["", "![loss](loss.png)", "", "![flatness](flatness.png)", "", f"Run time: {summary['seconds']:.0f} s."]
     return "\n".join(lines) + "\n"
 
 
