@@ -1,8 +1,8 @@
 """Hessian curvature figures side by side: sgdstab against PyHessian and curvlinops, in one run.
 
 For each problem (an MLP trained briefly with SGD on the square loss L = (1/(2n)) Σ ||f(x_i) − y_i||²) it
-measures the wall time and the relative error, against a ground truth, of λ_max(H), Tr H and ||H||_F, where
-H = ∇²L on the full data, for:
+measures the time (wall or, single-threaded, CPU seconds: ``--clock``) and the relative error, against a ground
+truth, of λ_max(H), Tr H and ||H||_F, where H = ∇²L on the full data, for:
 
 - sgdstab: ``sgdstab.curvature`` (one call gives every figure), its route ``auto`` and ``matrix_free``, the kernel
   route with ``at_minimum=True`` (which gives the Gauss–Newton G = JᵀJ/n, equal to H only at a global minimum),
@@ -22,7 +22,8 @@ Run it with the peers' environment (``bash benchmarks/setup_peers.sh`` once):
 
     benchmarks/.env/bin/python benchmarks/bench_curvature.py [--quick] [--threads N]
 
-Results: printed tables and ``benchmarks/results/curvature.json``. See ``benchmarks/README.md``.
+Results: printed tables and ``benchmarks/results/curvature.json`` (``curvature_quick.json`` with ``--quick``).
+See ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import hashlib
 import importlib
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -56,12 +58,16 @@ import bench_ntk
 from _common import (
     RESULTS_DIR,
     busy_warning,
+    clock_name,
     fmt_percent,
     fmt_seconds,
     fmt_value,
+    limit_blas_threads,
     machine_state,
     median_time,
+    now,
     progress,
+    set_clock,
     table,
     timed,
     write_json,
@@ -374,7 +380,8 @@ def pilot_budgets(problem: sgdstab.Problem, truth: Truth, settings: Settings) ->
 
 def budget_note(needed: int, used: int, seconds: float, target: float) -> str:
     if needed <= used:
-        return f"{used} probes (1% RMS needs ≈ {needed})"
+        rms = 100 * target * math.sqrt(needed / used)
+        return f"{used} probes (1% RMS needs ≈ {needed}; predicted RMS error {rms:.2g}%)"
     per_probe = seconds / used
     return (
         f"capped at {used} probes: {100 * target:g}% RMS needs ≈ {needed:,} probes ≈ "
@@ -422,7 +429,7 @@ def profile_sgdstab(problem: sgdstab.Problem) -> Iterator[list[dict[str, Any]]]:
             op_name = getattr(op, "name", type(op).__name__)
             before = getattr(op, "matvecs", 0)
             label = name if "which" not in kwargs else f"{name} {kwargs['which']} k={kwargs.get('k', 1)}"
-            start = time.perf_counter()
+            start = now()
             if name == "top_eigenpairs" and kwargs.get("which") == "SA" and op_name.startswith("Gauss") and singular_g:
                 out = _skip_singular_gauss_newton_bottom(problem.p)
                 label += " [skipped: workaround]"
@@ -432,7 +439,7 @@ def profile_sgdstab(problem: sgdstab.Problem) -> Iterator[list[dict[str, Any]]]:
                 {
                     "stage": label,
                     "operator": op_name,
-                    "seconds": time.perf_counter() - start,
+                    "seconds": now() - start,
                     "products": getattr(op, "matvecs", 0) - before,
                     "converged": getattr(out, "converged", None),
                 }
@@ -819,6 +826,31 @@ def hvp_costs(built: Built) -> dict[str, Any]:
     return out
 
 
+def blas_diagnostic(built: Built, settings: Settings) -> dict[str, Any] | None:
+    """sgdstab's ``hutchpp`` with numpy's BLAS pool at its default size and at one thread (wall and CPU seconds).
+
+    The estimators alternate numpy BLAS calls (float64 orthogonalization, projections) with torch products; idle
+    OpenBLAS threads spin after each numpy call and take the cores from torch. Run on small problems only.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    op = hessian_operator(built.problem)
+    out: dict[str, Any] = {}
+    for label, limit in (("default", os.cpu_count() or 1), ("one", 1)):
+        with threadpool_limits(limits=limit, user_api="blas"):
+            wall, cpu = time.perf_counter(), time.process_time()
+            hutchpp(op, rtol=settings.rtol, max_matvecs=settings.cap, seed=0)
+            out[f"blas_threads_{label}"] = {
+                "threads": limit,
+                "wall": time.perf_counter() - wall,
+                "cpu": time.process_time() - cpu,
+            }
+    progress(f"BLAS-thread diagnostic: {out}")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- summary
 def best_within(rows: list[Row], library: str, figure: str, target: float) -> Row | None:
     ok = [r for r in rows if r.library == library and r.figure == figure and r.rel_error <= target]
@@ -1010,7 +1042,14 @@ def run_problem(spec: Spec, settings: Settings, fresh_truth: bool) -> dict[str, 
             rows += more
         progress(f"problem {spec.key}: cost of one HVP")
         hvp = hvp_costs(built)
+    blas = blas_diagnostic(built, settings) if built.problem.p <= settings.dense_max_p else None
     summary = ratios(rows, setups, hvp, settings.target)
+    if blas is not None:
+        d, o = blas["blas_threads_default"], blas["blas_threads_one"]
+        summary.append(
+            f"numpy BLAS threads: sgdstab's hutchpp takes {fmt_seconds(d['wall'])} wall / {fmt_seconds(d['cpu'])} CPU "
+            f"with OpenBLAS at {d['threads']} threads, {fmt_seconds(o['wall'])} / {fmt_seconds(o['cpu'])} at 1"
+        )
     print_problem(built, truth, cached, rows, setups, hvp, profiles, budgets, summary)
     return {
         "spec": asdict(spec),
@@ -1021,6 +1060,7 @@ def run_problem(spec: Spec, settings: Settings, fresh_truth: bool) -> dict[str, 
         "peer_setup_seconds": setups,
         "hvp_seconds": hvp,
         "sgdstab_profiles": profiles,
+        "blas_thread_diagnostic": blas,
         "ratios": summary,
     }
 
@@ -1032,10 +1072,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--problems", default="A,B", help="comma-separated problem keys (default A,B)")
     parser.add_argument("--no-ntk", action="store_true", help="skip the NTK kernel-route section")
     parser.add_argument("--fresh-truth", action="store_true", help="recompute the ground truth, ignore the cache")
-    parser.add_argument("--out", type=Path, default=RESULTS_DIR / "curvature.json", help="JSON output path")
+    parser.add_argument(
+        "--out", type=Path, help="JSON output path (default results/curvature.json, or curvature_quick.json)"
+    )
+    parser.add_argument(
+        "--blas-threads", type=int, default=0, help="numpy/scipy BLAS threads (default: as --threads, if given)"
+    )
+    parser.add_argument(
+        "--clock", choices=("wall", "cpu"), help="timing clock (default: cpu with --threads 1, else wall)"
+    )
     args = parser.parse_args(argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    blas_threads = args.blas_threads or args.threads
+    blas_limit = limit_blas_threads(blas_threads) if blas_threads > 0 else None  # noqa: F841 (kept alive)
+    clock = args.clock or ("cpu" if args.threads == 1 else "wall")
+    set_clock(clock)
     specs = QUICK_SPECS if args.quick else FULL_SPECS
     settings = QUICK_SETTINGS if args.quick else FULL_SETTINGS
     wanted = set(args.problems.split(","))
@@ -1048,6 +1100,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"sgdstab {sgdstab.__version__} (source sha256 {source_digest()}); peers {peers}; {state}")
     if None in peers.values():
         print("NOTE: a peer is missing; run `bash benchmarks/setup_peers.sh` and use benchmarks/.env/bin/python")
+    if clock_name() == "cpu":
+        print("Times are CPU seconds of this single-threaded process (time.process_time), robust to other load.")
     if (warning := busy_warning()) is not None:
         print(f"WARNING: {warning}")
     results: dict[str, Any] = {
@@ -1059,12 +1113,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.no_ntk:
         progress("NTK section (fresh subprocess)")
-        results["ntk"] = bench_ntk.run(quick=args.quick, threads=args.threads)
+        results["ntk"] = bench_ntk.run(quick=args.quick, threads=args.threads, blas_threads=blas_threads, clock=clock)
         bench_ntk.print_report(results["ntk"])
     results["machine_end"] = machine_state()
     results["total_seconds"] = time.perf_counter() - start
-    write_json(args.out, results)
-    print(f"\nwrote {args.out} (total {results['total_seconds']:.0f} s)")
+    out = args.out or RESULTS_DIR / ("curvature_quick.json" if args.quick else "curvature.json")
+    write_json(out, results)
+    print(f"\nwrote {out} (total {results['total_seconds']:.0f} s)")
     return 0
 
 

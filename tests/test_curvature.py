@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from references import dense, tiny_model, tiny_problem
-from sgdstab import Problem, curvature, plan_method
+from sgdstab import MemoryBudgetError, Problem, curvature, plan_method
 from sgdstab.curvature import MethodError
 
 CASES = [(kind, k) for kind in ("mlp", "cnn") for k in (1, 3)]
@@ -180,3 +180,10 @@ def test_result_prints_and_serializes():
 def test_bad_arguments(kwargs, match):
     with pytest.raises(MethodError, match=match):
         curvature(tiny_problem("mlp", 1, "off"), **kwargs)
+
+
+def test_dense_route_refuses_what_cannot_fit(monkeypatch):
+    P = tiny_problem("mlp", 1, "off", width=100)
+    monkeypatch.setenv("SGDSTAB_MEMORY_LIMIT", "1M")
+    with pytest.raises(MemoryBudgetError, match="dense Hessian .* needs about"):
+        curvature(P, method="dense")

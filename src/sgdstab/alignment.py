@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sgdstab import kernel_figures as kf
-from sgdstab.curvature import MethodError, curvature
+from sgdstab.curvature import Curvature, MethodError, curvature
 from sgdstab.estimators import hutchpp, top_eigenpairs
 from sgdstab.ntk import ntk
 from sgdstab.operators import (
@@ -86,6 +86,7 @@ def alignment(
     hessian: bool = True,
     rtol: float = 1e-3,
     seed: int = 0,
+    curvature_result: Curvature | None = None,
 ) -> Alignment:
     """Alignment figures of ``problem`` at its current parameters.
 
@@ -95,6 +96,8 @@ def alignment(
         hessian: also compute ``μ_H`` (n Hessian-vector products and the Hessian's ||H||_F).
         rtol: relative standard error for the stochastic figures (||·||_F² by Hutch++).
         seed: seed of the stochastic estimators.
+        curvature_result: a :func:`sgdstab.curvature` result at the same θ, whose ||H||_F μ_H then uses instead
+            of measuring it again.
     """
     if method not in ALIGNMENT_METHODS:
         raise MethodError(f"unknown alignment method {method!r}; use one of {', '.join(ALIGNMENT_METHODS)}")
@@ -138,7 +141,9 @@ def alignment(
     if loss == 0:
         notes.append("the loss is exactly zero: μ and μ_H are undefined (0/0)")
     if hessian:
-        curv = curvature(problem, method="auto", rtol=rtol, seed=seed)
+        curv = curvature_result or curvature(problem, method="auto", rtol=rtol, seed=seed)
+        if not math.isclose(curv.loss, loss, rel_tol=1e-5, abs_tol=1e-12):
+            raise MethodError("curvature_result was measured at other parameters (its loss differs)")
         centre = problem.gradient()
         _, tr_sigma_h = _noise_traces(problem, lambda V: hessian_matmat(problem, V), centre)
         two_l_h = 2 * loss * curv.hessian_frobenius**2

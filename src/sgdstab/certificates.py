@@ -13,17 +13,26 @@ marked ``necessary`` never declares unstable a learning rate that is mean-square
 - ``frobenius_mu`` (WWS22 with a measured μ, only when ``mu`` or ``residual`` is given): the paper's heuristic
   form; a necessary condition only if ``μ*(u_t) ≥ μ`` along the iterates, which nothing guarantees.
 - ``gd``: ``η ≤ 2/λ_max(H)`` (the mean iterate follows GD).
-- ``wu_ma_e`` (2018): ``η ≤ 2/a`` and ``η ≤ 1/(s√c)``, ``a = λ_max(H)``.
+- ``wu_ma_e`` (2018): ``η ≤ 2/a`` and ``η ≤ 1/(s√c)``, ``a = λ_max(H)``. **Not necessary** (``necessary=False``):
+  the s part is implied by Wu–Ma–E's *sufficient* one-step condition ``λ_max((I−ηH)² + η²c Σ_H) ≤ 1``, not by
+  mean-square stability. Counterexample (k = 1, n = 3, B = 1, c = 1): per-sample Jacobians (−3, 2), (0, −2),
+  (−3, −2) give H = diag(6, 4), s = √42 ≈ 6.48 and η* = 1/6 exactly; at η = 0.16 the exact second-moment
+  operator has ρ = 0.933 < 1 while s > 1/(η√c) = 6.25.
 - ``mulayoff_michaeli``: ``η ≤ 2 Tr H / ((1−c)||H||_F² + (c/n) Σ_i ||H_i||_F²)`` (the Rayleigh quotient of
-  ``C⁻¹D`` at the identity; necessary).
-- ``trace``: ``η ≤ 2/(c Tr H)`` (``2/Tr H`` at B = 1).
+  ``C⁻¹D`` at the identity in parameter space, where ``C``, ``D`` are self-adjoint; necessary).
+- ``trace``: ``η ≤ 2/(c Tr H)`` (``2/Tr H`` at B = 1) for k = 1, where it follows from Mulayoff–Michaeli by
+  ``||H_i||_F = Tr H_i`` and Jensen. For k > 1 that form is **not** necessary (two samples with J_i = I_2, B = 1:
+  SGD is GD, η* = 2 = 2/λ_max(H), but 2/Tr H = 1); since ``||H_i||_F ≥ Tr H_i/√k``, the valid form
+  ``η ≤ 2k/(c Tr H)`` is used instead.
 - ``psi = η ||H||_F √c`` (normalized flatness), expected ``≤ 1/√μ``.
 
-See the module's tests for which of these were checked to be necessary, and on what.
+``tests/test_certificates.py`` checks every certificate marked necessary against the exact ρ on random kernels
+and pins both counterexamples above.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -113,7 +122,7 @@ def _safe_div(a: float, b: float) -> float:
 
 
 def _bounds(cv: KernelCurvature, c: float, mu: float | None) -> list[tuple[str, float, bool, str]]:
-    """(name, bound_lr, necessary, statement template with {lr}) for every certificate at noise scale c."""
+    """(name, bound_lr, necessary, description) for every certificate at noise scale c."""
     F2 = cv.frobenius**2
     out: list[tuple[str, float, bool, str]] = []
     mu_inf = cv.mu_inf if math.isfinite(cv.mu_inf) else 0.0
@@ -142,8 +151,9 @@ def _bounds(cv: KernelCurvature, c: float, mu: float | None) -> list[tuple[str, 
         (
             "wu_ma_e",
             min(_safe_div(2.0, cv.lambda_max), s_bound),
-            True,
-            f"Wu–Ma–E 2018: η ≤ 2/a and η ≤ 1/(s√c), a = {cv.lambda_max:.4g}, s = {cv.nonuniformity:.4g}",
+            False,
+            f"Wu–Ma–E 2018: η ≤ 2/a and η ≤ 1/(s√c), a = {cv.lambda_max:.4g}, s = {cv.nonuniformity:.4g}; the s part "
+            "follows from their sufficient one-step condition and is not necessary for mean-square stability",
         )
     )
     denom = (1 - c) * F2 + (c / cv.n) * cv.per_sample_frob2
@@ -155,7 +165,18 @@ def _bounds(cv: KernelCurvature, c: float, mu: float | None) -> list[tuple[str, 
             "Mulayoff–Michaeli: η ≤ 2 Tr H / ((1−c)||H||_F² + (c/n) Σ_i ||H_i||_F²)",
         )
     )
-    out.append(("trace", _safe_div(2.0, c * cv.trace), True, "trace: η ≤ 2/(c Tr H) (2/Tr H at B = 1)"))
+    if cv.k == 1:
+        out.append(("trace", _safe_div(2.0, c * cv.trace), True, "trace: η ≤ 2/(c Tr H) (2/Tr H at B = 1)"))
+    else:
+        out.append(
+            (
+                "trace",
+                _safe_div(2.0 * cv.k, c * cv.trace),
+                True,
+                f"trace for k = {cv.k} outputs: η ≤ 2k/(c Tr H) (the k = 1 form 2/(c Tr H) is not necessary when the "
+                "per-sample Hessians have rank up to k)",
+            )
+        )
     return out
 
 
@@ -187,6 +208,17 @@ class Certificates(ResultMixin):
     psi_limit_mu: float
     entries: tuple[Certificate, ...]
 
+    def __str__(self) -> str:
+        head = ResultMixin.__str__(dataclasses.replace(self, entries=()))
+        head = "\n".join(line for line in head.splitlines() if not line.lstrip().startswith("entries"))
+        width = max(len(e.name) for e in self.entries)
+        rows = [
+            f"  {e.name.ljust(width)}  η ≤ {e.bound_lr:<10.4g} {'UNSTABLE' if e.unstable_at_lr else 'ok':8s}"
+            f" {'necessary' if e.necessary else 'not necessary'}"
+            for e in self.entries
+        ]
+        return head + "\n" + "\n".join(rows)
+
     def __getitem__(self, name: str) -> Certificate:
         for entry in self.entries:
             if entry.name == name:
@@ -217,6 +249,12 @@ class Certificates(ResultMixin):
     @property
     def unstable_by(self) -> tuple[str, ...]:
         return tuple(e.name for e in self.entries if e.unstable_at_lr)
+
+
+def _statement(description: str, bound: float, eta: float, necessary: bool) -> str:
+    verdict = "declares it unstable" if eta > bound else "allows it"
+    kind = "" if necessary else " (not a necessary condition)"
+    return f"{description}. Bound η ≤ {bound:.4g}; lr = {eta:.4g}: {verdict}{kind}"
 
 
 def _measured_mu(source: Any, mu: float | None, residual: Tensor | None) -> float | None:
@@ -267,8 +305,8 @@ def certificates(
     c = noise_scale(b, cv.n, scheme)
     mu_value = _measured_mu(kernel, mu, residual)
     entries = tuple(
-        Certificate(name, bound, bool(eta > bound), necessary, statement)
-        for name, bound, necessary, statement in _bounds(cv, c, mu_value)
+        Certificate(name, bound, bool(eta > bound), necessary, _statement(description, bound, eta, necessary))
+        for name, bound, necessary, description in _bounds(cv, c, mu_value)
     )
     return Certificates(
         lr=eta,

@@ -29,7 +29,7 @@ from torch import Tensor
 from sgdstab import kernel_figures as kf
 from sgdstab.errors import SgdstabError
 from sgdstab.estimators import hutchpp, top_eigenpairs
-from sgdstab.memory import available_memory_bytes
+from sgdstab.memory import available_memory_bytes, check_allocation
 from sgdstab.ntk import ntk
 from sgdstab.operators import gauss_newton_operator, hessian_operator
 from sgdstab.problem import Problem
@@ -72,17 +72,20 @@ def plan_method(problem: Problem, rtol: float = 1e-3, at_minimum: bool = False) 
     nk = n * k
     budget = available_memory_bytes() * 0.5
     hvp = _SECONDS_PER_HVP + _SECONDS_PER_HVP_UNIT * n * p
-    matrix_free = _estimated_probes(rtol) * hvp
-    costs: dict[str, float] = {"matrix_free": matrix_free}
+    probes = _estimated_probes(rtol)
+    # matrix-free estimates both H and G by probes; a Gauss–Newton product costs about 0.6 of an HVP
+    costs: dict[str, float] = {"matrix_free": 1.6 * probes * hvp}
     if p <= _DENSE_MAX_P and p * p * 8 * 3 < budget:
         costs["dense"] = p * hvp + _EIGH_UNIT * p**3 + _SECONDS_PER_JAC_UNIT * nk * p
     if nk * nk * 8 * 3 + nk * p * problem.itemsize < budget:
         kernel = _SECONDS_PER_JAC_UNIT * nk * p + nk * nk * p / _GEMM_FLOPS + 2 * _EIGH_UNIT * nk**3
         if not at_minimum:
-            kernel += matrix_free  # the true Hessian's figures still need HVPs off a minimum
+            kernel += 1.6 * probes * hvp  # the true Hessian's figures still need HVPs (with G as control variate)
         costs["kernel"] = kernel
-    method = min(costs, key=costs.__getitem__)
-    reason = f"cheapest estimated route for n={n}, k={k}, p={p}, rtol={rtol:g}"
+    # Routes within 25% of the cheapest count as tied; then the more exact one wins (dense, kernel, matrix-free).
+    cheapest = min(costs.values())
+    method = next(m for m in ("dense", "kernel", "matrix_free") if costs.get(m, math.inf) <= 1.25 * cheapest)
+    reason = f"most exact route within 25% of the cheapest estimate for n={n}, k={k}, p={p}, rtol={rtol:g}"
     return MethodPlan(method, costs, reason)
 
 
@@ -204,6 +207,8 @@ def _hessian_dense_figures(H: Tensor, top: int) -> dict:
 
 
 def _dense(problem: Problem, top: int) -> dict:
+    # H itself, its float64 copy and eigh's workspace
+    check_allocation(3 * problem.p**2 * 8, f"the dense Hessian (p = {problem.p})", "use method='kernel' or 'matrix_free'")
     H = torch.func.hessian(problem.loss_function())(problem.theta)
     J = problem.jacobian()
     gn_frob, gn_trace, gn_sharp, s = _gauss_newton_from_jacobian(J, problem.n, problem.k)

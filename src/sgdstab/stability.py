@@ -20,21 +20,36 @@ become *self-adjoint* on symmetric r×r matrices with the Frobenius inner produc
 (The bdiag term ``K bdiag(M) K`` alone is not self-adjoint in M; in N it is ``Ψ* P Ψ`` with ``Ψ(N) = V N Vᵀ`` and
 P the block-diagonal projection.) T̂ is similar to T on Sym(range K), so it has the same, real, spectrum; it maps
 PSD to PSD, so by Perron–Frobenius for cones ``ρ(T)`` is its largest eigenvalue, attained by a PSD eigenmatrix.
-``C⁻¹D`` is similar to the PSD operator ``Ĉ^{-1/2} D̂ Ĉ^{-1/2}``. Both are therefore symmetric eigenproblems,
-solved by Lanczos (``scipy.sparse.linalg.eigsh``, ``which="LA"``) on symmetric matrices vectorized by their upper
-triangle with off-diagonal entries scaled by √2 (an isometry, dimension r(r+1)/2), or by a dense ``eigh`` of the
-materialized r(r+1)/2-square matrix when that is small, with power iteration from ``M = I`` as a fallback.
+``C⁻¹D`` is similar to the PSD operator ``Ĉ^{-1/2} D̂ Ĉ^{-1/2}``. Both are therefore *symmetric* eigenproblems
+(so Lanczos, ``scipy.sparse.linalg.eigsh(which="LA")``, replaces Arnoldi), on symmetric r×r matrices vectorized by
+their upper triangle with off-diagonal entries scaled by √2 (an isometry onto R^{r(r+1)/2}; a full r² vectorization
+would add a spurious antisymmetric block):
 
-**Cost.** One application of T̂ (or of ``Ĉ^{-1/2} D̂ Ĉ^{-1/2}``) costs two GEMMs of size nk × r × r
-(``V N`` and ``Vᵀ (bdiag · V)``), about ``4·nk·r²`` flops, plus O(n k² r); K's eigendecomposition costs
-O((nk)³) once per :class:`Kernel`. For nk beyond ~1200, ``method="galerkin"`` restricts both operators to the top
-r eigen-subspace of K (r = 64, 128, 256, … until ρ and η* change by less than ``galerkin_rtol`` between
-successive r). That restriction is a compression of a self-adjoint operator, so ρ and ``λ_max(C⁻¹D)`` grow with r
-towards their exact values: the Galerkin ρ is a lower bound and its η* an upper bound.
+- ``dense``: ``eigh`` of the materialized r(r+1)/2-square matrix, when that is small (``DENSE_MAX_DIM``);
+- ``lanczos``: η* always, and ρ at or above η*, where T̂'s top eigenvalue is isolated;
+- ``lobpcg``: ρ below η*. There T̂'s top is a cluster just below 1 of slowly contracting modes (those of K's
+  smallest eigenvalues), on which Lanczos and the power method crawl (~10³ products). Instead ``ρ = 1 − λ_min(Z)``,
+  ``Z = I − T̂ = 2ηĈ − η²D̂``, by LOBPCG preconditioned with Ĉ⁻¹: below η*, ``2η(1 − η/η*)Ĉ ⪯ Z ⪯ 2ηĈ``.
+- ``power``: power iteration from ``M = I`` (N = Λ⁻¹), the fallback, with a convergence flag.
+
+``tol`` is the target relative accuracy of the eigenvalues; iterations stop on residuals ~ √tol, since for a
+symmetric problem the eigenvalue error is about residual²/gap (measured errors ≤ 1e-12 at tol = 1e-10).
+
+**Cost.** One application of T̂ (or of ``Ĉ^{-1/2} D̂ Ĉ^{-1/2}``) costs one GEMM of size nk × r × r (``W = V N``)
+and one symmetric Gram matrix ``Ṽᵀ diag(e) Ṽ`` (another nk × r × r product, done by blocks at ~0.75 of a GEMM),
+about ``3.5·nk·r²`` flops, plus O(n k² r) (k > 1: n small k×k eigendecompositions); a solve takes ~17–35
+products for η* and ~17–100 more for ρ. K's eigendecomposition costs O((nk)³) once per :class:`Kernel`. For nk
+beyond ~1200, ``method="galerkin"`` restricts both operators to the top r eigen-subspace of K (r = 64, 128, 256, …
+until ρ and η* change by less than ``galerkin_rtol`` between successive r, each level warm-started from the last).
+That restriction is a compression of a self-adjoint operator, so ρ and ``λ_max(C⁻¹D)`` grow with r towards their
+exact values: the Galerkin ρ is a lower bound and its η* an upper bound. It converges fast when K's spectrum
+decays fast (λ_j ~ j^-2.5: r = 128 of 3000 for 1e-3) and slowly when it does not (j^-1.5: r = 2048 of 3000),
+because the noise term couples the top modes to all others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 import warnings
@@ -45,7 +60,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import scipy.sparse.linalg as spla
 import torch
-from scipy.linalg.blas import dsyrk as _dsyrk
 from torch import Tensor
 
 from sgdstab import kernel_figures as kf
@@ -59,15 +73,16 @@ if TYPE_CHECKING:
 
 METHODS: tuple[str, ...] = ("auto", "exact", "dense", "lanczos", "power", "galerkin")
 
-DENSE_MAX_DIM = 1500  # dense eigh of the materialized operator when r(r+1)/2 is at most this ...
+DENSE_MAX_DIM = 300  # dense eigh of the materialized operator when r(r+1)/2 is at most this (≈ 0.03 s; Lanczos
+# is ~100× faster at r(r+1)/2 = 1500) ...
 _DENSE_MAX_ENTRIES = 4_000_000  # ... and its n·k²·r(r+1)/2 building block fits comfortably
 EXACT_MAX_RANK = 1200  # method="auto": exact up to this rank of K, Galerkin beyond
 GALERKIN_START = 64
-_POWER_MAX_MATVECS = 20_000
+_POWER_MAX_MATVECS = 5_000
 _NCV = 16  # Lanczos basis size: one restart usually suffices
 # residual tolerances = factor·√tol (symmetric problems: eigenvalue error ≲ residual²/gap); set from measurements
 _RESIDUAL = 0.1  # Lanczos (ARPACK, relative to the eigenvalue)
-_RESIDUAL_LOBPCG = 1.0  # LOBPCG on Z (relative to max |diag Z|)
+_RESIDUAL_LOBPCG = 10.0  # LOBPCG on Z (relative to max |diag Z|): measured ρ errors ≤ 1e-12 at tol = 1e-10
 
 
 class StabilityError(SgdstabError, ValueError):
@@ -249,9 +264,9 @@ class _SymForm:
         return (v / self.w).index_select(-1, self.full_to_packed).reshape(*v.shape[:-1], self.r, self.r)
 
     def bdiag(self, v: Tensor) -> Tensor:
-        """Packed ``Vᵀ bdiag(V N Vᵀ) V``: one nk × r × r GEMM (``V N``) and one symmetric rank-nk update (half a
-        GEMM) per vector. For k > 1 each diagonal k×k block is diagonalized first, ``B_i = Q_i diag(e_i) Q_iᵀ``, so
-        that ``Vᵀ bdiag(B) V = Ṽᵀ diag(e) Ṽ`` with ``Ṽ_i = Q_iᵀ V_i``."""
+        """Packed ``Vᵀ bdiag(V N Vᵀ) V``: one nk × r × r GEMM (``V N``) and one symmetric Gram matrix (≈ 0.75 of a
+        GEMM, :func:`_upper_gram`) per vector. For k > 1 each diagonal k×k block is diagonalized first,
+        ``B_i = Q_i diag(e_i) Q_iᵀ``, so that ``Vᵀ bdiag(B) V = Ṽᵀ diag(e) Ṽ`` with ``Ṽ_i = Q_iᵀ V_i``."""
         N = self.unpack(v)
         W = torch.matmul(self.V, N)  # (..., nk, r)
         lead = W.shape[:-2]
@@ -264,9 +279,7 @@ class _SymForm:
             e, Q = torch.linalg.eigh((blocks + blocks.transpose(-1, -2)) / 2)
             Vt = torch.matmul(Q.transpose(-1, -2), self.V3).reshape(*lead, self.n * self.k, self.r)
             e = e.reshape(*lead, self.n * self.k)
-        flat_e, flat_V = e.reshape(-1, e.shape[-1]), Vt.reshape(-1, *Vt.shape[-2:])
-        R = torch.stack([_weighted_gram(flat_V[j], flat_e[j]) for j in range(flat_e.shape[0])])
-        return self.pack(R.reshape(*lead, self.r, self.r))
+        return self.pack(_upper_gram(Vt, e[..., None] * Vt))
 
     def dense_bdiag(self) -> Tensor:
         """The m × m matrix of :meth:`bdiag`: ``Gᵀ G`` with ``G[(i,x,y), (a,b)] = (V_i Q_ab V_iᵀ)_xy``."""
@@ -303,22 +316,24 @@ class _SymForm:
         return v / v.norm()
 
 
-def _weighted_gram(X: Tensor, e: Tensor) -> Tensor:
-    """``Xᵀ diag(e) X`` (upper triangle only; the rest is garbage) by BLAS ``dsyrk`` on the rows of each sign."""
-    r = X.shape[1]
-    out: np.ndarray | None = None
-    for sign in (1.0, -1.0):
-        keep = e > 0 if sign > 0 else e < 0
-        if not bool(keep.any()):
-            continue
-        rows = (X[keep] * e[keep].abs().sqrt()[:, None]).numpy()  # C-order, so rows.T is Fortran-order
-        if out is None:
-            out = _dsyrk(sign, rows.T, trans=0)
-        else:
-            out = _dsyrk(sign, rows.T, beta=1.0, c=out, trans=0, overwrite_c=1)
-    if out is None:
-        return torch.zeros(r, r, dtype=torch.float64)
-    return torch.from_numpy(out)
+_GRAM_BLOCK = 512  # below this many columns the upper-triangular Gram matrix is one GEMM
+
+
+def _upper_gram(X: Tensor, Y: Tensor) -> Tensor:
+    """The upper triangle (diagonal blocks included) of ``Xᵀ Y`` for ``Y = diag(e) X``, i.e. of a symmetric
+    matrix, by recursive halving: 1.5× (one split) to 1× instead of 2× ``nk·r²`` flops. The strictly
+    lower part of the result is zero or garbage; callers read the upper triangle only. Leading batch dimensions
+    are allowed. (BLAS ``syrk`` would do the same, but mixing SciPy's BLAS threads with torch's thread pool
+    measured 1.5× slower than this on a busy 2-core machine.)"""
+    r = X.shape[-1]
+    if r <= _GRAM_BLOCK:
+        return torch.matmul(X.transpose(-1, -2), Y)
+    h = r // 2
+    out = torch.zeros(*X.shape[:-2], r, r, dtype=X.dtype)
+    out[..., :h, :h] = _upper_gram(X[..., :h], Y[..., :h])
+    out[..., h:, h:] = _upper_gram(X[..., h:], Y[..., h:])
+    out[..., :h, h:] = torch.matmul(X[..., :h].transpose(-1, -2), Y[..., h:])
+    return out
 
 
 @dataclass
@@ -462,7 +477,8 @@ def _rho_lobpcg(form: _SymForm, eta: float, c: float, tol: float, v0: Tensor | N
     zx = torch.from_numpy(z(x.numpy()[:, None])[:, 0])
     sigma = float(x @ zx)
     res = float((zx - sigma * x).norm())
-    return _Eig(1.0 - sigma, x, res <= math.sqrt(tol) * max(scale, 1e-300), count[0], "lanczos")
+    converged = res <= 1.01 * _RESIDUAL_LOBPCG * math.sqrt(tol) * max(scale, 1e-300)
+    return _Eig(1.0 - sigma, x, converged, count[0], "lobpcg")
 
 
 def _critical(form: _SymForm, c: float, route: str, tol: float, v0: Tensor | None) -> _Eig:
@@ -493,8 +509,8 @@ def _eta_star(top: float) -> float:
     return 2.0 / top if top > 0 else math.inf
 
 
-def _psd_check(form: _SymForm, vector: Tensor | None) -> tuple[bool, float]:
-    """Is the eigenmatrix N (⇔ M̃ = Λ^{1/2} N Λ^{1/2}) PSD? Returns (ok, λ_min/λ_max of ±N)."""
+def _psd_check(form: _SymForm, vector: Tensor | None, rtol: float) -> tuple[bool, float]:
+    """Is the eigenmatrix N (⇔ M̃ = Λ^{1/2} N Λ^{1/2}) PSD within ``rtol``? Returns (ok, λ_min/λ_max of ±N)."""
     if vector is None or form.m == 0:
         return True, 0.0
     N = form.unpack(vector)
@@ -503,7 +519,7 @@ def _psd_check(form: _SymForm, vector: Tensor | None) -> tuple[bool, float]:
         values = -values.flip(0)
     top = float(values[-1])
     ratio = float(values[0]) / top if top > 0 else -1.0
-    return ratio >= -1e-6, ratio
+    return ratio >= -rtol, ratio
 
 
 # --------------------------------------------------------------------------------------------------- results
@@ -514,11 +530,14 @@ class Stability(ResultMixin):
     ``rho``: spectral radius of the second-moment operator T on Sym(range K); ``stable``: ``rho ≤ 1 + tol``;
     ``escape_rate``: ``log rho`` per step (the growth rate of E L̃_t, not of a typical run); ``critical_lr``: the
     exact η* for this batch size and scheme; ``lr_ratio`` = lr/η*. ``method``: the route that produced ρ
-    (``dense``, ``lanczos``, ``power``, ``lanczos+power`` or ``galerkin``); ``exact`` is False for Galerkin, whose
+    (``dense``; ``lanczos`` at or above η*, ``lobpcg`` below it; ``power``; ``lanczos+power`` when ARPACK did not
+    converge; or ``galerkin``); ``exact`` is False for Galerkin, whose
     ``error`` is the last relative change of ρ and η* between successive subspace ranks (0 when exact), and whose
     ρ is a lower bound and η* an upper bound. ``subspace_rank``: the r used (``rank`` for exact routes).
-    ``eigenmatrix_psd``: the top eigenmatrix found is PSD (Perron–Frobenius), ``eigenmatrix_min_ratio`` its
-    λ_min/λ_max. ``matvecs`` counts operator applications for ρ and η* together.
+    ``eigenmatrix_psd``: the top eigenmatrix found is PSD, as Perron–Frobenius says it can be chosen (within
+    1e-8 relative for the dense route, 1e-3 for iterative ones, whose eigenvectors are only accurate to about
+    √tol over the gap; False also flags a degenerate top eigenvalue); ``eigenmatrix_min_ratio`` its λ_min/λ_max.
+    ``matvecs`` counts operator applications for ρ and η* together; ``seconds`` includes the certificates.
     """
 
     rho: float
@@ -545,6 +564,13 @@ class Stability(ResultMixin):
     certificates: Certificates | None
     notes: tuple[str, ...] = ()
 
+    def __str__(self) -> str:
+        text = ResultMixin.__str__(dataclasses.replace(self, certificates=None))
+        if self.certificates is None:
+            return text
+        lines = [line for line in text.splitlines() if not line.lstrip().startswith("certificates ")]
+        return "\n".join(lines) + "\n" + "\n".join("  " + line for line in str(self.certificates).splitlines())
+
 
 def _route(method: str, rank: int, form_dense_ok: bool) -> str:
     if method not in METHODS:
@@ -559,6 +585,15 @@ def _route(method: str, rank: int, form_dense_ok: bool) -> str:
 def _dense_ok_for(rank: int, n: int, k: int) -> bool:
     m = rank * (rank + 1) // 2
     return m <= DENSE_MAX_DIM and n * k * k * m <= _DENSE_MAX_ENTRIES
+
+
+def _embed(small: _SymForm, big: _SymForm, v: Tensor) -> Tensor:
+    """A packed eigenmatrix of the top-``small.r`` subspace as a packed matrix of the top-``big.r`` one (λ ascending,
+    so the small subspace is the last ``small.r`` indices)."""
+    N = torch.zeros(big.r, big.r, dtype=torch.float64)
+    N[big.r - small.r :, big.r - small.r :] = small.unpack(v)
+    out = big.pack(N)
+    return out / out.norm()
 
 
 def _form(ker: Kernel, top: int | None = None) -> _SymForm:
@@ -624,9 +659,11 @@ def _solve(
     rho = crit = None
     form = _form(ker)
     for r in sizes:
-        form = _SymForm(*ker.range_basis(r), ker.n, ker.k) if r < rank else _form(ker)
+        prev_form, form = form, (_SymForm(*ker.range_basis(r), ker.n, ker.k) if r < rank else _form(ker))
         sub = "dense" if form.dense_ok() else "lanczos"
-        crit = _critical(form, c, sub, level_tol if r < rank else tol, None) if want_critical else None
+        # warm start from the previous level's eigenmatrix (its subspace is the top corner of this one's)
+        v0 = _embed(prev_form, form, crit.vector) if crit is not None and crit.vector is not None else None
+        crit = _critical(form, c, sub, level_tol if r < rank else tol, v0) if want_critical else None
         rho = (
             _rho(
                 form,
@@ -708,24 +745,34 @@ def stability(
     ``mu``/``residual`` pass a measured loss alignment to the certificates (:func:`sgdstab.certificates`).
     """
     from sgdstab.certificates import certificates as _certificates
+    from sgdstab.problem import Problem
 
     start = time.perf_counter()
     ker = as_kernel(problem_or_kernel)
+    notes: list[str] = []
+    if isinstance(problem_or_kernel, Problem):
+        loss = float(problem_or_kernel.loss())
+        if loss > 0:
+            notes.append(
+                f"θ is not a global minimum (L = {loss:.3g}): the analysis linearizes with the Gauss–Newton kernel"
+            )
     eta = check_learning_rate(lr)
     scheme = check_sampling(sampling)
     b = check_batch_size(batch_size, ker.n)
     c = noise_scale(b, ker.n, scheme)
     tol = _check_tol(tol)
-    notes: list[str] = []
     sol = _solve(ker, eta, c, method, tol, galerkin_rtol, want_critical=True)
     notes += sol.notes
     assert sol.crit is not None and sol.rho is not None
     rho = sol.rho.value
     if ker.rank == 0:
         notes.append("K = 0: nothing moves; ρ is taken as 0")
-    psd, ratio = _psd_check(sol.form, sol.rho.vector)
+    # an iterative eigenvector is accurate to about its residual over the gap: judge PSD-ness accordingly
+    psd, ratio = _psd_check(sol.form, sol.rho.vector, 1e-8 if sol.rho.route == "dense" else 1e-3)
     if not psd:
-        notes.append(f"top eigenmatrix is not PSD (λ_min/λ_max = {ratio:.2g}): the top eigenvalue is degenerate")
+        notes.append(
+            f"top eigenmatrix is not PSD (λ_min/λ_max = {ratio:.2g}): the top eigenvalue is (nearly) degenerate"
+        )
     if not sol.converged:
         notes.append("the eigen-solver did not converge: ρ and η* are the last iterates")
     cert = _certificates(ker, eta, b, scheme, mu=mu, residual=residual) if with_certificates else None
