@@ -185,5 +185,5 @@ def test_bad_arguments(kwargs, match):
 def test_dense_route_refuses_what_cannot_fit(monkeypatch):
     P = tiny_problem("mlp", 1, "off", width=100)
     monkeypatch.setenv("SGDSTAB_MEMORY_LIMIT", "1M")
-    with pytest.raises(MemoryBudgetError, match="dense Hessian .* needs about"):
+    with pytest.raises(MemoryBudgetError, match=r"dense Hessian .* needs about"):
         curvature(P, method="dense")

@@ -208,7 +208,9 @@ def _hessian_dense_figures(H: Tensor, top: int) -> dict:
 
 def _dense(problem: Problem, top: int) -> dict:
     # H itself, its float64 copy and eigh's workspace
-    check_allocation(3 * problem.p**2 * 8, f"the dense Hessian (p = {problem.p})", "use method='kernel' or 'matrix_free'")
+    check_allocation(
+        3 * problem.p**2 * 8, f"the dense Hessian (p = {problem.p})", "use method='kernel' or 'matrix_free'"
+    )
     H = torch.func.hessian(problem.loss_function())(problem.theta)
     J = problem.jacobian()
     gn_frob, gn_trace, gn_sharp, s = _gauss_newton_from_jacobian(J, problem.n, problem.k)
