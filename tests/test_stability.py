@@ -330,6 +330,9 @@ def test_problem_input_and_result_object():
     assert "rho" in str(res)
     assert res.seconds >= 0 and res.matvecs >= 0
     assert res.lr_ratio == pytest.approx(0.05 / res.critical_lr)
+    assert not any("not a global minimum" in note for note in res.notes)
+    near = stability(tiny_problem("mlp", 2, "near"), 0.05, 3, with_certificates=False)
+    assert any("not a global minimum" in note for note in near.notes)
 
 
 # ------------------------------------------------------------------------------------------------ bad input

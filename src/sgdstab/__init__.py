@@ -6,6 +6,15 @@ c = 1/B (with replacement) or (n − B)/(B(n − 1)) (without replacement).
 
 from sgdstab._version import __version__
 from sgdstab.alignment import Alignment, alignment
+from sgdstab.certificates import (
+    Certificate,
+    CertificateGrid,
+    Certificates,
+    KernelCurvature,
+    certificate_grid,
+    certificates,
+    kernel_curvature,
+)
 from sgdstab.conventions import half_mse_learning_rate, noise_scale
 from sgdstab.curvature import Curvature, curvature, plan_method
 from sgdstab.data import DEFAULT_DATASET, Dataset, load_dataset
@@ -28,15 +37,29 @@ from sgdstab.models import (
 )
 from sgdstab.ntk import ntk
 from sgdstab.problem import Problem
+from sgdstab.stability import (
+    Kernel,
+    Stability,
+    StabilityError,
+    as_kernel,
+    critical_learning_rate,
+    stability,
+    stability_operator,
+)
 from sgdstab.training import History, train
 
 __all__ = [
     "DEFAULT_DATASET",
     "Alignment",
+    "Certificate",
+    "CertificateGrid",
+    "Certificates",
     "Curvature",
     "DataError",
     "Dataset",
     "History",
+    "Kernel",
+    "KernelCurvature",
     "MemoryBudgetError",
     "ModelSpec",
     "ModelSpecError",
@@ -44,13 +67,20 @@ __all__ = [
     "Problem",
     "ProblemError",
     "SgdstabError",
+    "Stability",
+    "StabilityError",
     "__version__",
     "alignment",
+    "as_kernel",
     "build_model",
+    "certificate_grid",
+    "certificates",
     "cnn",
     "count_parameters",
+    "critical_learning_rate",
     "curvature",
     "half_mse_learning_rate",
+    "kernel_curvature",
     "linear_net",
     "load_dataset",
     "mlp",
@@ -58,5 +88,7 @@ __all__ = [
     "ntk",
     "plan_method",
     "random_features",
+    "stability",
+    "stability_operator",
     "train",
 ]

@@ -45,7 +45,7 @@ from torch import Tensor
 from sgdstab import kernel_figures as kf
 from sgdstab.conventions import check_batch_size, check_learning_rate, check_sampling, noise_scale
 from sgdstab.results import ResultMixin
-from sgdstab.stability import Kernel, StabilityError, as_kernel
+from sgdstab.stability import StabilityError, as_kernel
 
 NAMES: tuple[str, ...] = ("frobenius_mu_inf", "frobenius_mu", "gd", "wu_ma_e", "mulayoff_michaeli", "trace")
 
@@ -394,7 +394,6 @@ __all__ = [
     "Certificate",
     "CertificateGrid",
     "Certificates",
-    "Kernel",
     "KernelCurvature",
     "certificate_grid",
     "certificates",

@@ -22,7 +22,8 @@ from sgdstab.errors import MemoryBudgetError
 from sgdstab.memory import available_memory_bytes, format_bytes
 from sgdstab.problem import Problem
 
-_GEMM_ROWS = 2048  # rows of K per GEMM block: large enough for full matmul throughput
+_GEMM_ROWS = 512  # rows of K per GEMM block: small enough to skip most of the lower triangle, large enough for
+# near-peak matmul throughput
 
 
 def ntk_memory(problem: Problem, chunk_size: int | None = None) -> dict[str, int]:
@@ -77,7 +78,11 @@ def ntk(problem: Problem, chunk_size: int | None = None, theta: Tensor | None = 
     nk = problem.n * problem.k
     K = torch.empty((nk, nk), dtype=problem.dtype, device=problem.device)
     if route == "one_jacobian":
-        J = torch.cat([b for _, b in problem.jacobian_blocks(chunk, theta)])
+        # filled in place: peak memory is J plus one chunk's block, not the blocks and a concatenated copy
+        J = torch.empty((nk, problem.p), dtype=problem.dtype, device=problem.device)
+        for s, block in problem.jacobian_blocks(chunk, theta):
+            J[s.start * problem.k : s.stop * problem.k] = block
+            del block
         for a in range(0, nk, _GEMM_ROWS):
             a_end = min(a + _GEMM_ROWS, nk)
             block = J[a:a_end] @ J[a:].T  # (rows of block a) × (columns a..end): upper triangle only

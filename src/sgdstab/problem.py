@@ -315,7 +315,10 @@ class Problem:
     def jacobian(self, chunk_size: int | None = None, theta: Tensor | None = None) -> Tensor:
         """J ∈ R^{nk×p}: row ``i·k + c`` is ∂f_c(x_i; θ)/∂θ."""
         self._check_dense(self.n * self.k, "the Jacobian")
-        return torch.cat([b for _, b in self.jacobian_blocks(chunk_size, theta)])
+        J = torch.empty((self.n * self.k, self.p), dtype=self.dtype, device=self.device)
+        for s, block in self.jacobian_blocks(chunk_size, theta):
+            J[s.start * self.k : s.stop * self.k] = block
+        return J
 
     # ------------------------------------------------------------------ description
     def describe(self) -> dict[str, object]:

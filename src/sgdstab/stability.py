@@ -748,19 +748,23 @@ def stability(
     from sgdstab.problem import Problem
 
     start = time.perf_counter()
+    eta = check_learning_rate(lr)
+    scheme = check_sampling(sampling)
+    tol = _check_tol(tol)
+    if method not in METHODS:
+        raise StabilityError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     ker = as_kernel(problem_or_kernel)
+    b = check_batch_size(batch_size, ker.n)
+    c = noise_scale(b, ker.n, scheme)
     notes: list[str] = []
     if isinstance(problem_or_kernel, Problem):
-        loss = float(problem_or_kernel.loss())
-        if loss > 0:
+        P = problem_or_kernel
+        loss = float(P.loss())
+        scale = 0.5 * float((P.Y * P.Y).sum()) / P.n
+        if loss > 100 * torch.finfo(P.dtype).eps * max(scale, 1e-30):
             notes.append(
                 f"θ is not a global minimum (L = {loss:.3g}): the analysis linearizes with the Gauss–Newton kernel"
             )
-    eta = check_learning_rate(lr)
-    scheme = check_sampling(sampling)
-    b = check_batch_size(batch_size, ker.n)
-    c = noise_scale(b, ker.n, scheme)
-    tol = _check_tol(tol)
     sol = _solve(ker, eta, c, method, tol, galerkin_rtol, want_critical=True)
     notes += sol.notes
     assert sol.crit is not None and sol.rho is not None
