@@ -18,6 +18,7 @@ from sgdstab.certificates import (
 from sgdstab.conventions import half_mse_learning_rate, noise_scale
 from sgdstab.curvature import Curvature, curvature, plan_method
 from sgdstab.data import DEFAULT_DATASET, Dataset, load_dataset
+from sgdstab.diagram import StabilityDiagram, stability_diagram
 from sgdstab.errors import (
     DataError,
     MemoryBudgetError,
@@ -26,6 +27,7 @@ from sgdstab.errors import (
     ProblemError,
     SgdstabError,
 )
+from sgdstab.linearized import Simulation, TypicalThreshold, simulate_linearized, typical_critical_learning_rate
 from sgdstab.models import (
     ModelSpec,
     build_model,
@@ -67,8 +69,11 @@ __all__ = [
     "Problem",
     "ProblemError",
     "SgdstabError",
+    "Simulation",
     "Stability",
+    "StabilityDiagram",
     "StabilityError",
+    "TypicalThreshold",
     "__version__",
     "alignment",
     "as_kernel",
@@ -88,7 +93,10 @@ __all__ = [
     "ntk",
     "plan_method",
     "random_features",
+    "simulate_linearized",
     "stability",
+    "stability_diagram",
     "stability_operator",
     "train",
+    "typical_critical_learning_rate",
 ]
