@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from references import tiny_problem
 from torch.func import jvp, vjp
 
+from references import tiny_problem
 from sgdstab import ntk
 
 

@@ -25,9 +25,13 @@ def test_demo_writes_report_and_consistent_summary(tmp_path):
         if r["c"] > 0:
             assert r["frobenius_bound"] == pytest.approx(math.sqrt(1 / (r["c"] * r["mu"])) / r["lr"], rel=1e-12)
         assert r["gd_bound"] == pytest.approx(2 / r["lr"])
+        # ρ(T) and η* come from one exact computation: ρ ≤ 1 exactly when η ≤ η*
+        assert (r["rho"] <= 1 + 1e-9) == (r["lr"] <= r["critical_lr"] * (1 + 1e-6))
     claim = summary["claims"]["frobenius_certificate"]
     sgd = [r for r in runs if r["c"] > 0]
     assert claim["holds"] == all(r["hessian_frobenius"] <= r["frobenius_bound"] for r in sgd)
+    lin = summary["claims"]["linear_stability"]
+    assert lin["holds"] == all(r["rho"] <= 1 + 1e-9 for r in runs)
     text = report.read_text()
     assert ("**holds**" in text) or ("**FAILS**" in text)
 
