@@ -13,14 +13,7 @@ from sgdstab.conventions import ConventionError, noise_scale
 from sgdstab.diagram import StabilityDiagram, default_batch_sizes, stability_diagram
 from sgdstab.stability import Kernel, StabilityError, critical_learning_rate, stability
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny eigenproblems: BLAS threads only contend on a loaded machine (10× slower with 2 threads)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 CASES = [(20, 1, "with_replacement", 0), (24, 2, "without_replacement", 1), (30, 1, "without_replacement", 2)]

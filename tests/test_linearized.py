@@ -16,12 +16,7 @@ from sgdstab.stability import Kernel, StabilityError, critical_learning_rate, st
 SCHEMES = ("with_replacement", "without_replacement")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def random_kernel(n: int, k: int, p: int, seed: int, spread: float = 1.0) -> torch.Tensor:
