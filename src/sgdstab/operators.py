@@ -7,7 +7,8 @@ Every product acts on flat vectors of length p (or blocks of shape (p, m), one p
 device and dtype, at θ = ``theta`` (default ``problem.theta``). Sums run over the problem's sample chunks and are
 divided by the true n once, so an unequal last chunk is weighted correctly.
 
-- ``H v``: forward-over-reverse, ``jvp(grad(loss_chunk), (θ,), (v,))`` per chunk.
+- ``H v``: forward-over-reverse, ``jvp(grad(loss_chunk), (θ,), (v,))`` per chunk, vmapped over blocks of probes;
+  a single vector goes by double backward, which is faster for one vector.
 - ``G v = (1/n) Jᵀ(J v)``: one JVP of the batched outputs and one VJP per chunk; J is never materialized.
 - ``Σ v = (1/n) Jᵀ(r ⊙ a) − ∇L (∇Lᵀv)``, ``a_i = r_iᵀ (J v)_i``: one JVP and one VJP per chunk. ∇Lᵀv = mean(a)
   comes for free; the vector ∇L is computed once per operator (or, in the free function, in the same pass).
@@ -124,8 +125,24 @@ def vmap_supported(problem: Problem) -> dict[str, bool]:
 
 
 # ---------------------------------------------------------------------------------------------------- Hessian
+def _hvp_single(problem: Problem, th: Tensor, w: Tensor) -> Tensor:
+    """H w by reverse-over-reverse (double backward): for ONE vector it is about 2.5× faster than torch.func's
+    forward-over-reverse here (1.6 ms against 3.9 ms on an MLP, n = 500, p = 8970), which matters to Lanczos, whose
+    products come one vector at a time. Blocks of vectors use the vmapped forward-over-reverse below."""
+    out = torch.zeros_like(w)
+    for s in problem.chunks():
+        with torch.enable_grad():
+            t = th.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(problem._batch_loss_sum(t, problem.X[s], problem.Y[s]), t, create_graph=True)
+            (hw,) = torch.autograd.grad(g @ w, t)
+        out += hw
+    return out / problem.n
+
+
 def _hvp_rows(problem: Problem, th: Tensor, W: Tensor) -> Tensor:
     """H applied to each row of W (m, p) → (m, p)."""
+    if W.shape[0] == 1:
+        return _hvp_single(problem, th, W[0])[None]
     out = torch.zeros_like(W)
     for s in problem.chunks():
         x, y = problem.X[s], problem.Y[s]
