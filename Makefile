@@ -19,8 +19,10 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/ruff format --check src tests benchmarks scripts
 
-bench: $(VENV)/.installed-test
-	$(BIN)/python benchmarks/run_all.py
+# The peers (PyHessian, curvlinops) live in their own environment, benchmarks/.env (see benchmarks/README.md).
+bench:
+	@[ -x benchmarks/.env/bin/python ] || bash benchmarks/setup_peers.sh
+	benchmarks/.env/bin/python benchmarks/bench_curvature.py --threads 1
 
 # Debian's dataset-fashion-mnist holds the full Fashion-MNIST; the tests of the real loader use it.
 data:

@@ -74,9 +74,7 @@ def npz_bytes(arrays: dict[str, np.ndarray]) -> bytes:
             info.compress_type = zipfile.ZIP_DEFLATED
             info.create_system = 3  # Unix, whatever the host
             info.external_attr = EXTERNAL_ATTR
-            zf.writestr(
-                info, member.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL
-            )
+            zf.writestr(info, member.getvalue(), compress_type=zipfile.ZIP_DEFLATED, compresslevel=COMPRESS_LEVEL)
     return buffer.getvalue()
 
 
@@ -84,9 +82,7 @@ def describe_difference(built: bytes, shipped: bytes) -> str:
     """Explain a byte mismatch: different arrays, or same arrays with a different compressor."""
     try:
         with np.load(io.BytesIO(shipped), allow_pickle=False) as old, np.load(io.BytesIO(built)) as new:
-            same = sorted(old.files) == sorted(new.files) and all(
-                np.array_equal(old[k], new[k]) for k in new.files
-            )
+            same = sorted(old.files) == sorted(new.files) and all(np.array_equal(old[k], new[k]) for k in new.files)
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         return f"shipped file is not a readable npz ({exc})"
     if same:
@@ -98,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder with the four IDX files")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="npz file to write (or compare)")
-    parser.add_argument(
-        "--check", action="store_true", help="compare a rebuild with --out; exit 1 on mismatch"
-    )
+    parser.add_argument("--check", action="store_true", help="compare a rebuild with --out; exit 1 on mismatch")
     args = parser.parse_args(argv)
     try:
         built = npz_bytes(load_arrays(args.source))

@@ -21,9 +21,7 @@ class Dense:
     r: torch.Tensor  # residuals (n, k)
 
 
-def tiny_model(
-    kind: str, k: int, seed: int = 0, activation: type[nn.Module] = nn.Tanh, width: int = 6
-) -> nn.Module:
+def tiny_model(kind: str, k: int, seed: int = 0, activation: type[nn.Module] = nn.Tanh, width: int = 6) -> nn.Module:
     torch.manual_seed(seed)
     if kind == "mlp":
         return nn.Sequential(nn.Linear(4, width), activation(), nn.Linear(width, k)).double()
@@ -41,9 +39,7 @@ def tiny_inputs(kind: str, n: int, seed: int = 1) -> torch.Tensor:
     return torch.randn(shape, dtype=torch.float64, generator=g)
 
 
-def tiny_problem(
-    kind: str, k: int, state: str, n: int = 7, seed: int = 0, width: int = 6, **kwargs
-) -> Problem:
+def tiny_problem(kind: str, k: int, state: str, n: int = 7, seed: int = 0, width: int = 6, **kwargs) -> Problem:
     """``state``: "off" (random targets), "minimum" (targets = outputs: zero residual, a global minimum) or
     "near" (targets = outputs + 1e-3 noise)."""
     model = tiny_model(kind, k, seed, width=width)

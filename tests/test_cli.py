@@ -42,9 +42,7 @@ def test_bad_option_value_exits_2(capsys):
 
 
 def test_console_script_entry_point_runs():
-    proc = subprocess.run(
-        [sys.executable, "-m", "sgdstab.cli", "sweep"], capture_output=True, text=True, timeout=120
-    )
+    proc = subprocess.run([sys.executable, "-m", "sgdstab.cli", "sweep"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
 

@@ -110,9 +110,7 @@ def test_expected_parameter_count_matches_model(spec: ModelSpec) -> None:
 def test_cnn_parameter_count_property(
     c: int, h: int, w: int, channels: list[int], widths: list[int], kernel_size: int, bias: bool
 ) -> None:
-    spec = ModelSpec(
-        "cnn", (c, h, w), 2, widths=widths, channels=channels, kernel_size=kernel_size, bias=bias
-    )
+    spec = ModelSpec("cnn", (c, h, w), 2, widths=widths, channels=channels, kernel_size=kernel_size, bias=bias)
     model = build_model(spec)
     assert count_parameters(model) == expected_parameter_count(spec)
     assert model(torch.zeros(2, c, h, w)).shape == (2, 2)
@@ -308,9 +306,7 @@ def _loop_jacobian(model: nn.Module, x: torch.Tensor) -> list[dict[str, torch.Te
     result = []
     for i in range(x.shape[0]):
         out = model(x[i : i + 1])[0]
-        rows = [
-            torch.autograd.grad(out[j], list(params.values()), retain_graph=True) for j in range(out.shape[0])
-        ]
+        rows = [torch.autograd.grad(out[j], list(params.values()), retain_graph=True) for j in range(out.shape[0])]
         result.append({name: torch.stack([r[n] for r in rows]) for n, name in enumerate(params)})
     return result
 
@@ -351,9 +347,7 @@ def test_jvp_matches_jacobian_contraction(kind: str) -> None:
     out, dout = jvp(f, (params,), (tangent,))
     torch.testing.assert_close(out, model(x))
     jac = jacrev(f)(params)
-    contracted = sum(
-        (jac[k].reshape(*out.shape, -1) @ tangent[k].reshape(-1) for k in params), torch.zeros_like(out)
-    )
+    contracted = sum((jac[k].reshape(*out.shape, -1) @ tangent[k].reshape(-1) for k in params), torch.zeros_like(out))
     torch.testing.assert_close(dout, contracted, rtol=1e-10, atol=1e-12)
 
 

@@ -85,8 +85,9 @@ def test_frozen_parameters_are_constants():
 
 
 def test_torch_mse_convention_converts_learning_rates():
-    P = Problem(_mlp(4), torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64),
-                loss="torch_mse")
+    P = Problem(
+        _mlp(4), torch.randn(5, 4, dtype=torch.float64), torch.randn(5, 4, dtype=torch.float64), loss="torch_mse"
+    )
     assert P.half_mse_lr(0.1) == pytest.approx(2 * 0.1 / 4)
     # MSELoss = (2/k)·L
     mse = nn.MSELoss()(P.outputs(), P.Y)
@@ -110,15 +111,15 @@ def _data(n=4, k=1):
 @pytest.mark.parametrize(
     ("make", "match"),
     [
-        (lambda: (nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 1)).double(), *_data()),
-         "BatchNorm in training mode"),
-        (lambda: (nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5), nn.Linear(3, 1)).double(), *_data()),
-         "dropout"),
+        (
+            lambda: (nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3), nn.Linear(3, 1)).double(), *_data()),
+            "BatchNorm in training mode",
+        ),
+        (lambda: (nn.Sequential(nn.Linear(4, 3), nn.Dropout(0.5), nn.Linear(3, 1)).double(), *_data()), "dropout"),
         (lambda: (_mlp(1), torch.full((4, 4), float("nan"), dtype=torch.float64), _data()[1]), "X contains"),
         (lambda: (_mlp(1), _data()[0], torch.tensor([[1.0], [float("inf")], [0.0], [0.0]])), "Y contains"),
         (lambda: (_mlp(2), *_data(k=3)), "outputs 2 value"),
-        (lambda: (_mlp(1), torch.empty(0, 4, dtype=torch.float64), torch.empty(0, 1, dtype=torch.float64)),
-         "empty"),
+        (lambda: (_mlp(1), torch.empty(0, 4, dtype=torch.float64), torch.empty(0, 1, dtype=torch.float64)), "empty"),
         (lambda: (_mlp(1), _data(n=4)[0], _data(n=5)[1]), "4 samples but Y has 5"),
         (lambda: (_mlp(1), torch.randn(4, 5, dtype=torch.float64), _data()[1]), "model failed on X"),
         (lambda: ("not a model", *_data()), "torch.nn.Module"),

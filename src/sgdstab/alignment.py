@@ -107,8 +107,8 @@ def alignment(
     if method == "auto":
         from sgdstab.curvature import plan_method
 
-        method = "kernel" if "kernel" in plan_method(problem, rtol, at_minimum=True).estimated_seconds else (
-            "matrix_free"
+        method = (
+            "kernel" if "kernel" in plan_method(problem, rtol, at_minimum=True).estimated_seconds else ("matrix_free")
         )
     n, k = problem.n, problem.k
     r = problem.residuals()

@@ -130,21 +130,13 @@ class ModelSpec:
             if not self.channels:
                 raise ModelSpecError("channels must not be empty for kind='cnn'; give e.g. channels=(8, 16)")
         elif self.channels:
-            raise ModelSpecError(
-                f"channels is only used by kind='cnn'; set channels=() for kind={self.kind!r}"
-            )
+            raise ModelSpecError(f"channels is only used by kind='cnn'; set channels=() for kind={self.kind!r}")
         if self.kind == "mlp" and not self.widths:
-            raise ModelSpecError(
-                "widths must not be empty for kind='mlp'; use kind='linear_net' for a linear model"
-            )
+            raise ModelSpecError("widths must not be empty for kind='mlp'; use kind='linear_net' for a linear model")
         if self.kind == "random_features" and len(self.widths) != 1:
-            raise ModelSpecError(
-                f"widths must hold exactly one width for kind='random_features', got {self.widths!r}"
-            )
+            raise ModelSpecError(f"widths must hold exactly one width for kind='random_features', got {self.widths!r}")
         if self.kind == "linear_net" and self.activation != "identity":
-            raise ModelSpecError(
-                f"activation must be 'identity' for kind='linear_net', got {self.activation!r}"
-            )
+            raise ModelSpecError(f"activation must be 'identity' for kind='linear_net', got {self.activation!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict (tuples become lists) that :meth:`from_dict` turns back into this spec."""

@@ -175,9 +175,7 @@ class Problem:
                     f"model failed on X of shape {tuple(self.X.shape)}: {type(exc).__name__}: {exc}"
                 ) from exc
             if out.shape[1] != self.k:
-                raise ProblemError(
-                    f"model outputs {out.shape[1]} value(s) per sample but Y has k = {self.k} column(s)"
-                )
+                raise ProblemError(f"model outputs {out.shape[1]} value(s) per sample but Y has k = {self.k} column(s)")
             again = self._forward(self.layout.unflatten(self.theta), self.X[:m])
             single = self._forward(self.layout.unflatten(self.theta), self.X[:1])
         if not torch.equal(out, again):

@@ -178,9 +178,7 @@ def test_binary_size_must_be_a_multiple_of_the_record(tmp_path: Path) -> None:
     folder = write_bin(tmp_path / "cifar-10-batches-bin", batches(70))
     path = folder / "test_batch.bin"
     path.write_bytes(path.read_bytes()[:-1])
-    with pytest.raises(
-        DataError, match=r"test_batch\.bin: size 18437 bytes is not a positive multiple of the 3073"
-    ):
+    with pytest.raises(DataError, match=r"test_batch\.bin: size 18437 bytes is not a positive multiple of the 3073"):
         load_dataset("cifar10", data_dir=tmp_path, split="test")
 
 
@@ -228,14 +226,10 @@ def test_hostile_pickle_is_refused_and_never_run(tmp_path: Path, protocol: int) 
     payload = batch_dict("test_batch", *make_records(2, 3))
     payload["batch_label"] = Hostile(f"touch {marker}")
     (folder / "test_batch").write_bytes(pickle.dumps(payload, protocol=protocol))
-    with pytest.raises(
-        DataError, match=rf"refusing to unpickle {os.system.__module__}\.system from .*test_batch"
-    ):
+    with pytest.raises(DataError, match=rf"refusing to unpickle {os.system.__module__}\.system from .*test_batch"):
         load_dataset("cifar10", data_dir=tmp_path, split="test")
     assert not marker.exists()
-    (folder / "test_batch").write_bytes(
-        pickle.dumps(HostileEval(f"open({str(marker)!r}, 'w')"), protocol=protocol)
-    )
+    (folder / "test_batch").write_bytes(pickle.dumps(HostileEval(f"open({str(marker)!r}, 'w')"), protocol=protocol))
     with pytest.raises(DataError, match=r"refusing to unpickle (builtins|__builtin__)\.eval"):
         load_dataset("cifar10", data_dir=tmp_path, split="test")
     assert not marker.exists()

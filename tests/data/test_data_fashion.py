@@ -44,10 +44,7 @@ def debian_dir() -> Path:
     """The Debian data folder, or skip (fail under CI) when its files are missing."""
     missing = [name for name in NAMES if not (DEBIAN / name).is_file()]
     if missing:
-        message = (
-            f"Debian Fashion-MNIST files missing in {DEBIAN}: {missing} (apt-get install "
-            "dataset-fashion-mnist)"
-        )
+        message = f"Debian Fashion-MNIST files missing in {DEBIAN}: {missing} (apt-get install dataset-fashion-mnist)"
         if ci_is_set():
             pytest.fail(message + "; CI is set, so this is an error")
         pytest.skip(message)
@@ -114,15 +111,11 @@ def test_small_first_n_is_a_prefix() -> None:
     part = load_dataset("fashion-mnist-small", n=300)
     assert torch.equal(part.X, full.X[:300]) and torch.equal(part.labels, full.labels[:300])
     assert part.indices is not None and part.indices.tolist() == list(range(300))
-    assert (
-        part.description.startswith("Fashion-MNIST train") and "first 300 by file order" in part.description
-    )
+    assert part.description.startswith("Fashion-MNIST train") and "first 300 by file order" in part.description
 
 
 def test_small_too_many_examples() -> None:
-    with pytest.raises(
-        DataError, match=r"n=2001 requested but fashion-mnist-small .* has only 2000 examples"
-    ):
+    with pytest.raises(DataError, match=r"n=2001 requested but fashion-mnist-small .* has only 2000 examples"):
         load_dataset("fashion-mnist-small", n=2001)
 
 
@@ -188,9 +181,7 @@ def test_env_var_fallback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> No
     assert ds.Y[:, 0].tolist() == [-1.0, 1.0, -1.0, 1.0]
 
 
-def test_missing_files_name_every_path_and_the_install_command(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_missing_files_name_every_path_and_the_install_command(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fashion_mnist, "SYSTEM_DIR", tmp_path / "sys")
     monkeypatch.setenv("SGDSTAB_DATA_DIR", str(tmp_path / "env"))
     with pytest.raises(DataError) as info:

@@ -67,9 +67,7 @@ def find_batches(split: str, data_dir: str | os.PathLike[str] | None) -> tuple[s
                 return layout, paths
             if len(missing) < len(paths) or folder.name == folder_name:
                 problems.append(f"{layout} layout in {folder} lacks {', '.join(p.name for p in missing)}")
-    detail = (
-        "; ".join(problems) if problems else "neither cifar-10-batches-bin/ nor cifar-10-batches-py/ found"
-    )
+    detail = "; ".join(problems) if problems else "neither cifar-10-batches-bin/ nor cifar-10-batches-py/ found"
     raise DataError(f"cifar10 {split} batches not found under {root}: {detail}")
 
 
@@ -132,9 +130,7 @@ def read_py_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except DataError:
         raise
     except Exception as exc:  # any unpickling failure of a corrupt file
-        raise DataError(
-            f"{path}: not a readable CIFAR-10 python batch ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise DataError(f"{path}: not a readable CIFAR-10 python batch ({type(exc).__name__}: {exc})") from exc
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         keys = sorted(map(repr, batch)) if isinstance(batch, dict) else type(batch).__name__
         raise DataError(f"{path}: expected a dict with keys b'data' and b'labels', got {keys}")
@@ -160,7 +156,5 @@ def load(split: str, data_dir: str | os.PathLike[str] | None) -> RawImages:
     labels = np.concatenate([p[1] for p in parts])
     for path, (_, lab) in zip(paths, parts, strict=True):
         if lab.size and (lab.min() < 0 or lab.max() > 9):
-            raise DataError(
-                f"{path}: label {int(lab.max() if lab.max() > 9 else lab.min())} out of range 0..9"
-            )
+            raise DataError(f"{path}: label {int(lab.max() if lab.max() > 9 else lab.min())} out of range 0..9")
     return RawImages(images, labels, f"CIFAR-10 {split} ({layout} batches in {paths[0].parent})")

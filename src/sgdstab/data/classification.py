@@ -79,9 +79,7 @@ def build_classification(
     )
 
 
-def standardize(
-    images: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]
-) -> torch.Tensor:
+def standardize(images: np.ndarray, scale: float, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
     """``(images / scale - mean[c]) / std[c]`` per channel c, computed in float32.
 
     ``mean``/``std`` have one entry per channel, or a single entry used for all channels.

@@ -49,13 +49,11 @@ class Dataset:
         n = self.X.shape[0] if self.X.dim() > 0 else -1
         if self.X.dtype != torch.float32 or self.X.dim() < 2:
             raise DataError(
-                f"Dataset {self.name!r}: X must be float32 of shape (n, ...), got "
-                f"{self.X.dtype} {tuple(self.X.shape)}"
+                f"Dataset {self.name!r}: X must be float32 of shape (n, ...), got {self.X.dtype} {tuple(self.X.shape)}"
             )
         if self.Y.dtype != torch.float32 or self.Y.dim() != 2 or self.Y.shape[0] != n:
             raise DataError(
-                f"Dataset {self.name!r}: Y must be float32 of shape ({n}, k), got "
-                f"{self.Y.dtype} {tuple(self.Y.shape)}"
+                f"Dataset {self.name!r}: Y must be float32 of shape ({n}, k), got {self.Y.dtype} {tuple(self.Y.shape)}"
             )
         for attr in ("labels", "indices"):
             value = getattr(self, attr)

@@ -75,9 +75,7 @@ def find_files(split: str, data_dir: str | os.PathLike[str] | None) -> tuple[Pat
                 found.append(hit)
         if len(found) == 2:
             return found[0], found[1]
-    raise DataError(
-        f"Fashion-MNIST {split} files not found; tried: {', '.join(map(str, tried))}; {INSTALL_HINT}"
-    )
+    raise DataError(f"Fashion-MNIST {split} files not found; tried: {', '.join(map(str, tried))}; {INSTALL_HINT}")
 
 
 def _check_pair(images: np.ndarray, labels: np.ndarray, source: str) -> None:
@@ -95,9 +93,7 @@ def load_full(split: str, data_dir: str | os.PathLike[str] | None) -> RawImages:
     images = read_idx(images_path, ndim=3, dtype=np.dtype(np.uint8))
     labels = read_idx(labels_path, ndim=1, dtype=np.dtype(np.uint8))
     _check_pair(images, labels, f"{images_path} / {labels_path}")
-    return RawImages(
-        images[:, None], labels.astype(np.int64), f"Fashion-MNIST {split} ({images_path.parent})"
-    )
+    return RawImages(images[:, None], labels.astype(np.int64), f"Fashion-MNIST {split} ({images_path.parent})")
 
 
 def load_small(split: str) -> RawImages:

@@ -46,14 +46,10 @@ def read_file_bytes(path: str | os.PathLike[str]) -> bytes:
     try:
         return gzip.decompress(raw)
     except (OSError, EOFError, zlib.error) as exc:
-        raise DataError(
-            f"{path}: corrupt or truncated gzip stream ({exc}); re-download or reinstall the file"
-        ) from exc
+        raise DataError(f"{path}: corrupt or truncated gzip stream ({exc}); re-download or reinstall the file") from exc
 
 
-def parse_idx(
-    data: bytes, source: str, *, ndim: int | None = None, dtype: np.dtype | None = None
-) -> np.ndarray:
+def parse_idx(data: bytes, source: str, *, ndim: int | None = None, dtype: np.dtype | None = None) -> np.ndarray:
     """Parse IDX bytes into a native-endian numpy array, validating header and size.
 
     Args:
@@ -63,25 +59,19 @@ def parse_idx(
         dtype: required element type (compared ignoring byte order), or None for any.
     """
     if len(data) < 4:
-        raise DataError(
-            f"{source}: truncated IDX file ({len(data)} bytes, the header alone needs at least 4)"
-        )
+        raise DataError(f"{source}: truncated IDX file ({len(data)} bytes, the header alone needs at least 4)")
     zero1, zero2, code, nd = data[0], data[1], data[2], data[3]
     if zero1 != 0 or zero2 != 0:
         hint = " (it looks gzip-compressed: name it *.gz)" if data.startswith(_GZIP_MAGIC) else ""
-        raise DataError(
-            f"{source}: wrong IDX magic number 0x{data[:4].hex()} (must start with two zero bytes){hint}"
-        )
+        raise DataError(f"{source}: wrong IDX magic number 0x{data[:4].hex()} (must start with two zero bytes){hint}")
     if code not in IDX_DTYPES:
         raise DataError(
-            f"{source}: unknown IDX dtype code 0x{code:02x} (known: "
-            f"{', '.join(f'0x{c:02x}' for c in IDX_DTYPES)})"
+            f"{source}: unknown IDX dtype code 0x{code:02x} (known: {', '.join(f'0x{c:02x}' for c in IDX_DTYPES)})"
         )
     file_dtype = IDX_DTYPES[code]
     if dtype is not None and file_dtype.newbyteorder("=") != np.dtype(dtype).newbyteorder("="):
         raise DataError(
-            f"{source}: IDX dtype code 0x{code:02x} ({file_dtype.name}) but {np.dtype(dtype).name} "
-            "was expected"
+            f"{source}: IDX dtype code 0x{code:02x} ({file_dtype.name}) but {np.dtype(dtype).name} was expected"
         )
     if nd == 0:
         raise DataError(f"{source}: IDX header declares 0 dimensions")
@@ -89,9 +79,7 @@ def parse_idx(
         raise DataError(f"{source}: IDX header declares {nd} dimensions but {ndim} were expected")
     header_len = 4 + 4 * nd
     if len(data) < header_len:
-        raise DataError(
-            f"{source}: truncated IDX header ({len(data)} bytes, {header_len} needed for {nd} dimensions)"
-        )
+        raise DataError(f"{source}: truncated IDX header ({len(data)} bytes, {header_len} needed for {nd} dimensions)")
     shape = struct.unpack(f">{nd}I", data[4:header_len])
     expected = math.prod(shape) * file_dtype.itemsize
     actual = len(data) - header_len
@@ -105,8 +93,6 @@ def parse_idx(
     return array.astype(file_dtype.newbyteorder("="), copy=True)
 
 
-def read_idx(
-    path: str | os.PathLike[str], *, ndim: int | None = None, dtype: np.dtype | None = None
-) -> np.ndarray:
+def read_idx(path: str | os.PathLike[str], *, ndim: int | None = None, dtype: np.dtype | None = None) -> np.ndarray:
     """Read and validate an IDX file (``*.gz`` files are decompressed); see :func:`parse_idx`."""
     return parse_idx(read_file_bytes(path), str(path), ndim=ndim, dtype=dtype)

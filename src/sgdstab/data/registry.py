@@ -151,8 +151,7 @@ def load_dataset(
         return synthetic.load(name, n, seed, split, options)
     if options:
         raise DataError(
-            f"unknown option{'s' if len(options) > 1 else ''} {', '.join(sorted(options))} for "
-            f"{name}; it takes none"
+            f"unknown option{'s' if len(options) > 1 else ''} {', '.join(sorted(options))} for {name}; it takes none"
         )
     normalize, normalization = _NORMALIZERS[name]
     raw = _raw_images(name, split, data_dir)

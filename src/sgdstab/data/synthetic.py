@@ -105,10 +105,7 @@ def load(name: str, n: int | None, seed: int, split: str, options: Mapping[str, 
     n = DEFAULT_N if n is None else n
     if name == "gaussian-linear":
         X, Y, _ = gaussian_linear(n, seed=seed, split=split, **opts)
-        rule = (
-            f"X ~ N(0, I_{opts['dim']}), Y = X W*ᵀ with W* ~ N(0, 1/d) of shape "
-            f"({opts['outputs']}, {opts['dim']})"
-        )
+        rule = f"X ~ N(0, I_{opts['dim']}), Y = X W*ᵀ with W* ~ N(0, 1/d) of shape ({opts['outputs']}, {opts['dim']})"
     else:
         X, Y, _ = teacher(n, seed=seed, split=split, **opts)
         rule = (
@@ -123,8 +120,7 @@ def load(name: str, n: int | None, seed: int, split: str, options: Mapping[str, 
         labels=None,
         name=name,
         classes=None,
-        description=f"synthetic {name} {split} split, n={n}, {rule}{noise_text}, seed {seed}, "
-        "no normalization",
+        description=f"synthetic {name} {split} split, n={n}, {rule}{noise_text}, seed {seed}, no normalization",
         split=split,
         indices=None,
         params={"n": n, "seed": seed, "subset": "first", "options": opts},

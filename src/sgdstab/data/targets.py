@@ -47,9 +47,7 @@ def check_n(n: Any) -> int | None:
     return check_int(n, "n (number of examples)", minimum=1)
 
 
-def validate_classes(
-    classes: Any, known: Sequence[int], present: Sequence[int], dataset: str
-) -> tuple[int, ...]:
+def validate_classes(classes: Any, known: Sequence[int], present: Sequence[int], dataset: str) -> tuple[int, ...]:
     """Validate ``classes``; None selects all ``known`` class ids (sorted), whether present or not.
 
     Named classes must be ``known`` class ids of the data set and have examples (be ``present``) in the split.
@@ -121,8 +119,7 @@ def select_subset(
         pool = candidates[labels[candidates] == c]
         if count > len(pool):
             raise DataError(
-                f"stratified subset of n={n} needs {count} examples of class {c} but {dataset} has "
-                f"only {len(pool)}"
+                f"stratified subset of n={n} needs {count} examples of class {c} but {dataset} has only {len(pool)}"
             )
         perm = torch.randperm(len(pool), generator=generator)[:count].numpy()
         chosen.append(pool[perm])
