@@ -128,3 +128,22 @@ def test_bad_alignment_arguments():
         alignment(P, method="dense")
     with pytest.raises(MethodError, match="top"):
         alignment(P, top=0)
+
+
+def test_nonuniformity_lanczos_route_matches_the_dense_form():
+    gen = torch.Generator().manual_seed(3)
+    n, k = 350, 2
+    A = torch.randn(n * k, 900, dtype=torch.float64, generator=gen) * torch.rand(
+        n * k, 1, generator=gen, dtype=torch.float64
+    )
+    K = A @ A.T
+    eig = kf.kernel_eigen(K)
+    assert eig.rank > kf._DENSE_NONUNIFORMITY_MAX
+    lanczos = kf.nonuniformity(K, n, k, eig)
+    lam, U = eig.range_basis()
+    half = U * lam.sqrt()
+    S = -K / n**2
+    for i in range(n):
+        S[i * k : (i + 1) * k, i * k : (i + 1) * k] += K[i * k : (i + 1) * k, i * k : (i + 1) * k] / n
+    dense = float(torch.linalg.eigvalsh(half.T @ S @ half)[-1]) ** 0.5
+    assert lanczos == pytest.approx(dense, rel=1e-9)
