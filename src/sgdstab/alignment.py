@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sgdstab import kernel_figures as kf
-from sgdstab.curvature import Curvature, MethodError, curvature
+from sgdstab.curvature import Curvature, MethodError, curvature, plan_method
 from sgdstab.estimators import hutchpp, top_eigenpairs
 from sgdstab.ntk import ntk
 from sgdstab.operators import (
@@ -104,12 +104,9 @@ def alignment(
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise MethodError(f"top must be a positive integer, got {top!r}")
     start = time.perf_counter()
-    if method == "auto":
-        from sgdstab.curvature import plan_method
-
-        method = (
-            "kernel" if "kernel" in plan_method(problem, rtol, at_minimum=True).estimated_seconds else ("matrix_free")
-        )
+    if method == "auto":  # the kernel route whenever K fits in memory (plan_method only offers it then)
+        feasible = plan_method(problem, rtol, at_minimum=True).estimated_seconds
+        method = "kernel" if "kernel" in feasible else "matrix_free"
     n, k = problem.n, problem.k
     r = problem.residuals()
     loss = float((r * r).sum()) / (2 * n)
