@@ -28,7 +28,7 @@ def test_unknown_command_exits_2(capsys):
     assert "No such command 'frobnicate'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["experiment", "analyze", "sweep", "runs"])
+@pytest.mark.parametrize("command", ["analyze", "sweep", "runs"])
 def test_not_yet_built_commands_say_so(command, capsys):
     assert main([command]) == 2
     err = capsys.readouterr().err

@@ -47,11 +47,34 @@ def demo(out: str | None, n: int | None, seed: int) -> None:
     run_demo(out=out, n=n, seed=seed)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-@click.argument("name", required=False)
-def experiment(name: str | None) -> None:
-    """Run one of the paper's experiments (alignment, flatness, scaling, escape, diagram)."""
-    _not_built("experiment", "the experiments are planned in the training and experiments milestone")
+def _experiment_help() -> str:
+    from sgdstab.experiments.registry import MODULES
+
+    names = "\n".join(f"  {name:<10} {summary}" for name, (_, summary) in sorted(MODULES.items()))
+    return (
+        "Run one of the paper's experiments (THEORY.md §6) and write its report.\n\n"
+        "NAME is one of:\n\n\b\n" + names + "\n\n"
+        "The config starts from the experiment's defaults (the full run) or, with --quick, its CI-sized variant; "
+        "--config FILE (TOML, flat key = value pairs, or a run's config.json) overrides them. DIR receives "
+        "config.json, results.csv, PNG figures, report.md and summary.json; the path of report.md is printed."
+    )
+
+
+@cli.command(help=_experiment_help(), no_args_is_help=True)
+@click.argument("name", metavar="NAME")
+@click.option("--config", "config_path", metavar="FILE", default=None, help="TOML file overriding the defaults.")
+@click.option("--quick", is_flag=True, help="The CI-sized variant (well under a minute on 2 cores).")
+@click.option("--out", metavar="DIR", default=None, help="Output directory (required; created if missing).")
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def experiment(name: str, config_path: str | None, quick: bool, out: str | None, quiet: bool) -> None:
+    from sgdstab.experiments.io import OutputError
+    from sgdstab.experiments.registry import get_experiment, run_experiment
+
+    get_experiment(name)  # an unknown name is reported before anything else
+    if out is None:
+        raise OutputError("missing --out DIR: name the directory for the report")
+    report, _ = run_experiment(name, out, config_path=config_path, quick=quick, quiet=quiet)
+    click.echo(str(report))
 
 
 @cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})

@@ -15,10 +15,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +25,7 @@ from sgdstab.alignment import alignment
 from sgdstab.conventions import noise_scale
 from sgdstab.curvature import curvature
 from sgdstab.data import DEFAULT_DATASET, load_dataset
-from sgdstab.errors import SgdstabError
+from sgdstab.experiments.io import atomic_write, prepare_output_dir
 from sgdstab.models import mlp
 from sgdstab.problem import Problem
 from sgdstab.results import ResultMixin
@@ -59,17 +56,6 @@ class DemoRun(ResultMixin):
     rho: float
     critical_lr: float
     seconds: float
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _measure(problem: Problem, label: str, lr: float, batch: int, sampling: str, hist, seed: int) -> DemoRun:
@@ -108,12 +94,7 @@ def run_demo(
     """Run the demo and return the path of its report (``steps`` caps each training run)."""
     console = Console(stderr=True, quiet=quiet)
     out_dir = Path(out or "sgdstab-demo")
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SgdstabError(f"cannot create output directory {str(out_dir)!r}: {exc.strerror}") from None
-    if not os.access(out_dir, os.W_OK):
-        raise SgdstabError(f"output directory {str(out_dir)!r} is not writable; pass --out DIR")
+    prepare_output_dir(out_dir)
     n = n or 300
     start = time.perf_counter()
     data = load_dataset(DEFAULT_DATASET, n=n, classes=DEMO_CLASSES, subset="stratified", seed=seed)
@@ -138,11 +119,11 @@ def run_demo(
         console.print(f"  measuring {label} at L = {hist.final_loss:.2e} …")
         runs.append(_measure(problem, label, lr, batch, sampling, hist, seed))
     summary = _summary(runs, data.description, time.perf_counter() - start, steps)
-    _atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, allow_nan=True)))
-    _atomic_write(out_dir / "loss.png", lambda p: _plot_losses(histories, p))
-    _atomic_write(out_dir / "flatness.png", lambda p: _plot_frobenius(runs, p))
+    atomic_write(out_dir / "summary.json", lambda p: p.write_text(json.dumps(summary, indent=2, allow_nan=True)))
+    atomic_write(out_dir / "loss.png", lambda p: _plot_losses(histories, p))
+    atomic_write(out_dir / "flatness.png", lambda p: _plot_frobenius(runs, p))
     report = out_dir / "report.md"
-    _atomic_write(report, lambda p: p.write_text(_report(summary)))
+    atomic_write(report, lambda p: p.write_text(_report(summary)))
     console.print(f"report: {report}")
     print(report)
     return report

@@ -1,0 +1,346 @@
+"""Experiment configurations: frozen dataclasses with defaults, loaded from TOML (or a run's ``config.json``).
+
+A configuration class is a frozen dataclass whose fields carry defaults and, through :func:`param`, their range
+(``ge``, ``gt``, ``le``, ``lt``), allowed values (``choices``), a minimum tuple length and a help text. Supported
+field types: ``bool``, ``int``, ``float``, ``str``, ``tuple[T, ...]`` of those, and ``T | None`` (None only as a
+default: TOML has no null). A class may define ``check(self) -> None`` for constraints between fields; it raises
+:class:`ConfigError` through :func:`fail`.
+
+A config file holds flat ``key = value`` pairs (an optional ``experiment = "name"`` must name the experiment it is
+for). :func:`load_config` starts from a base instance (the defaults or the ``--quick`` variant) and overrides the
+keys the file gives. Every problem — a missing or malformed file, an unknown key, a wrong type, a value out of
+range — raises :class:`ConfigError` with one line naming the field and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sgdstab.errors import SgdstabError
+
+C = TypeVar("C")
+
+RESERVED_KEY = "experiment"
+
+
+class ConfigError(SgdstabError, ValueError):
+    """An experiment configuration is invalid: unknown key, wrong type, value out of range, unreadable file."""
+
+
+def fail(message: str) -> typing.NoReturn:
+    """Raise :class:`ConfigError` (for a config class's ``check``)."""
+    raise ConfigError(message)
+
+
+def param(
+    default: Any,
+    *,
+    help: str = "",
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+    choices: tuple[Any, ...] | None = None,
+    min_len: int | None = None,
+) -> Any:
+    """A dataclass field with a default and its validation rules (applied to each element of a tuple field)."""
+    rules = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "min_len": min_len}
+    return dataclasses.field(default=default, metadata={k: v for k, v in rules.items() if v not in (None, "")})
+
+
+# ------------------------------------------------------------------------------------------- types and values
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _unwrap_optional(tp: Any) -> tuple[Any, bool]:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _element_type(tp: Any) -> Any | None:
+    """T for ``tuple[T, ...]``, else None."""
+    if typing.get_origin(tp) is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return args[0]
+    return None
+
+
+def describe_type(tp: Any) -> str:
+    base, _ = _unwrap_optional(tp)
+    elem = _element_type(base)
+    if elem is not None:
+        word = _TYPE_WORDS.get(elem, str(elem))
+        text = "a list of " + word.replace("an ", "").replace("a ", "") + "s"
+        if elem is bool:
+            text = "a list of true/false values"
+    else:
+        text = _TYPE_WORDS.get(base, str(base))
+    return text
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list | tuple):
+        return "list"
+    if isinstance(value, Mapping):
+        return "table"
+    return type(value).__name__
+
+
+def _example(name: str, tp: Any, default: Any) -> str:
+    return f"{name} = {_toml_value(default)}" if default is not None else name
+
+
+def _coerce_scalar(name: str, tp: Any, value: Any, hint: str) -> Any:
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+            return int(value)
+    elif tp is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - a config class with an unsupported type is a programming error
+        raise TypeError(f"config field {name!r} has unsupported type {tp!r}")
+    raise ConfigError(
+        f"config field {name!r} must be {_TYPE_WORDS[tp]}, got {value!r} ({_kind(value)}); write e.g. {hint}"
+    )
+
+
+def _check_rules(name: str, value: Any, meta: Mapping[str, Any], hint: str) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"config field {name!r} must be a finite number, got {value!r}; write e.g. {hint}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        for key, word in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
+            bound = meta.get(key)
+            if bound is None:
+                continue
+            ok = {"ge": value >= bound, "gt": value > bound, "le": value <= bound, "lt": value < bound}[key]
+            if not ok:
+                raise ConfigError(
+                    f"config field {name!r} must be {word} {bound:g}, got {value!r}; choose a value {word} {bound:g}"
+                )
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        guess = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"config field {name!r} must be one of {', '.join(map(str, choices))}, got {value!r}{guess}")
+
+
+def coerce_field(field: dataclasses.Field, tp: Any, value: Any) -> Any:
+    """Validate one value for ``field`` (declared type ``tp``) and return it in the field's type."""
+    name = field.name
+    meta = field.metadata
+    base, optional = _unwrap_optional(tp)
+    hint = _example(name, tp, field.default if field.default is not dataclasses.MISSING else None)
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"config field {name!r} must be {describe_type(tp)}, got nothing; write e.g. {hint}")
+    elem = _element_type(base)
+    if elem is not None:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(
+                f"config field {name!r} must be {describe_type(base)}, got {value!r} ({_kind(value)}); "
+                f"write e.g. {hint}"
+            )
+        items = tuple(_coerce_scalar(name, elem, v, hint) for v in value)
+        min_len = meta.get("min_len")
+        if min_len is not None and len(items) < min_len:
+            raise ConfigError(
+                f"config field {name!r} needs at least {min_len} value(s), got {len(items)}; write e.g. {hint}"
+            )
+        for item in items:
+            _check_rules(name, item, meta, hint)
+        return items
+    result = _coerce_scalar(name, base, value, hint)
+    _check_rules(name, result, meta, hint)
+    return result
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def build_config(cls: type[C], values: Mapping[str, Any], base: C | None = None, source: str = "config") -> C:
+    """A validated instance of ``cls``: ``base`` (default: ``cls()``) with ``values`` overriding its fields.
+
+    The key ``experiment`` is ignored here (see :func:`load_config`). Raises :class:`ConfigError`.
+    """
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls!r} is not a dataclass")
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{source} must be a table of key = value pairs, got {_kind(values)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = _hints(cls)
+    unknown = [k for k in values if k not in fields and k != RESERVED_KEY]
+    if unknown:
+        key = str(unknown[0])
+        close = difflib.get_close_matches(key, list(fields), n=1)
+        guess = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown config key {key!r} in {source}; {guess}valid keys: {', '.join(fields)}")
+    start = base if base is not None else cls()
+    merged = {name: getattr(start, name) for name in fields}
+    for key, value in values.items():
+        if key == RESERVED_KEY:
+            continue
+        if isinstance(value, Mapping):
+            raise ConfigError(
+                f"config field {key!r} must be {describe_type(hints[key])}, got a table; "
+                "configs are flat key = value pairs"
+            )
+        merged[key] = value
+    checked = {name: coerce_field(fields[name], hints[name], merged[name]) for name in fields}
+    instance = cls(**checked)
+    check = getattr(instance, "check", None)
+    if callable(check):
+        check()
+    return instance
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The key/value table of a TOML file (or of a run's ``config.json``). Raises :class:`ConfigError`."""
+    file = Path(path)
+    try:
+        raw = file.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(file)!r} not found; check the --config path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {str(file)!r} is a directory; pass a .toml file") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {str(file)!r} cannot be read: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {str(file)!r} is not UTF-8 text; write it as a TOML file") from None
+    if file.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"config file {str(file)!r} is not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {str(file)!r} must hold a JSON object of key/value pairs")
+        return data
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+
+
+def load_config(cls: type[C], path: str | os.PathLike[str], base: C | None = None, experiment: str | None = None) -> C:
+    """Read ``path`` (TOML, or JSON by suffix) and validate it against ``cls`` on top of ``base``.
+
+    ``experiment``: the name of the experiment the file is used for; a file whose ``experiment`` key names another
+    one is refused.
+    """
+    values = read_config_file(path)
+    named = values.get(RESERVED_KEY)
+    if experiment is not None and named is not None and named != experiment:
+        raise ConfigError(
+            f"config file {str(path)!r} is for experiment {named!r}, not {experiment!r}; "
+            f"run `sgdstab experiment {named}` or remove its experiment key"
+        )
+    return build_config(cls, values, base, source=f"config file {str(path)!r}")
+
+
+# --------------------------------------------------------------------------------------------- serialization
+def config_to_dict(config: Any) -> dict[str, Any]:
+    """The fields as JSON-able values (tuples become lists)."""
+    return {f.name: _plain(getattr(config, f.name)) for f in dataclasses.fields(config)}
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        text = repr(value)
+        return text if any(ch in text for ch in ".eE") else text + ".0"
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)  # a TOML basic string: JSON's escapes are valid TOML ones
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")
+
+
+def config_to_toml(config: Any, experiment: str | None = None, comments: bool = True) -> str:
+    """A TOML text that :func:`load_config` reads back to an equal config (help texts as comments)."""
+    lines = []
+    if experiment is not None:
+        lines.append(f"experiment = {_toml_value(experiment)}")
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if value is None:
+            continue  # TOML has no null: leaving the key out keeps the default
+        help_text = f.metadata.get("help")
+        if comments and help_text:
+            lines.append(f"# {help_text}")
+        lines.append(f"{f.name} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def describe_fields(cls: type) -> list[dict[str, Any]]:
+    """name, type, default, rule and help of every field (for documentation and ``--help``)."""
+    hints = _hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        rules = {k: v for k, v in f.metadata.items() if k != "help"}
+        out.append(
+            {
+                "name": f.name,
+                "type": describe_type(hints[f.name]),
+                "default": _plain(f.default) if f.default is not dataclasses.MISSING else None,
+                "rules": rules,
+                "help": f.metadata.get("help", ""),
+            }
+        )
+    return out
+
+
+__all__ = [
+    "ConfigError",
+    "build_config",
+    "config_to_dict",
+    "config_to_toml",
+    "describe_fields",
+    "fail",
+    "load_config",
+    "param",
+    "read_config_file",
+]

@@ -1,0 +1,55 @@
+"""The registry of named experiments: name → the module that defines it (imported on first use).
+
+Each module listed in :data:`MODULES` defines ``EXPERIMENT`` (an :class:`~sgdstab.experiments.base.Experiment`)
+and ``run(config, out_dir, quiet=True)``. To add an experiment, write its module and add one line here.
+"""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+from sgdstab.errors import SgdstabError
+from sgdstab.experiments.base import REPORT_FILE, Experiment
+
+MODULES: dict[str, tuple[str, str]] = {  # name → (module, one-line summary shown by `sgdstab experiment --help`)
+    "diagram": (
+        "sgdstab.experiments.diagram",
+        "exact stable region of one minimum in the (η, B) plane, with every certificate",
+    ),
+}
+
+
+class UnknownExperimentError(SgdstabError, KeyError):
+    """No experiment has this name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def experiment_names() -> tuple[str, ...]:
+    """The registered names, sorted."""
+    return tuple(sorted(MODULES))
+
+
+def get_experiment(name: str) -> Experiment:
+    """The experiment called ``name``; raises :class:`UnknownExperimentError` naming the valid ones."""
+    if not isinstance(name, str) or name not in MODULES:
+        raise UnknownExperimentError(f"unknown experiment {name!r}; choose one of {', '.join(experiment_names())}")
+    experiment = importlib.import_module(MODULES[name][0]).EXPERIMENT
+    if experiment.name != name:  # pragma: no cover - a registry typo
+        raise RuntimeError(f"module {MODULES[name][0]} defines experiment {experiment.name!r}, registered as {name!r}")
+    return experiment
+
+
+def run_experiment(
+    name: str, out: str | Path, config_path: str | None = None, quick: bool = False, quiet: bool = False
+) -> tuple[Path, dict]:
+    """Resolve the config (defaults or ``quick``, then ``config_path``), run, and return (report path, summary)."""
+    experiment = get_experiment(name)
+    config = experiment.config(config_path, quick=quick)
+    summary = experiment.run(config, out, quiet=quiet)
+    return Path(out) / REPORT_FILE, summary
+
+
+__all__ = ["MODULES", "UnknownExperimentError", "experiment_names", "get_experiment", "run_experiment"]

@@ -1,0 +1,288 @@
+"""The experiments framework and every registered experiment's ``--quick`` run.
+
+The quick runs are checked through their ``summary.json`` (the claims, not the prose) and, where a figure can be
+recomputed from the written results table, against that recomputation.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+import math
+import os
+import stat
+
+import pytest
+import torch
+
+from sgdstab.cli import main
+from sgdstab.errors import SgdstabError
+from sgdstab.experiments import (
+    ConfigError,
+    OutputError,
+    UnknownExperimentError,
+    build_config,
+    config_to_toml,
+    experiment_names,
+    get_experiment,
+    load_config,
+)
+from sgdstab.experiments.base import CONFIG_FILE, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE
+from sgdstab.experiments.registry import MODULES
+
+NAMES = experiment_names()
+
+
+@pytest.fixture(scope="module")
+def quick_runs(tmp_path_factory):
+    """Each registered experiment's --quick run through the CLI, once per test session (one thread)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runs = {}
+    try:
+        for name in NAMES:
+            out = tmp_path_factory.mktemp(name)
+            rc = main(["experiment", name, "--quick", "--quiet", "--out", str(out)])
+            runs[name] = (rc, out)
+    finally:
+        torch.set_num_threads(old)
+    return runs
+
+
+def _summary(out):
+    return json.loads((out / SUMMARY_FILE).read_text())
+
+
+def _claims(out):
+    return {c["name"]: c for c in _summary(out)["claims"]}
+
+
+def _rows(out):
+    with open(out / RESULTS_FILE, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+# ------------------------------------------------------------------------------------------------ registry
+def test_registry_names_and_summaries_match_the_modules():
+    assert {"diagram"} <= set(NAMES)
+    for name in NAMES:
+        exp = get_experiment(name)
+        assert exp.name == name
+        assert exp.summary == MODULES[name][1]
+    with pytest.raises(UnknownExperimentError, match="unknown experiment 'nope'; choose one of diagram"):
+        get_experiment("nope")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_default_and_quick_configs_are_valid(name):
+    exp = get_experiment(name)
+    for config in (exp.default_config(), exp.default_config(quick=True)):
+        assert build_config(exp.config_type, {}, base=config) == config
+    assert exp.default_config(quick=True) != exp.default_config()
+
+
+# -------------------------------------------------------------------------------------------------- configs
+@pytest.mark.parametrize("name", NAMES)
+def test_config_round_trips_through_toml_and_config_json(name, tmp_path):
+    exp = get_experiment(name)
+    base = exp.default_config(quick=True)
+    # change every int/float field so the round trip is not the defaults' echo
+    changes = {}
+    for f in dataclasses.fields(base):
+        value = getattr(base, f.name)
+        if isinstance(value, float):
+            changes[f.name] = value * 1.5 if f.metadata.get("le") is None else value
+        elif isinstance(value, int) and not isinstance(value, bool) and f.name != "n":
+            changes[f.name] = value + 1 if f.metadata.get("le") is None or value + 1 <= f.metadata["le"] else value
+    config = dataclasses.replace(base, **changes)
+    path = tmp_path / "c.toml"
+    path.write_text(config_to_toml(config, experiment=name))
+    assert load_config(exp.config_type, path, experiment=name) == config
+    as_json = tmp_path / "config.json"
+    as_json.write_text(json.dumps({"experiment": name, **dataclasses.asdict(config)}))
+    assert load_config(exp.config_type, as_json, experiment=name) == config
+    # a file overrides only the keys it gives, on top of the base (here the quick variant)
+    partial = tmp_path / "partial.toml"
+    partial.write_text("seed = 7\n")
+    assert exp.config(str(partial), quick=True) == dataclasses.replace(base, seed=7)
+
+
+def test_toml_writer_escapes_and_float_forms(tmp_path):
+    cfg_type = get_experiment("diagram").config_type
+    config = build_config(cfg_type, {"data_dir": 'a "quoted" \\ path\twith tab', "gd_until_loss": 1e-300})
+    path = tmp_path / "c.toml"
+    path.write_text(config_to_toml(config))
+    assert load_config(cfg_type, path) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "pattern"),
+    [
+        ("nn = 5", r"unknown config key 'nn' .*did you mean 'n'\?"),
+        ("widht = [8]", r"unknown config key 'widht' .*did you mean 'widths'\?"),
+        ('n = "many"', r"config field 'n' must be an integer, got 'many' \(string\); write e.g. n = "),
+        ("n = 2.5", r"config field 'n' must be an integer, got 2.5"),
+        ("measured_mu = 1", r"config field 'measured_mu' must be true or false, got 1"),
+        ("widths = 32", r"config field 'widths' must be a list of integers, got 32 \(integer\)"),
+        ('widths = ["a"]', r"config field 'widths' must be an integer, got 'a'"),
+        ("n = 1", r"config field 'n' must be ≥ 2, got 1; choose a value ≥ 2"),
+        ("gd_lr = 0", r"config field 'gd_lr' must be > 0, got 0.0"),
+        ("gd_lr = nan", r"config field 'gd_lr' must be a finite number, got nan"),
+        ("gd_lr = inf", r"config field 'gd_lr' must be a finite number, got inf"),
+        ("widths = []", r"config field 'widths' needs at least 1 value\(s\), got 0"),
+        ("widths = [0]", r"config field 'widths' must be ≥ 1, got 0"),
+        ('samplings = ["with_replacment"]', r"must be one of .*did you mean 'with_replacement'\?"),
+        ('activation = "sigmoidal"', r"config field 'activation' must be one of"),
+        ('samplings = ["with_replacement", "with_replacement"]', r"'samplings' repeats a scheme"),
+        ("[model]\nn = 3", r"config field 'model'|unknown config key 'model'"),
+        ('experiment = "escape"', r"is for experiment 'escape', not 'diagram'"),
+        ("n = [", r"is not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_field_and_the_fix(text, pattern, tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text(text + "\n")
+    exp = get_experiment("diagram")
+    with pytest.raises(ConfigError, match=pattern) as info:
+        exp.config(str(path))
+    assert "\n" not in str(info.value)
+    assert isinstance(info.value, SgdstabError)
+
+
+def test_config_file_problems(tmp_path):
+    exp = get_experiment("diagram")
+    with pytest.raises(ConfigError, match="not found; check the --config path"):
+        exp.config(str(tmp_path / "missing.toml"))
+    with pytest.raises(ConfigError, match="is a directory"):
+        exp.config(str(tmp_path))
+    binary = tmp_path / "b.toml"
+    binary.write_bytes(b"\xff\xfe n = 3")
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        exp.config(str(binary))
+    array = tmp_path / "a.json"
+    array.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold a JSON object"):
+        exp.config(str(array))
+
+
+# ---------------------------------------------------------------------------------------------- output dirs
+def test_output_directory_is_refused_clearly(tmp_path):
+    exp = get_experiment("diagram")
+    config = exp.default_config(quick=True)
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(OutputError, match="is a file, not a directory"):
+        exp.run(config, target)
+    with pytest.raises(OutputError, match="cannot create output directory"):
+        exp.run(config, target / "inside")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / CONFIG_FILE).write_text(json.dumps({"experiment": "flatness"}))
+    with pytest.raises(OutputError, match="holds the results of experiment 'flatness'"):
+        exp.run(config, other)
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
+        try:
+            with pytest.raises(OutputError, match="is not writable"):
+                exp.run(config, locked)
+        finally:
+            locked.chmod(stat.S_IRWXU)
+
+
+# ------------------------------------------------------------------------------------------------------ CLI
+def test_cli_unknown_experiment_exits_2_with_one_line(capsys, tmp_path):
+    assert main(["experiment", "frobnicate", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: unknown experiment 'frobnicate'")
+    assert not (tmp_path / "o").exists()  # nothing created for a bad name
+
+
+def test_cli_bad_config_exits_2_with_one_line(capsys, tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("n = 1\n")
+    assert main(["experiment", "diagram", "--config", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "config field 'n' must be ≥ 2" in err and "Traceback" not in err
+    assert main(["experiment", "diagram", "--config", str(tmp_path / "none.toml"), "--out", str(tmp_path)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_cli_missing_out_and_help(capsys):
+    assert main(["experiment", "diagram"]) == 2
+    assert capsys.readouterr().err == "error: missing --out DIR: name the directory for the report\n"
+    assert main(["experiment", "--help"]) == 0
+    out = capsys.readouterr().out
+    for name in NAMES:
+        assert name in out
+
+
+# ------------------------------------------------------------------------------------------ the quick runs
+@pytest.mark.parametrize("name", NAMES)
+def test_quick_run_writes_every_file(name, quick_runs):
+    rc, out = quick_runs[name]
+    assert rc == 0
+    summary = _summary(out)
+    assert summary["experiment"] == name
+    for file in (CONFIG_FILE, RESULTS_FILE, REPORT_FILE, SUMMARY_FILE, *summary["files"]["figures"]):
+        assert (out / file).stat().st_size > 0, file
+    assert summary["files"]["figures"], "every experiment draws at least one figure"
+    for figure in summary["files"]["figures"]:
+        assert (out / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(out.glob(".*.tmp"))
+    # the resolved config is the quick variant and reruns as it is
+    exp = get_experiment(name)
+    assert exp.config(str(out / CONFIG_FILE)) == exp.default_config(quick=True)
+    # every claim is in the report with its verdict, and the verdicts agree with summary.json
+    report = (out / REPORT_FILE).read_text()
+    for claim in summary["claims"]:
+        verdict = "PASSED" if claim["passed"] else "FAILED"
+        assert f"**{verdict}** — {claim['statement']}: {claim['detail']}" in report
+    assert summary["passed"] == all(c["passed"] for c in summary["claims"])
+    assert summary["seconds"] < 60
+
+
+def test_diagram_quick_claims(quick_runs):
+    _, out = quick_runs["diagram"]
+    claims = _claims(out)
+    expected = {
+        "global_minimum",
+        "eta_star_monotone",
+        "necessary_certificates_hold",
+        "rho_agrees_with_region",
+        "gd_endpoint",
+        "less_noise_larger_eta_star",
+    }
+    assert set(claims) == expected
+    for name in expected:
+        assert claims[name]["passed"], (name, claims[name]["detail"])
+    assert claims["global_minimum"]["numbers"]["loss"] < 1e-20
+    assert claims["rho_agrees_with_region"]["numbers"]["total"] >= 2 * 8
+    # recompute the monotonicity and the certificate slack from results.csv
+    rows = _rows(out)
+    summary = _summary(out)
+    necessary = ("frobenius_mu_inf", "gd", "mulayoff_michaeli", "trace")
+    for scheme in ("with_replacement", "without_replacement"):
+        mine = [r for r in rows if r["sampling"] == scheme]
+        etas = [float(r["critical_lr"]) for r in mine]
+        assert all(b >= a * (1 - 1e-9) for a, b in itertools.pairwise(etas))
+        for r in mine:
+            for name in necessary:
+                assert float(r[name]) >= float(r["critical_lr"]) * (1 - 1e-9)
+        assert etas == summary["numbers"]["critical_lr"][scheme]
+    # GD's line: 2/λ_max(H), and η*(n) without replacement equals it
+    lam = summary["numbers"]["lambda_max"]
+    last = [r for r in rows if r["sampling"] == "without_replacement"][-1]
+    assert int(last["B"]) == summary["numbers"]["n"]
+    assert float(last["critical_lr"]) == pytest.approx(2 / lam, rel=1e-8)
+    assert all(float(r["gd"]) == pytest.approx(2 / lam, rel=1e-12) for r in rows)
+    # c in the table is the convention's noise scale
+    n = summary["numbers"]["n"]
+    for r in rows:
+        b = int(r["B"])
+        c = 1 / b if r["sampling"] == "with_replacement" else (n - b) / (b * (n - 1))
+        assert float(r["c"]) == pytest.approx(c, rel=1e-12, abs=1e-15)
+    assert math.isfinite(summary["numbers"]["mu_inf"]) and summary["numbers"]["mu_inf"] > 0
