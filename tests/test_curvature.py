@@ -76,8 +76,9 @@ def test_kernel_route_at_a_minimum_is_exact(kind, k):
         _assert_close(getattr(c, name), ref[name], scale=ref["hessian_frobenius"])
 
 
-def test_kernel_route_off_a_minimum_uses_the_gauss_newton_control_variate():
-    P = tiny_problem("mlp", 3, "near", n=9, width=100)
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_kernel_route_off_a_minimum_uses_the_gauss_newton_control_variate(kind):
+    P = tiny_problem(kind, 3, "near", n=9, width=100)
     ref = _reference_figures(P)
     c = curvature(P, method="kernel", rtol=0.05, seed=4)
     assert "control variate" in c.hessian_route and not c.exact
@@ -85,8 +86,14 @@ def test_kernel_route_off_a_minimum_uses_the_gauss_newton_control_variate():
     assert abs(c.hessian_frobenius - ref["hessian_frobenius"]) <= 4 * c.hessian_frobenius_stderr + 1e-12
     plain = curvature(P, method="matrix_free", rtol=0.05, seed=4)
     # near a minimum H ≈ G: the exact G part leaves far less to estimate
-    assert c.trace_stderr < plain.trace_stderr / 10
     assert c.hessian_frobenius_stderr < plain.hessian_frobenius_stderr / 10
+    if kind == "mlp":  # a chain of Linear layers: Tr H exactly, layer by layer, on both routes
+        for result in (c, plain):
+            assert result.trace_stderr == 0.0 and "layer by layer" in result.hessian_route
+            _assert_close(result.trace, ref["trace"], scale=ref["hessian_frobenius"])
+        _assert_close(plain.gauss_newton_trace, ref["gauss_newton_trace"], scale=ref["gauss_newton_frobenius"])
+    else:  # Hutch++ on the trace too
+        assert c.trace_stderr < plain.trace_stderr / 10
 
 
 @pytest.mark.parametrize(("kind", "k"), CASES)
@@ -115,6 +122,10 @@ def test_matrix_free_route_within_four_standard_errors(kind, k):
         ("gauss_newton_frobenius", c.gauss_newton_frobenius_stderr),
         ("gauss_newton_trace", c.gauss_newton_trace_stderr),
     ):
+        if kind == "mlp" and name.endswith("trace"):  # exact, layer by layer
+            assert se == 0.0
+            _assert_close(getattr(c, name), ref[name], scale=ref["hessian_frobenius"])
+            continue
         assert se > 0
         assert abs(getattr(c, name) - ref[name]) <= 4 * se + 1e-12, (name, getattr(c, name), ref[name], se)
         if c.converged:
@@ -125,11 +136,12 @@ def test_matrix_free_route_within_four_standard_errors(kind, k):
 
 
 def test_stochastic_standard_errors_shrink_with_rtol():
-    P = tiny_problem("mlp", 3, "off", n=9, width=100)
+    P = tiny_problem("cnn", 3, "off", n=9, width=100)
     loose = curvature(P, method="matrix_free", rtol=0.1, seed=1)
     tight = curvature(P, method="matrix_free", rtol=0.02, seed=1)
     assert not tight.exact and tight.trace_stderr > 0
     assert tight.trace_stderr < loose.trace_stderr / 2.5
+    assert tight.hessian_frobenius_stderr < loose.hessian_frobenius_stderr / 2.5
     assert tight.hessian_vector_products > loose.hessian_vector_products
 
 

@@ -197,6 +197,23 @@ def test_tighter_rtol_shrinks_the_standard_error(name) -> None:
     assert rel_tight <= 1e-3 < rel_loose * 0.5
 
 
+@pytest.mark.parametrize("estimator", [hutchpp, hutchinson])
+def test_targets_choose_which_figures_the_stopping_rule_watches(estimator) -> None:
+    A, lam = MATRICES["indefinite"], SPECTRA["indefinite"]
+    both = estimator(A, rtol=2e-2, seed=5, max_matvecs=50_000)
+    norm = estimator(A, rtol=2e-2, seed=5, max_matvecs=50_000, targets=("frobenius",))
+    assert both.converged and norm.converged
+    # ||A||_F has half the relative standard error of ||A||_F², and the trace no longer counts
+    assert norm.frobenius_stderr <= 2e-2 * norm.frobenius
+    assert norm.probes <= both.probes
+    assert abs(norm.frobenius - math.sqrt((lam**2).sum())) <= 4 * norm.frobenius_stderr + 1e-12
+    trace_only = estimator(A, rtol=2e-2, seed=5, max_matvecs=50_000, targets="trace")
+    assert trace_only.trace_stderr <= 2e-2 * abs(trace_only.trace)
+    for bad in (("trace", "spectral"), (), 3):
+        with pytest.raises(EstimatorError, match="targets"):
+            estimator(A, rtol=1e-2, targets=bad)
+
+
 def test_hutchpp_beats_hutchinson_on_decaying_spectrum() -> None:
     A = MATRICES["decaying"]
     plus = hutchpp(A, rtol=1e-2, seed=0)

@@ -29,6 +29,7 @@ from torch import Tensor
 from sgdstab import kernel_figures as kf
 from sgdstab.errors import SgdstabError
 from sgdstab.estimators import hutchpp, top_eigenpairs
+from sgdstab.layerwise import layerwise_route, layerwise_trace_cost, layerwise_traces
 from sgdstab.memory import available_memory_bytes, check_allocation
 from sgdstab.ntk import ntk
 from sgdstab.operators import gauss_newton_operator, hessian_operator
@@ -234,6 +235,19 @@ def _first(values: np.ndarray) -> float:
 _LANCZOS_RESTARTS = 20  # ARPACK restarts; a cap keeps degenerate ends of the spectrum from running forever
 
 
+def _lanczos_tol(rtol: float) -> float:
+    # the eigenvalue error bound is then a tenth of the stochastic figures' relative standard error
+    return min(1e-4, rtol / 10)
+
+
+def _ncv(k: int, p: int) -> int | None:
+    # ARPACK's default basis (20 vectors for k = 1) overshoots a well-separated top eigenvalue; 2k + 8 restarts
+    # sooner: 12 products instead of 22 on a trained Fashion-MNIST MLP (benchmarks/). The bottom end of an
+    # indefinite H is often clustered and keeps the default.
+    ncv = 2 * k + 8
+    return ncv if ncv < p else None
+
+
 def _spectral_figures(
     op,
     p: int,
@@ -244,12 +258,14 @@ def _spectral_figures(
     name: str,
     control: tuple | None = None,
     psd: bool = False,
+    exact_trace: float | None = None,
 ) -> dict:
     """Tr, ||·||_F (± standard errors), top and bottom eigenvalues of a symmetric p×p operator.
 
     Exact from p products when that is cheaper than the probes a stochastic estimate would need; otherwise
     Lanczos (``eigsh``) for the extreme eigenvalues and Hutch++ deflated by their eigenvectors, with ``control``
-    = (operator C, Tr C, ||C||_F²) as a control variate when given.
+    = (operator C, Tr C, ||C||_F²) as a control variate when given. With ``exact_trace`` (known otherwise), the
+    probes only need to reach ``rtol`` on the Frobenius norm.
     """
     if p <= min(max_matvecs, _DENSE_MAX_P, _estimated_probes(rtol)):
         A = torch.as_tensor(op.matmat(np.eye(p)))
@@ -259,28 +275,35 @@ def _spectral_figures(
             "notes": [],
         }
     k_top = max(1, min(top, p - 2))
-    upper = top_eigenpairs(op, k=k_top, which="LA", seed=seed, maxiter=_LANCZOS_RESTARTS)
+    tol = _lanczos_tol(rtol)
+    upper = top_eigenpairs(op, k=k_top, which="LA", tol=tol, seed=seed, maxiter=_LANCZOS_RESTARTS, ncv=_ncv(k_top, p))
     if psd:  # the bottom of a PSD operator with a null space is 0: no Lanczos on a degenerate end
         lower = None
         basis = upper.eigenvectors
     else:
-        lower = top_eigenpairs(op, k=1, which="SA", seed=seed + 1, maxiter=_LANCZOS_RESTARTS)
+        lower = top_eigenpairs(op, k=1, which="SA", tol=tol, seed=seed + 1, maxiter=_LANCZOS_RESTARTS)
         basis = np.concatenate([upper.eigenvectors, lower.eigenvectors], axis=1)
     cv = {}
     if control is not None:
         cv = {"control": control[0], "control_trace": control[1], "control_frobenius_squared": control[2]}
-    tf = hutchpp(op, rtol=rtol, basis=basis, max_matvecs=max_matvecs, seed=seed + 2, **cv)
+    targets = ("frobenius",) if exact_trace is not None else ("trace", "frobenius")
+    budget = max(max_matvecs - op.matvecs, basis.shape[1] + 2)
+    tf = hutchpp(op, rtol=rtol, basis=basis, max_matvecs=budget, seed=seed + 2, targets=targets, **cv)
     notes = []
     if not tf.converged:
         notes.append(f"Hutch++ on {name} stopped at its budget of {max_matvecs} products before rtol={rtol:g}")
     lanczos_converged = upper.converged and (lower is None or lower.converged)
     if not lanczos_converged:
         notes.append(f"Lanczos on {name} did not converge within {_LANCZOS_RESTARTS} restarts; see the error bound")
+    trace, trace_se = (tf.trace, tf.trace_stderr) if exact_trace is None else (exact_trace, 0.0)
+    route = f"Lanczos and {tf.method} on {name}-vector products"
+    if exact_trace is not None:
+        route += f"; Tr {name[0]} exact, layer by layer"
     return {
         "hessian_frobenius": tf.frobenius,
         "hessian_frobenius_stderr": tf.frobenius_stderr,
-        "trace": tf.trace,
-        "trace_stderr": tf.trace_stderr,
+        "trace": trace,
+        "trace_stderr": trace_se,
         "sharpness": _first(upper.eigenvalues),
         "sharpness_error_bound": _first(upper.residual_norms),
         "min_eigenvalue": 0.0 if lower is None else _first(lower.eigenvalues),
@@ -288,20 +311,39 @@ def _spectral_figures(
         "exact": False,
         "converged": bool(tf.converged and lanczos_converged),
         "products": int(op.matvecs),
-        "route": f"Lanczos and {tf.method} on {name}-vector products",
+        "route": route,
         "notes": notes,
     }
 
 
 def _hessian_matrix_free(
-    problem: Problem, top: int, rtol: float, seed: int, max_matvecs: int, control: tuple | None = None
+    problem: Problem,
+    top: int,
+    rtol: float,
+    seed: int,
+    max_matvecs: int,
+    control: tuple | None = None,
+    exact_trace: float | None = None,
 ) -> tuple[dict, list[str]]:
     op = hessian_operator(problem)
-    f = _spectral_figures(op, problem.p, top, rtol, seed, max_matvecs, "Hessian", control)
+    f = _spectral_figures(op, problem.p, top, rtol, seed, max_matvecs, "Hessian", control, exact_trace=exact_trace)
     notes = f.pop("notes")
     f["hessian_vector_products"] = f.pop("products")
     f["hessian_route"] = f.pop("route")
     return f, notes
+
+
+def _exact_traces(problem: Problem, rtol: float) -> tuple[float, float] | None:
+    """(Tr H, Tr G) layer by layer (:mod:`sgdstab.layerwise`) when the model is a chain of Linear layers and that
+    costs less than the probes a 1-in-rtol Hutchinson estimate would need; else ``None``."""
+    route = layerwise_route(problem)
+    if route is None:
+        return None
+    if route == "generic":
+        cost = layerwise_trace_cost(problem) or math.inf
+        if cost > _estimated_probes(rtol) * 6.0 * problem.n * problem.p:
+            return None
+    return layerwise_traces(problem)
 
 
 def _kernel(problem: Problem, top: int, rtol: float, seed: int, at_minimum: bool, max_matvecs: int) -> dict:
@@ -339,15 +381,27 @@ def _kernel(problem: Problem, top: int, rtol: float, seed: int, at_minimum: bool
         gn["gauss_newton_trace"],
         gn["gauss_newton_frobenius"] ** 2,
     )
-    hess, notes = _hessian_matrix_free(problem, top, rtol, seed, max_matvecs, control)
+    traces = _exact_traces(problem, rtol)
+    exact_trace = traces[0] if traces is not None else None
+    hess, notes = _hessian_matrix_free(problem, top, rtol, seed, max_matvecs, control, exact_trace)
     route = hess.pop("hessian_route")
     return gn | hess | {"hessian_route": route, "exact": hess.get("exact", False), "notes": tuple(notes)}
 
 
 def _matrix_free(problem: Problem, top: int, rtol: float, seed: int, max_matvecs: int) -> dict:
-    hess, notes = _hessian_matrix_free(problem, top, rtol, seed, max_matvecs)
+    traces = _exact_traces(problem, rtol)
+    trace_h, trace_g = traces if traces is not None else (None, None)
+    hess, notes = _hessian_matrix_free(problem, top, rtol, seed, max_matvecs, exact_trace=trace_h)
     g = _spectral_figures(
-        gauss_newton_operator(problem), problem.p, 1, rtol, seed + 3, max_matvecs, "Gauss–Newton", psd=True
+        gauss_newton_operator(problem),
+        problem.p,
+        1,
+        rtol,
+        seed + 3,
+        max_matvecs,
+        "Gauss–Newton",
+        psd=True,
+        exact_trace=trace_g,
     )
     return hess | {
         "gauss_newton_frobenius": g["hessian_frobenius"],

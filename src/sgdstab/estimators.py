@@ -49,6 +49,8 @@ __all__ = [
 
 DEFAULT_SKETCH = 20
 """Columns of the Gaussian sketch of :func:`hutchpp` when neither ``sketch`` nor ``basis`` is given."""
+DEFAULT_TARGETS = ("trace", "frobenius_squared")  # the figures whose standard error rtol bounds
+_TARGETS = ("trace", "frobenius_squared", "frobenius")
 
 
 DENSE_FALLBACK_MAX = 2000
@@ -312,6 +314,7 @@ def _adaptive_probes(
     rademacher: bool,
     method: str,
     control: _Counted | None = None,
+    targets: tuple[str, ...] = DEFAULT_TARGETS,
 ) -> TraceFrobResult:
     p = A.shape[0]
     q = Q.shape[1]
@@ -333,12 +336,18 @@ def _adaptive_probes(
                 f_est = exact_frob2 + float(f_all.mean())
                 t_se = float(t_all.std(ddof=1)) / math.sqrt(m)
                 f_se = float(f_all.std(ddof=1)) / math.sqrt(m)
-                t_tol, f_tol = rtol * abs(t_est), rtol * abs(f_est)
-                if t_se <= t_tol and f_se <= f_tol:
+                # ||A||_F = √(||A||_F²) has half the relative standard error of its square
+                tolerances = {
+                    "trace": (t_se, rtol * abs(t_est)),
+                    "frobenius_squared": (f_se, rtol * abs(f_est)),
+                    "frobenius": (f_se, 2 * rtol * abs(f_est)),
+                }
+                checks = [tolerances[name] for name in targets]
+                if all(se <= tl for se, tl in checks):
                     converged = True
                     break
                 # probes needed in all, from the current variances (the standard error falls as 1/√m)
-                ratios = [(se / tl) ** 2 if tl > 0 else math.inf for se, tl in ((t_se, t_tol), (f_se, f_tol))]
+                ratios = [(se / tl) ** 2 if tl > 0 else math.inf for se, tl in checks]
                 need = m * max(ratios)
                 want = block_size if not math.isfinite(need) else math.ceil(need) - m
             else:
@@ -390,6 +399,19 @@ def _adaptive_probes(
     )
 
 
+def _check_targets(targets: Any) -> tuple[str, ...]:
+    if isinstance(targets, str):
+        targets = (targets,)
+    try:
+        out = tuple(targets)
+    except TypeError:
+        raise EstimatorError(f"targets must be a tuple of figure names, got {targets!r}") from None
+    bad = [t for t in out if t not in _TARGETS]
+    if bad or not out:
+        raise EstimatorError(f"targets must name one or more of {', '.join(_TARGETS)}; got {targets!r}")
+    return out
+
+
 def _check_common(rtol: Any, max_matvecs: Any, min_probes: Any, block_size: Any) -> tuple[float, int, int, int]:
     return (
         _check_rtol(rtol),
@@ -413,6 +435,7 @@ def hutchpp(
     control: Any = None,
     control_trace: float | None = None,
     control_frobenius_squared: float | None = None,
+    targets: tuple[str, ...] = DEFAULT_TARGETS,
 ) -> TraceFrobResult:
     """Tr A and ||A||_F² of a symmetric operator by adaptive Hutch++ (exact on a subspace, Hutchinson on the rest).
 
@@ -424,7 +447,11 @@ def hutchpp(
 
     Args:
         op: symmetric square operator (see the module docstring).
-        rtol: stop once both standard errors are ≤ rtol·|estimate| (and at least ``min_probes`` probes were used).
+        rtol: stop once the standard error of every figure in ``targets`` is ≤ rtol·|figure| (and at least
+            ``min_probes`` probes were used).
+        targets: the figures ``rtol`` applies to: any of ``"trace"``, ``"frobenius_squared"`` and ``"frobenius"``
+            (||A||_F, whose relative standard error is half that of ||A||_F²). Default: Tr A and ||A||_F². Leave out
+            a figure known otherwise (e.g. an exact trace) so that its variance does not drive the probe count.
         sketch: Gaussian sketch columns s; Q gains orth(A S) (2s products). Default: 20 (capped by p and by the
             budget) without ``basis``, 0 with it.
         basis: (p, q) columns spanning a subspace to treat exactly (e.g. top eigenvectors from Lanczos); they need
@@ -505,6 +532,7 @@ def hutchpp(
         rademacher=False,
         method="hutch++" if C is None else "hutch++ with control variate",
         control=C,
+        targets=_check_targets(targets),
     )
 
 
@@ -517,6 +545,7 @@ def hutchinson(
     seed: Any = 0,
     *,
     block_size: int = 32,
+    targets: tuple[str, ...] = DEFAULT_TARGETS,
 ) -> TraceFrobResult:
     """Tr A and ||A||_F² by plain adaptive Hutchinson with Rademacher probes z: zᵀAz and ||Az||² (no deflation).
 
@@ -536,4 +565,5 @@ def hutchinson(
         rng=_rng(seed),
         rademacher=True,
         method="hutchinson",
+        targets=_check_targets(targets),
     )

@@ -35,6 +35,7 @@ from torch import Tensor
 from torch.func import grad, jvp, vjp, vmap
 
 from sgdstab.errors import SgdstabError
+from sgdstab.memory import available_memory_bytes
 from sgdstab.problem import Problem
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
 ]
 
 DEFAULT_BLOCK_SIZE = 32
+GRAPH_CACHE_FRACTION = 0.1  # of free memory, for the kept gradient graph of single-vector Hessian products
 """Probe columns handed to one vmapped product by the operators (bounds the extra activation memory)."""
 
 # Errors that mean "vmap cannot batch this model", after which the loop over columns is used. A genuine error of
@@ -137,6 +139,54 @@ def _hvp_single(problem: Problem, th: Tensor, w: Tensor) -> Tensor:
             (hw,) = torch.autograd.grad(g @ w, t)
         out += hw
     return out / problem.n
+
+
+class _GradientGraph:
+    """∇L(θ) with its autograd graph kept, so that each single-vector H w is one backward pass through it (no
+    forward and first backward per product: ≈ 2× faster, what PyHessian does). Chunks whose saved tensors would
+    push the cache past ``budget_bytes`` are recomputed per product instead."""
+
+    def __init__(self, problem: Problem, th: Tensor, budget_bytes: float) -> None:
+        self.problem, self.th, self.budget = problem, th, budget_bytes
+        self.graphs: list[tuple[Tensor, Tensor]] | None = None
+        self.bytes = 0
+
+    def _build(self) -> None:
+        self.graphs = []
+        saved: list[int] = [0]
+
+        def pack(x: Tensor) -> Tensor:
+            saved[0] += x.numel() * x.element_size()
+            return x
+
+        for s in self.problem.chunks():
+            saved[0] = 0
+            with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
+                t = self.th.detach().requires_grad_(True)
+                loss = self.problem._batch_loss_sum(t, self.problem.X[s], self.problem.Y[s])
+                (g,) = torch.autograd.grad(loss, t, create_graph=True)
+            if self.bytes + saved[0] > self.budget:
+                break  # the remaining chunks are recomputed per product
+            self.bytes += saved[0]
+            self.graphs.append((t, g))
+
+    def hvp(self, w: Tensor) -> Tensor:
+        if self.graphs is None:
+            self._build()
+        assert self.graphs is not None
+        out = torch.zeros_like(w)
+        for index, s in enumerate(self.problem.chunks()):
+            if index < len(self.graphs):
+                t, g = self.graphs[index]
+                (hw,) = torch.autograd.grad(g, t, grad_outputs=w, retain_graph=True)
+            else:
+                with torch.enable_grad():
+                    t = self.th.detach().requires_grad_(True)
+                    loss = self.problem._batch_loss_sum(t, self.problem.X[s], self.problem.Y[s])
+                    (g,) = torch.autograd.grad(loss, t, create_graph=True)
+                    (hw,) = torch.autograd.grad(g @ w, t)
+            out += hw
+        return out / self.problem.n
 
 
 def _hvp_rows(problem: Problem, th: Tensor, W: Tensor) -> Tensor:
@@ -364,12 +414,13 @@ def hessian_operator(
 ) -> TorchLinearOperator:
     """H = ∇²L(θ) as a symmetric ``LinearOperator`` (θ is copied now; later moves of the problem do not affect it)."""
     th = _theta(problem, theta).clone()
+    graph = _GradientGraph(problem, th, GRAPH_CACHE_FRACTION * available_memory_bytes())
     return TorchLinearOperator(
         lambda V: _hvp_rows(problem, th, V.T.contiguous()).T,
         problem.p,
         device=problem.device,
         torch_dtype=problem.dtype,
-        matvec=lambda v: _hvp_rows(problem, th, v[None])[0],
+        matvec=graph.hvp,
         block_size=block_size,
         name="Hessian",
     )
