@@ -27,6 +27,7 @@ from sgdstab.errors import (
     ProblemError,
     SgdstabError,
 )
+from sgdstab.layerwise import LayerChainError, hessian_trace, layerwise_traces
 from sgdstab.linearized import Simulation, TypicalThreshold, simulate_linearized, typical_critical_learning_rate
 from sgdstab.models import (
     ModelSpec,
@@ -62,6 +63,7 @@ __all__ = [
     "History",
     "Kernel",
     "KernelCurvature",
+    "LayerChainError",
     "MemoryBudgetError",
     "ModelSpec",
     "ModelSpecError",
@@ -85,7 +87,9 @@ __all__ = [
     "critical_learning_rate",
     "curvature",
     "half_mse_learning_rate",
+    "hessian_trace",
     "kernel_curvature",
+    "layerwise_traces",
     "linear_net",
     "load_dataset",
     "mlp",
