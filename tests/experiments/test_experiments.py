@@ -59,19 +59,19 @@ def _claims(out):
     return {c["name"]: c for c in _summary(out)["claims"]}
 
 
-def _rows(out):
-    with open(out / RESULTS_FILE, newline="") as handle:
+def _rows(out, name=RESULTS_FILE):
+    with open(out / name, newline="") as handle:
         return list(csv.DictReader(handle))
 
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_registry_names_and_summaries_match_the_modules():
-    assert {"diagram"} <= set(NAMES)
+    assert {"diagram", "escape"} <= set(NAMES)
     for name in NAMES:
         exp = get_experiment(name)
         assert exp.name == name
         assert exp.summary == MODULES[name][1]
-    with pytest.raises(UnknownExperimentError, match="unknown experiment 'nope'; choose one of diagram"):
+    with pytest.raises(UnknownExperimentError, match="unknown experiment 'nope'; choose one of diagram, escape"):
         get_experiment("nope")
 
 
@@ -286,3 +286,61 @@ def test_diagram_quick_claims(quick_runs):
         c = 1 / b if r["sampling"] == "with_replacement" else (n - b) / (b * (n - 1))
         assert float(r["c"]) == pytest.approx(c, rel=1e-12, abs=1e-15)
     assert math.isfinite(summary["numbers"]["mu_inf"]) and summary["numbers"]["mu_inf"] > 0
+
+
+def test_escape_quick_claims(quick_runs):
+    _, out = quick_runs["escape"]
+    claims = _claims(out)
+    expected = {
+        "global_minimum",
+        "above_escaped",
+        "below_stayed",
+        "slope_typical",
+        "slope_below_mean_square",
+        "gd_control",
+        "settled",
+        "settled_flatter",
+        "settled_frobenius_bound",
+        "settled_stable",
+    }
+    assert set(claims) == expected
+    for name in expected:
+        assert claims[name]["passed"], (name, claims[name]["detail"])
+    summary = _summary(out)
+    config = summary["config"]
+    rows = _rows(out)
+    ratios = [float(r["lr_ratio"]) for r in rows]
+    assert ratios == config["lr_ratios"]
+    assert any(x < 1 for x in ratios) and any(x > 1 for x in ratios), "restarts on both sides of η*"
+    # recompute, from the written trajectories, the escape step and the slope over the stated window
+    scale = 0.5  # ½ mean ||y||² for ±1 targets
+    cap = config["linear_cap"] * scale
+    traj = _rows(out, "trajectories.csv")
+    for row in rows:
+        mine = [t for t in traj if float(t["lr_ratio"]) == float(row["lr_ratio"])]
+        losses = [float(t["sgd_loss"]) for t in mine]
+        assert len(losses) == config["escape_steps"] + 1
+        assert losses[0] == pytest.approx(config["start_loss"], rel=1e-3)
+        above = [i for i, v in enumerate(losses) if v > cap]
+        assert (row["escaped"] == "True") == bool(above) == (float(row["lr"]) > float(row["critical_lr"]))
+        if above:
+            assert int(row["escape_step"]) == above[0]
+        a, b = int(row["window_start"]), int(row["window_end"])
+        t = list(range(a, b + 1))
+        y = [math.log(v) for v in losses[a : b + 1]]
+        tm, ym = sum(t) / len(t), sum(y) / len(y)
+        slope = sum((ti - tm) * (yi - ym) for ti, yi in zip(t, y, strict=True)) / sum((ti - tm) ** 2 for ti in t)
+        assert float(row["slope"]) == pytest.approx(slope, rel=1e-9)
+        assert float(row["linearized_lo"]) <= slope <= float(row["linearized_hi"])
+        assert float(row["log_rho"]) == pytest.approx(math.log(float(row["rho"])), rel=1e-12)
+        gd = [float(v["gd_loss"]) for v in mine]
+        assert gd[-1] < gd[0]  # every quick restart η is below 2/λ_max: GD stays
+    # the Frobenius bound where SGD settled, recomputed from μ, c and η
+    settled = [r for r in rows if r["settled_steps"]]
+    assert settled
+    for r in settled:
+        bound = math.sqrt(1 / (float(r["c"]) * float(r["settled_mu"]))) / float(r["lr"])
+        assert float(r["settled_bound"]) == pytest.approx(bound, rel=1e-12)
+        assert float(r["settled_hessian_frobenius"]) <= bound
+        assert float(r["settled_sharpness"]) < summary["numbers"]["lambda_max"]
+        assert float(r["c"]) == 1 / int(r["batch_size"])

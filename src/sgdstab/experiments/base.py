@@ -8,7 +8,8 @@ another experiment's results), writes ``config.json`` (the resolved config) firs
 summary.json::
 
     {"experiment", "title", "sgdstab_version", "config", "passed", "claims": [{name, statement, passed, detail,
-     numbers}], "numbers", "files": {"report", "results", "config", "figures"}, "seconds", "cpu_seconds"}
+     numbers}], "numbers", "files": {"report", "results", "config", "figures", "tables"}, "seconds",
+     "cpu_seconds"}
 
 Non-finite numbers are written as the strings "inf", "-inf", "nan" (strict JSON has none).
 """
@@ -48,11 +49,18 @@ class Context:
         self.console = Console(stderr=True, quiet=quiet)
         self.quiet = quiet
         self.figures: list[tuple[str, str]] = []
+        self.tables: list[str] = []
         self._start = time.perf_counter()
 
     def stage(self, message: str) -> None:
         """One progress line on stderr, with the elapsed wall time (silent when quiet)."""
         self.console.print(f"[dim]{time.perf_counter() - self._start:7.1f} s[/dim]  {message}", highlight=False)
+
+    def table(self, name: str, rows: list[dict[str, Any]]) -> Path:
+        """Write an extra CSV table (e.g. trajectories) as ``out_dir/name``, atomically, and list it."""
+        path = atomic_write_csv(self.out_dir / name, rows)
+        self.tables.append(name)
+        return path
 
     def figure(self, name: str, fig: Any, caption: str) -> Path:
         """Save a matplotlib figure as ``out_dir/name`` (PNG, atomically) and list it in the report."""
@@ -124,6 +132,7 @@ class Experiment:
                 "results": RESULTS_FILE,
                 "config": CONFIG_FILE,
                 "figures": [name for name, _ in ctx.figures],
+                "tables": list(ctx.tables),
             },
             "seconds": seconds,
             "cpu_seconds": cpu_seconds,
@@ -131,7 +140,7 @@ class Experiment:
         footer = (
             f"Run time: {seconds:.1f} s wall, {cpu_seconds:.1f} s CPU (sgdstab {__version__}). "
             f"Files: `{CONFIG_FILE}` (the resolved config; rerun with `--config {CONFIG_FILE}`), "
-            f"`{RESULTS_FILE}`, `{SUMMARY_FILE}`."
+            f"`{RESULTS_FILE}`, `{SUMMARY_FILE}`" + "".join(f", `{t}`" for t in ctx.tables) + "."
         )
         text = render_report(self.title, outcome.intro, outcome.claims, outcome.sections, ctx.figures, footer)
         atomic_write_text(out / REPORT_FILE, text)

@@ -13,6 +13,10 @@ from sgdstab.errors import SgdstabError
 from sgdstab.experiments.base import REPORT_FILE, Experiment
 
 MODULES: dict[str, tuple[str, str]] = {  # name → (module, one-line summary shown by `sgdstab experiment --help`)
+    "escape": (
+        "sgdstab.experiments.escape",
+        "SGD leaves a sharp minimum at the predicted rate and settles in a flatter one",
+    ),
     "diagram": (
         "sgdstab.experiments.diagram",
         "exact stable region of one minimum in the (η, B) plane, with every certificate",

@@ -1,0 +1,647 @@
+"""``escape``: SGD leaves a sharp minimum at the predicted rate and settles in a flatter one that satisfies the
+Frobenius bound (THEORY.md §6 item 4).
+
+1. **A sharp minimum.** GD with a small η trains a float64 MLP on the built-in Fashion-MNIST subset (two classes,
+   one ±1 output) to a small loss; Gauss–Newton steps polish it to an interpolating global minimum θ*
+   (:mod:`sgdstab.experiments.minimum`). Its NTK Gram matrix K gives the exact η*(B) (THEORY.md §4) and
+   λ_max(H) = λ_max(K)/n.
+2. **Restarts.** From θ* + δ (δ a seeded random direction scaled so that the linearized loss ||Jδ||²/(2n) is
+   ``start_loss``), SGD(η, B) runs ``escape_steps`` steps, the full-data L recorded every step, for each
+   η = ratio·η*(B) in ``lr_ratios`` — on both sides of η*. GD at the same η from the same start is the control.
+3. **Rates.** The *linear phase* of a run is the steps before L first exceeds ``linear_cap``·½mean||y||². Its
+   measured slope (least squares of log L over the phase, after a transient of one fifth of it) is compared with
+   the mean-square rate log ρ(T) (exact, :func:`sgdstab.stability`) and with single runs of the linearized dynamics
+   ``u ← (I − (η/B) K D_ξ) u`` from the same u₀ = Jδ (:func:`sgdstab.simulate_linearized`, ``chains`` runs,
+   slopes over the same window): one run grows at the typical (Lyapunov) rate, which by Jensen is at most log ρ.
+4. **Settling.** Each run that escaped continues (up to ``settle_steps``) until L ≤ ``settle_loss``. There the
+   true Hessian's ||H||_F (Hutch++ through the kernel route, :func:`sgdstab.curvature`), the alignment μ
+   (:func:`sgdstab.alignment`, exact) and the exact η*(B) of the point reached are measured.
+
+Claims: ``global_minimum``; ``above_escaped`` (every SGD run with η > η* escaped: L passed the linear cap) and
+``below_stayed`` (every run with η ≤ η* ended the phase below its start and never passed the cap); ``slope_typical``
+(each run's measured slope lies within the 0.25–99.75% range of the linearized single-run slopes over the same window);
+``slope_below_mean_square`` (each escaping run's slope ≤ log ρ(T)); ``gd_control`` (GD at the same η stays
+exactly when η < 2/λ_max(H)); ``settled``, ``settled_flatter`` (λ_max and ||H||_F below the sharp minimum's),
+``settled_frobenius_bound`` (||H||_F ≤ sqrt(1/(cμ))/η) and ``settled_stable`` (η ≤ η*(B) there).
+
+η is the step on L = (1/2n) Σ ||r_i||²; c = 1/B with replacement, (n − B)/(B(n − 1)) without.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sgdstab.alignment import alignment
+from sgdstab.conventions import SAMPLING_SCHEMES, noise_scale
+from sgdstab.curvature import curvature
+from sgdstab.experiments.base import Context, Experiment, Outcome
+from sgdstab.experiments.config import fail, param
+from sgdstab.experiments.io import new_figure
+from sgdstab.experiments.minimum import NetConfig, build_problem, find_minimum, perturbation
+from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table
+from sgdstab.linearized import simulate_linearized
+from sgdstab.problem import Problem
+from sgdstab.stability import Kernel, critical_learning_rate, stability
+from sgdstab.training import train
+
+_INTERPOLATION = 1e-20  # L / (½ mean ||y||²) below which the point counts as interpolating
+_SLOPE_QUANTILES = (0.0025, 0.9975)  # a run outside falls there by chance 0.5% of the time
+
+
+@dataclass(frozen=True)
+class EscapeConfig(NetConfig):
+    """The ``escape`` experiment. Defaults: the full run (n = 64, five restarts, about 1 minute on 2 cores)."""
+
+    gd_lr: float = param(0.01, gt=0, help="GD learning rate on L that finds the sharp minimum (small)")
+    gd_max_steps: int = param(20000, ge=1, help="most GD steps")
+    gd_until_loss: float = param(1e-5, gt=0, help="GD stops at this L, then Gauss–Newton polishes the point")
+    polish_steps: int = param(6, ge=0, le=100, help="most Gauss–Newton polishing steps")
+    batch_size: int = param(1, ge=1, help="SGD batch size B of the restarts")
+    sampling: str = param("with_replacement", choices=SAMPLING_SCHEMES, help="SGD sampling scheme of the restarts")
+    lr_ratios: tuple[float, ...] = param(
+        (0.5, 0.8, 1.4, 1.8, 2.1), gt=0, min_len=1, help="restart learning rates as multiples of the exact η*(B)"
+    )
+    start_loss: float = param(1e-16, gt=0, lt=1e-3, help="linearized loss ||Jδ||²/(2n) of the perturbation δ")
+    linear_cap: float = param(1e-6, gt=0, lt=1, help="the linear phase ends when L > linear_cap · ½ mean ||y||²")
+    escape_steps: int = param(400, ge=20, help="SGD steps from the perturbed minimum, L recorded at every step")
+    settle_steps: int = param(20000, ge=1, help="most further SGD steps for an escaped run to settle")
+    settle_loss: float = param(1e-5, gt=0, help="an escaped run has settled when L ≤ settle_loss")
+    chains: int = param(1000, ge=100, le=20000, help="runs of the linearized dynamics for the typical rate")
+    track_every: int = param(50, ge=1, help="λ_max(G) is recorded every this many steps while settling")
+
+    def check(self) -> None:
+        if self.batch_size > self.n:
+            fail(f"config field 'batch_size' = {self.batch_size} exceeds n = {self.n}; choose 1 ≤ batch_size ≤ n")
+        if self.start_loss >= self.linear_cap * 0.01:
+            fail(
+                f"config field 'start_loss' = {self.start_loss:g} must be far below linear_cap · ½mean||y||² "
+                f"(linear_cap = {self.linear_cap:g}); choose start_loss ≤ {self.linear_cap * 1e-4:g}"
+            )
+        if len(set(self.classes)) != len(self.classes):
+            fail(f"config field 'classes' repeats a class: {list(self.classes)}; list distinct class ids")
+
+
+def quick_config() -> EscapeConfig:
+    return EscapeConfig(n=40, widths=(32,), lr_ratios=(0.6, 1.8), escape_steps=300, chains=400, track_every=100)
+
+
+@dataclass
+class _Run:
+    index: int
+    ratio: float
+    lr: float
+    rho: float
+    log_rho: float
+    gd_stable: bool
+    losses: np.ndarray
+    window: tuple[int, int]
+    slope: float
+    capped: bool
+    chain_q: tuple[float, float]
+    typical: float
+    gd_losses: np.ndarray
+    settle: dict[str, Any] | None = None
+
+
+def _slope(y: np.ndarray, a: int, b: int) -> float:
+    t = np.arange(a, b + 1, dtype=float)
+    seg = y[a : b + 1]
+    tc = t - t.mean()
+    return float((tc * (seg - seg.mean())).sum() / (tc * tc).sum())
+
+
+def _window(losses: np.ndarray, cap: float) -> tuple[int, int, bool]:
+    """(first, last) steps of the linear phase — from a transient of a fifth of it to the step before L > cap —
+    and whether the cap was passed."""
+    above = np.nonzero(losses > cap)[0]
+    end = int(above[0]) - 1 if above.size else losses.size - 1
+    end = max(end, 2)
+    return max(1, end // 5), end, bool(above.size)
+
+
+def _sharpness(problem: Problem) -> float:
+    J = problem.jacobian().reshape(problem.n * problem.k, problem.p)
+    return float(torch.linalg.eigvalsh(J @ J.T)[-1]) / problem.n
+
+
+def body(cfg: EscapeConfig, ctx: Context) -> Outcome:
+    ctx.stage(f"data and model: {cfg.dataset}, n = {cfg.n}, classes {list(cfg.classes)}, MLP {list(cfg.widths)}")
+    problem, data = build_problem(cfg)
+    ctx.stage(f"GD at η = {cfg.gd_lr} to L ≤ {cfg.gd_until_loss:g}, then Gauss–Newton polishing")
+    minimum, _ = find_minimum(problem, cfg.gd_lr, cfg.gd_max_steps, cfg.gd_until_loss, cfg.polish_steps, cfg.seed)
+    scale = float((problem.Y**2).sum()) / (2 * problem.n)
+    kernel = Kernel.from_problem(problem)
+    n, b, scheme = problem.n, cfg.batch_size, cfg.sampling
+    lam = max(float(kernel.eigen.values[-1]), 0.0) / n
+    frob = float(torch.linalg.matrix_norm(kernel.K)) / n
+    eta_star = critical_learning_rate(kernel, b, scheme)
+    c = noise_scale(b, n, scheme)
+    ctx.stage(
+        f"minimum: L = {minimum.loss:.2e}, λ_max(H) = {lam:.4g} (2/λ_max = {2 / lam:.4g}), ||H||_F = {frob:.4g}; "
+        f"η*(B = {b}) = {eta_star:.4g}"
+    )
+    theta_star = problem.theta.clone()
+    delta, u0 = perturbation(problem, cfg.start_loss, cfg.seed + 1)
+    cap = cfg.linear_cap * scale
+
+    runs: list[_Run] = []
+    for index, ratio in enumerate(cfg.lr_ratios):
+        lr = ratio * eta_star
+        ctx.stage(f"restart {index + 1}/{len(cfg.lr_ratios)}: SGD at η = {ratio:g}·η* = {lr:.4g}, B = {b}")
+        st = stability(kernel, lr, b, scheme, with_certificates=False)
+        problem.set_parameters(theta_star + delta)
+        # the run must not be cut as 'diverged' when it leaves the minimum: only a blow-up far above the loss scale
+        guard = 1e6 * scale / cfg.start_loss
+        hist = train(
+            problem,
+            lr,
+            b,
+            scheme,
+            cfg.escape_steps,
+            track_every=1,
+            seed=cfg.seed + 100 + index,
+            divergence_factor=guard,
+        )
+        losses = np.asarray(hist.losses, dtype=float)
+        a, end, capped = _window(losses, cap)
+        with np.errstate(divide="ignore"):
+            slope = _slope(np.log(losses), a, end)
+        sim = simulate_linearized(kernel, lr, b, end, chains=cfg.chains, seed=cfg.seed, sampling=scheme, u0=u0)
+        steps_rec = np.asarray(sim.log_norm_steps)
+        rows = [int(np.searchsorted(steps_rec, s)) for s in (a, end)]
+        chain_slopes = (
+            np.array([_slope(np.asarray(sim.log_norms)[:, j], rows[0], rows[1]) for j in range(sim.chains)])
+            if steps_rec.size == end + 1
+            else np.asarray(sim.chain_rates)
+        )
+        q = tuple(float(x) for x in np.quantile(chain_slopes, _SLOPE_QUANTILES))
+        run = _Run(
+            index=index,
+            ratio=ratio,
+            lr=lr,
+            rho=st.rho,
+            log_rho=st.escape_rate,
+            gd_stable=lr < 2 / lam,
+            losses=losses,
+            window=(a, end),
+            slope=slope,
+            capped=capped,
+            chain_q=q,  # type: ignore[arg-type]
+            typical=float(np.median(chain_slopes)),
+            gd_losses=np.empty(0),
+        )
+        after = problem.theta.clone()
+        problem.set_parameters(theta_star + delta)
+        gd = train(
+            problem, lr, n, "without_replacement", cfg.escape_steps, track_every=1, seed=0, divergence_factor=guard
+        )
+        run.gd_losses = np.asarray(gd.losses, dtype=float)
+        if capped and hist.diverged_at is None:
+            problem.set_parameters(after)
+            ctx.stage(f"  escaped at step {end + 1}; settling (≤ {cfg.settle_steps} steps to L ≤ {cfg.settle_loss:g})")
+            run.settle = _settle(problem, cfg, lr, c, index, ctx)
+        runs.append(run)
+
+    ctx.stage("checking the claims and drawing the figures")
+    claims = _claims(cfg, runs, minimum, scale, lam, frob, eta_star)
+    rows = [{"batch_size": b, "sampling": scheme, "c": c, **row} for row in _rows(runs, eta_star)]
+    ctx.table("trajectories.csv", _trajectories(runs))
+    ctx.figure("escape.png", _plot_escape(runs, eta_star, cap, lam), _ESCAPE_CAPTION)
+    settled = [r for r in runs if r.settle is not None]
+    if settled:
+        ctx.figure("settle.png", _plot_settle(settled, lam, frob, cfg), _SETTLE_CAPTION)
+    numbers = {
+        "n": n,
+        "p": problem.p,
+        "batch_size": b,
+        "sampling": scheme,
+        "c": c,
+        "gd_steps": minimum.gd_steps,
+        "minimum_loss": minimum.loss,
+        "lambda_max": lam,
+        "hessian_frobenius": frob,
+        "critical_lr": eta_star,
+        "gd_bound": 2 / lam,
+        "runs": rows,
+    }
+    intro = _intro(cfg, data, problem, minimum, lam, frob, eta_star, c)
+    return Outcome(rows=rows, claims=claims, numbers=numbers, intro=intro, sections=[_table(rows)])
+
+
+def _settle(problem: Problem, cfg: EscapeConfig, lr: float, c: float, index: int, ctx: Context) -> dict[str, Any]:
+    b, scheme = cfg.batch_size, cfg.sampling
+    hist = train(
+        problem,
+        lr,
+        b,
+        scheme,
+        cfg.settle_steps,
+        until_loss=cfg.settle_loss,
+        track_every=cfg.track_every,
+        track={"sharpness": _sharpness},
+        seed=cfg.seed + 1000 + index,
+        divergence_factor=1e12,
+    )
+    loss = float(problem.loss())
+    curv = curvature(problem, method="kernel", rtol=2e-2, seed=cfg.seed, top=1)
+    align = alignment(problem, method="kernel", hessian=False)
+    eta_star_new = critical_learning_rate(Kernel.from_problem(problem), b, scheme)
+    bound = math.sqrt(1 / (c * align.mu)) / lr if c > 0 and align.mu > 0 else math.inf
+    ctx.stage(
+        f"  settled: {hist.steps[-1]} steps, L = {loss:.2e}, ||H||_F = {curv.hessian_frobenius:.4g} ≤? "
+        f"sqrt(1/(cμ))/η = {bound:.4g}; η/η*(new) = {lr / eta_star_new:.3g}"
+    )
+    return {
+        "steps": hist.steps[-1],
+        "loss": loss,
+        "settled": loss <= cfg.settle_loss and hist.diverged_at is None,
+        "hessian_frobenius": curv.hessian_frobenius,
+        "hessian_frobenius_stderr": curv.hessian_frobenius_stderr,
+        "sharpness": curv.sharpness,
+        "mu": align.mu,
+        "bound": bound,
+        "critical_lr": eta_star_new,
+        "track_steps": list(hist.steps),
+        "track_losses": list(hist.losses),
+        "track_sharpness": list(hist.tracked.get("sharpness", ())),
+    }
+
+
+def _claims(
+    cfg: EscapeConfig,
+    runs: list[_Run],
+    minimum: Any,
+    scale: float,
+    lam: float,
+    frob: float,
+    eta_star: float,
+) -> list[Claim]:
+    start = cfg.start_loss
+    claims = [
+        Claim(
+            "global_minimum",
+            "the sharp minimum interpolates (L ≤ 1e-20 · ½ mean ||y||², so H = G and η* is exact)",
+            bool(minimum.loss <= _INTERPOLATION * scale),
+            f"L = {minimum.loss:.3g} after GD at η = {cfg.gd_lr} ({minimum.gd_steps} steps to {minimum.gd_loss:.3g}) "
+            f"and {minimum.polish_steps} Gauss–Newton steps",
+            {"loss": minimum.loss, "threshold": _INTERPOLATION * scale},
+        )
+    ]
+    above = [r for r in runs if r.lr > eta_star]
+    below = [r for r in runs if r.lr <= eta_star]
+    claims.append(
+        count_claim(
+            "above_escaped",
+            f"every SGD run above η* escaped (L passed {cfg.linear_cap:g}·½mean||y||², from {start:g})",
+            [r.capped for r in above],
+            "runs with η > η* escaped",
+            extra={"ratios": [r.ratio for r in above], "escape_step": [r.window[1] + 1 for r in above]},
+        )
+    )
+    if above:
+        c0 = claims[-1]
+        steps = ", ".join(
+            f"{fmt(r.ratio, 3)}η*: step {r.window[1] + 1}" if r.capped else f"{fmt(r.ratio, 3)}η*: stayed"
+            for r in above
+        )
+        claims[-1] = Claim(c0.name, c0.statement, c0.passed, f"{c0.detail} ({steps})", c0.numbers)
+    stayed = [bool(r.losses[-1] < start and r.losses.max() <= cap_of(cfg, scale)) for r in below]
+    claims.append(
+        count_claim(
+            "below_stayed",
+            "every SGD run at or below η* stayed (L at the end below its start, never past the cap)",
+            stayed,
+            "runs with η ≤ η* stayed",
+            ratio=[float(r.losses[-1] / start) for r in below],
+            ratio_name="largest final L / start L",
+        )
+    )
+    inside = [r.chain_q[0] <= r.slope <= r.chain_q[1] for r in runs]
+    claims.append(
+        count_claim(
+            "slope_typical",
+            "each run's measured slope of log L lies within the 0.25–99.75% range of linearized single-run slopes "
+            "(same start, same window)",
+            inside,
+            "runs inside the range",
+            extra={
+                "slopes": [r.slope for r in runs],
+                "linearized_median": [r.typical for r in runs],
+                "linearized_lo": [r.chain_q[0] for r in runs],
+                "linearized_hi": [r.chain_q[1] for r in runs],
+                "log_rho": [r.log_rho for r in runs],
+            },
+        )
+    )
+    detail = "; ".join(
+        f"{fmt(r.ratio, 3)}η*: {r.slope:+.4f} in [{r.chain_q[0]:+.4f}, {r.chain_q[1]:+.4f}], median {r.typical:+.4f}"
+        for r in runs
+    )
+    claims[-1] = Claim(
+        claims[-1].name, claims[-1].statement, claims[-1].passed, f"{claims[-1].detail} ({detail})", claims[-1].numbers
+    )
+    escaping = [r for r in runs if r.capped]
+    claims.append(
+        count_claim(
+            "slope_below_mean_square",
+            "each escaping run's slope is at most the mean-square rate log ρ(T) (Jensen)",
+            [r.slope <= r.log_rho for r in escaping],
+            "escaping runs",
+            ratio=[r.slope / r.log_rho for r in escaping],
+            ratio_name="largest slope / log ρ",
+        )
+    )
+    gd_ok = [
+        (
+            bool(r.gd_losses[-1] < start and r.gd_losses.max() <= 10 * start)
+            if r.gd_stable
+            else bool(r.gd_losses.max() > 10 * start)
+        )
+        for r in runs
+    ]
+    claims.append(
+        count_claim(
+            "gd_control",
+            f"GD at the same η from the same start stays exactly when η < 2/λ_max(H) = {2 / lam:.4g}",
+            gd_ok,
+            f"GD controls behave as predicted ({sum(r.gd_stable for r in runs)} with η < 2/λ_max)",
+            ratio=[float(r.gd_losses[-1] / start) for r in runs if r.gd_stable],
+            ratio_name="largest final L / start L of the stable ones",
+        )
+    )
+    settled = [r for r in runs if r.settle is not None]
+    s = [r.settle for r in settled]
+    claims.append(
+        count_claim(
+            "settled",
+            f"every escaped run settled again (L ≤ {cfg.settle_loss:g} within {cfg.settle_steps} steps)",
+            [x["settled"] for x in s] + [False] * (len(escaping) - len(settled)),
+            "escaped runs settled",
+            extra={"steps": [x["steps"] for x in s], "loss": [x["loss"] for x in s]},
+        )
+    )
+    claims.append(
+        count_claim(
+            "settled_flatter",
+            f"where SGD settled is flatter than the sharp minimum (λ_max < {lam:.4g} and ||H||_F < {frob:.4g})",
+            [x["sharpness"] < lam and x["hessian_frobenius"] < frob for x in s],
+            "settled points are flatter",
+            ratio=[x["sharpness"] / lam for x in s],
+            ratio_name="largest λ_max ratio (settled/sharp)",
+        )
+    )
+    claims.append(
+        count_claim(
+            "settled_frobenius_bound",
+            "where SGD settled, ||H||_F ≤ sqrt(1/(cμ))/η (the Frobenius bound, μ measured there)",
+            [x["hessian_frobenius"] <= x["bound"] for x in s],
+            "settled points satisfy it",
+            ratio=[x["hessian_frobenius"] / x["bound"] for x in s],
+            extra={"mu": [x["mu"] for x in s]},
+        )
+    )
+    claims.append(
+        count_claim(
+            "settled_stable",
+            "where SGD settled, it is linearly stable: η ≤ η*(B) of that point (Gauss–Newton kernel)",
+            [r.lr <= r.settle["critical_lr"] * (1 + 1e-9) for r in settled],  # type: ignore[index]
+            "settled points have η ≤ η*",
+            ratio=[r.lr / r.settle["critical_lr"] for r in settled],  # type: ignore[index]
+            ratio_name="largest η/η*",
+        )
+    )
+    return claims
+
+
+def cap_of(cfg: EscapeConfig, scale: float) -> float:
+    return cfg.linear_cap * scale
+
+
+def _rows(runs: list[_Run], eta_star: float) -> list[dict[str, Any]]:
+    rows = []
+    for r in runs:
+        row: dict[str, Any] = {
+            "lr_ratio": r.ratio,
+            "lr": r.lr,
+            "critical_lr": eta_star,
+            "rho": r.rho,
+            "log_rho": r.log_rho,
+            "escaped": r.capped,
+            "escape_step": r.window[1] + 1 if r.capped else None,
+            "window_start": r.window[0],
+            "window_end": r.window[1],
+            "slope": r.slope,
+            "linearized_median_slope": r.typical,
+            "linearized_lo": r.chain_q[0],
+            "linearized_hi": r.chain_q[1],
+            "final_loss_phase1": float(r.losses[-1]),
+            "gd_stable_predicted": r.gd_stable,
+            "gd_final_loss": float(r.gd_losses[-1]),
+            "gd_max_loss": float(r.gd_losses.max()),
+        }
+        x = r.settle or {}
+        for key in (
+            "steps",
+            "loss",
+            "settled",
+            "hessian_frobenius",
+            "hessian_frobenius_stderr",
+            "sharpness",
+            "mu",
+            "bound",
+            "critical_lr",
+        ):
+            row[f"settled_{key}"] = x.get(key)
+        rows.append(row)
+    return rows
+
+
+def _trajectories(runs: list[_Run]) -> list[dict[str, Any]]:
+    """The full-data L at every step of the escape phase: one row per (run, step), SGD and its GD control."""
+    rows = []
+    for r in runs:
+        for t in range(r.losses.size):
+            gd = float(r.gd_losses[t]) if t < r.gd_losses.size else None
+            rows.append({"lr_ratio": r.ratio, "step": t, "sgd_loss": float(r.losses[t]), "gd_loss": gd})
+    return rows
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = markdown_table(
+        rows,
+        [
+            ("lr_ratio", "η/η*"),
+            ("lr", "η"),
+            ("log_rho", "log ρ(T)"),
+            ("slope", "measured slope"),
+            ("linearized_median_slope", "linearized median"),
+            ("linearized_lo", "0.25%"),
+            ("linearized_hi", "99.75%"),
+            ("escape_step", "escape step"),
+            ("gd_final_loss", "GD control final L"),
+        ],
+    )
+    settled = [r for r in rows if r["settled_steps"] is not None]
+    tail = markdown_table(
+        settled,
+        [
+            ("lr_ratio", "η/η*"),
+            ("settled_steps", "steps"),
+            ("settled_loss", "L"),
+            ("settled_sharpness", "λ_max(H)"),
+            ("settled_hessian_frobenius", "||H||_F"),
+            ("settled_mu", "μ"),
+            ("settled_bound", "sqrt(1/(cμ))/η"),
+            ("settled_critical_lr", "η*(B) there"),
+            ("lr", "η"),
+        ],
+    )
+    return (
+        "## Runs\n\nRates are per step, of log L (natural log). The linear phase runs from a transient to the step "
+        "before L passes the cap; the linearized slopes are fitted over the same steps.\n\n"
+        + head
+        + "\n\n## Where the escaped runs settled\n\n"
+        + (tail if settled else "No run escaped.")
+    )
+
+
+def _intro(
+    cfg: EscapeConfig, data: Any, problem: Problem, minimum: Any, lam: float, frob: float, eta_star: float, c: float
+) -> str:
+    return (
+        f"Data: {data.description}.\n\n"
+        f"Model: MLP {math.prod(data.input_shape)} → {' → '.join(map(str, cfg.widths))} → {problem.k} "
+        f"({cfg.activation}), p = {problem.p} parameters, float64, square loss L = (1/2n) Σ ||f(x_i) − y_i||².\n\n"
+        f"Sharp minimum: GD at η = {cfg.gd_lr} for {minimum.gd_steps} steps to L = {minimum.gd_loss:.3g}, then "
+        f"{minimum.polish_steps} Gauss–Newton steps to L = {minimum.loss:.3g}: λ_max(H) = {lam:.4g} "
+        f"(2/λ_max = {2 / lam:.4g}), ||H||_F = {frob:.4g}. For SGD with B = {cfg.batch_size} "
+        f"({cfg.sampling.replace('_', ' ')}, c = {c:.4g}) the exact critical learning rate is η* = {eta_star:.4g}.\n\n"
+        f"Each restart starts at θ* + δ with linearized loss {cfg.start_loss:g} (the same δ for every run) and runs "
+        f"{cfg.escape_steps} steps of SGD; GD at the same η from the same start is the control. The mean-square "
+        "rate log ρ(T) bounds the growth of E L; one run grows at the typical (Lyapunov) rate, which the linearized "
+        f"runs ({cfg.chains} of them) estimate (THEORY.md §4)."
+    )
+
+
+_ESCAPE_CAPTION = (
+    "Full-data L over SGD steps from the perturbed sharp minimum, with the predicted slopes anchored at the start "
+    "of each fit window: log ρ(T) (mean square, dashed) and the linearized median (typical, dotted); GD controls "
+    "on the right"
+)
+_SETTLE_CAPTION = (
+    "Escaped runs until they settle: the loss, and the Gauss–Newton sharpness λ_max(G) against 2/η and the sharp "
+    "minimum's λ_max"
+)
+
+
+def _plot_escape(runs: list[_Run], eta_star: float, cap: float, lam: float) -> Any:
+    fig, (left, right) = new_figure(1, 2, size=(13.0, 5.0))
+    colors = [f"C{i}" for i in range(10)]
+    for i, r in enumerate(runs):
+        color = colors[i % 10]
+        t = np.arange(r.losses.size)
+        left.semilogy(t, r.losses, color=color, linewidth=1.4, label=f"SGD η = {r.ratio:g}·η* = {r.lr:.3g}")
+        a, b = r.window
+        tt = np.arange(a, b + 1)
+        anchor = r.losses[a]
+        for rate, style, width in ((r.log_rho, "--", 1.0), (r.typical, ":", 1.8)):
+            line = anchor * np.exp(rate * (tt - a))
+            keep = line <= 100 * cap  # the mean-square line outruns any single run: stop it above the cap
+            left.semilogy(tt[keep], line[keep], color=color, linestyle=style, linewidth=width)
+        right.semilogy(
+            np.arange(r.gd_losses.size),
+            r.gd_losses,
+            color=color,
+            linewidth=1.4,
+            label=f"GD η = {r.lr:.3g} ({'<' if r.gd_stable else '≥'} 2/λ_max)",
+        )
+    for ax in (left, right):
+        ax.axhline(cap, color="black", linewidth=0.8, alpha=0.6)
+        ax.set_xlabel("step")
+        ax.set_ylabel("L = (1/2n) Σ ||r_i||² (full data, log scale)")
+        ax.grid(True, which="major", alpha=0.3)
+        top = max(max(float(r.losses.max()) for r in runs), max(float(r.gd_losses.max()) for r in runs))
+        bottom = min(min(float(r.losses.min()) for r in runs), min(float(r.gd_losses.min()) for r in runs))
+        ax.set_ylim(max(bottom / 10, 1e-35), top * 10)
+    left.plot([], [], color="gray", linestyle="--", label="slope log ρ(T) (mean square)")
+    left.plot([], [], color="gray", linestyle=":", linewidth=1.8, label="slope of linearized median (typical)")
+    left.plot([], [], color="black", linewidth=0.8, label="end of the linear phase (cap)")
+    left.set_title(f"SGD from the perturbed sharp minimum (η* = {eta_star:.3g})")
+    right.set_title(f"Control: GD at the same η (2/λ_max(H) = {2 / lam:.3g})")
+    left.legend(fontsize=8, loc="center right")
+    right.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def _plot_settle(runs: list[_Run], lam: float, frob: float, cfg: EscapeConfig) -> Any:
+    fig, (left, mid, right) = new_figure(1, 3, size=(16.0, 4.8))
+    offset = cfg.escape_steps
+    for r in runs:
+        x = r.settle
+        assert x is not None
+        color = f"C{r.index % 10}"
+        t1 = np.arange(r.losses.size)
+        t2 = offset + np.asarray(x["track_steps"])
+        left.semilogy(
+            np.concatenate([t1, t2]),
+            np.concatenate([r.losses, x["track_losses"]]),
+            color=color,
+            label=f"η = {r.ratio:g}·η*",
+        )
+        if x["track_sharpness"]:
+            mid.plot(t2, x["track_sharpness"], color=color, label=f"η = {r.ratio:g}·η*")
+            mid.axhline(2 / r.lr, color=color, linestyle="--", linewidth=1.0)
+    mid.axhline(lam, color="black", linewidth=1.2, label=f"sharp minimum: λ_max = {lam:.3g}")
+    mid.plot([], [], color="gray", linestyle="--", label="2/η of each run")
+    left.set_xlabel("step (escape phase, then settling)")
+    left.set_ylabel("L (full data, log scale)")
+    left.set_title("Loss until settled")
+    mid.set_xlabel("step")
+    mid.set_ylabel("λ_max(G) = λ_max(K)/n")
+    mid.set_title("Sharpness while settling")
+    labels = [f"{r.ratio:g}·η*" for r in runs]
+    xs = np.arange(len(runs))
+    right.bar(
+        xs - 0.2,
+        [r.settle["hessian_frobenius"] for r in runs],
+        width=0.4,
+        label="||H||_F where settled",
+        color="tab:blue",
+    )
+    right.bar(xs + 0.2, [r.settle["bound"] for r in runs], width=0.4, label="bound sqrt(1/(cμ))/η", color="tab:orange")
+    right.axhline(frob, color="black", linewidth=1.2, label=f"sharp minimum: ||H||_F = {frob:.3g}")
+    right.set_xticks(xs, labels)
+    right.set_xlabel("restart learning rate")
+    right.set_ylabel("Frobenius norm of the Hessian")
+    right.set_title(f"Frobenius bound where SGD settled (B = {cfg.batch_size})")
+    for ax in (left, mid, right):
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+EXPERIMENT = Experiment(
+    name="escape",
+    title="Escape: SGD leaves a sharp minimum at the predicted rate and settles in a flatter one",
+    summary="SGD leaves a sharp minimum at the predicted rate and settles in a flatter one",
+    config_type=EscapeConfig,
+    quick=quick_config,
+    body=body,
+    run_time="full (n = 64, five restarts): about 1 minute; --quick (n = 40, two restarts): about 15 s, on 2 cores",
+)
+
+
+def run(config: EscapeConfig, out_dir: str | Path, quiet: bool = True) -> dict[str, Any]:
+    """Run the experiment into ``out_dir``; returns the summary (see :mod:`sgdstab.experiments.base`)."""
+    return EXPERIMENT.run(config, out_dir, quiet=quiet)
+
+
+__all__ = ["EXPERIMENT", "EscapeConfig", "body", "quick_config", "run"]
