@@ -13,6 +13,7 @@ import json
 import math
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import torch
@@ -107,6 +108,16 @@ def test_config_round_trips_through_toml_and_config_json(name, tmp_path):
     partial = tmp_path / "partial.toml"
     partial.write_text("seed = 7\n")
     assert exp.config(str(partial), quick=True) == dataclasses.replace(base, seed=7)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_shipped_config_is_the_full_run(name):
+    exp = get_experiment(name)
+    path = Path(__file__).resolve().parents[2] / "examples" / "experiments" / f"{name}.toml"
+    assert load_config(exp.config_type, path, experiment=name) == exp.default_config()
+    # and it names every field, so that it documents the full run
+    names = {line.split("=")[0].strip() for line in path.read_text().splitlines() if "=" in line and line[0] != "#"}
+    assert {f.name for f in dataclasses.fields(exp.config_type)} <= names
 
 
 def test_toml_writer_escapes_and_float_forms(tmp_path):

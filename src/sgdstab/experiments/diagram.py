@@ -244,6 +244,7 @@ def _claims(
             ratio=drops,
             ratio_name="smallest ratio η*(B_{j+1})/η*(B_j)",
             worst="min",
+            digits=6,
         )
     )
     oks, ratios, informative = [], [], []
@@ -268,6 +269,7 @@ def _claims(
         ratio=ratios,
         ratio_name="smallest bound/η*",
         worst="min",
+        digits=6,
     )
     claims.append(dataclasses.replace(claim, detail=claim.detail + detail_extra))
     rows = [row for scheme_rows in checks.values() for row in scheme_rows]

@@ -368,7 +368,7 @@ def _claims(
     claims.append(
         count_claim(
             "gd_control",
-            f"GD at the same η from the same start stays exactly when η < 2/λ_max(H) = {2 / lam:.4g}",
+            f"GD at the same η from the same start stays exactly when η < 2/λ_max(H) = {2 / lam:.6g}",
             gd_ok,
             f"GD controls behave as predicted ({sum(r.gd_stable for r in runs)} with η < 2/λ_max)",
             ratio=[float(r.gd_losses[-1] / start) for r in runs if r.gd_stable],
@@ -520,7 +520,7 @@ def _intro(
         f"({cfg.activation}), p = {problem.p} parameters, float64, square loss L = (1/2n) Σ ||f(x_i) − y_i||².\n\n"
         f"Sharp minimum: GD at η = {cfg.gd_lr} for {minimum.gd_steps} steps to L = {minimum.gd_loss:.3g}, then "
         f"{minimum.polish_steps} Gauss–Newton steps to L = {minimum.loss:.3g}: λ_max(H) = {lam:.4g} "
-        f"(2/λ_max = {2 / lam:.4g}), ||H||_F = {frob:.4g}. For SGD with B = {cfg.batch_size} "
+        f"(2/λ_max = {2 / lam:.6g}), ||H||_F = {frob:.4g}. For SGD with B = {cfg.batch_size} "
         f"({cfg.sampling.replace('_', ' ')}, c = {c:.4g}) the exact critical learning rate is η* = {eta_star:.4g}.\n\n"
         f"Each restart starts at θ* + δ with linearized loss {cfg.start_loss:g} (the same δ for every run) and runs "
         f"{cfg.escape_steps} steps of SGD; GD at the same η from the same start is the control. The mean-square "
@@ -574,8 +574,8 @@ def _plot_escape(runs: list[_Run], eta_star: float, cap: float, lam: float) -> A
     left.plot([], [], color="black", linewidth=0.8, label="end of the linear phase (cap)")
     left.set_title(f"SGD from the perturbed sharp minimum (η* = {eta_star:.3g})")
     right.set_title(f"Control: GD at the same η (2/λ_max(H) = {2 / lam:.3g})")
-    left.legend(fontsize=8, loc="center right")
-    right.legend(fontsize=8, loc="lower right")
+    for ax in (left, right):
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 
@@ -619,11 +619,11 @@ def _plot_settle(runs: list[_Run], lam: float, frob: float, cfg: EscapeConfig) -
     right.axhline(frob, color="black", linewidth=1.2, label=f"sharp minimum: ||H||_F = {frob:.3g}")
     right.set_xticks(xs, labels)
     right.set_xlabel("restart learning rate")
-    right.set_ylabel("Frobenius norm of the Hessian")
+    right.set_ylabel("||H||_F (true Hessian)")
     right.set_title(f"Frobenius bound where SGD settled (B = {cfg.batch_size})")
     for ax in (left, mid, right):
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2, frameon=False)
     fig.tight_layout()
     return fig
 

@@ -32,7 +32,9 @@ class Claim(ResultMixin):
 
 
 def fmt(value: Any, digits: int = 4) -> str:
-    """A number for prose: ``digits`` significant figures, ``inf``/``nan`` spelled out."""
+    """A number for prose: ``digits`` significant figures, ``inf``/``nan`` spelled out, None as a dash."""
+    if value is None:
+        return "—"
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if isinstance(value, int):
@@ -53,6 +55,7 @@ def count_claim(
     ratio_name: str = "largest ratio",
     worst: str = "max",
     extra: dict[str, Any] | None = None,
+    digits: int = 3,
 ) -> Claim:
     """A claim "m/n ``what``; largest ratio r", passed when every item is ok (and there is at least one item)."""
     n_ok, n = sum(bool(x) for x in oks), len(oks)
@@ -62,7 +65,7 @@ def count_claim(
         finite = [r for r in ratio if isinstance(r, int | float) and not math.isnan(r)]
         value = (max(finite) if worst == "max" else min(finite)) if finite else math.nan
         numbers[ratio_name.replace(" ", "_")] = value
-        detail += f"; {ratio_name} {fmt(value, 3)}"
+        detail += f"; {ratio_name} {fmt(value, digits)}"
     if extra:
         numbers.update(extra)
     if n == 0:
@@ -71,10 +74,15 @@ def count_claim(
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]], digits: int = 4) -> str:
-    """``columns``: (key, header). Floats get ``digits`` significant figures."""
-    head = "| " + " | ".join(h for _, h in columns) + " |"
+    """``columns``: (key, header). Floats get ``digits`` significant figures; ``|`` in a header or cell is
+    escaped so that norms such as ||H||_F do not split the row."""
+
+    def cell(text: str) -> str:
+        return text.replace("|", "\\|")
+
+    head = "| " + " | ".join(cell(h) for _, h in columns) + " |"
     sep = "|" + "|".join("---" for _ in columns) + "|"
-    body = ["| " + " | ".join(fmt(row.get(k, ""), digits) for k, _ in columns) + " |" for row in rows]
+    body = ["| " + " | ".join(cell(fmt(row.get(k), digits)) for k, _ in columns) + " |" for row in rows]
     return "\n".join([head, sep, *body])
 
 
