@@ -355,3 +355,16 @@ def test_escape_quick_claims(quick_runs):
         assert float(r["settled_hessian_frobenius"]) <= bound
         assert float(r["settled_sharpness"]) < summary["numbers"]["lambda_max"]
         assert float(r["c"]) == 1 / int(r["batch_size"])
+
+
+def test_readme_experiment_commands_name_registered_experiments_and_shipped_configs():
+    root = Path(__file__).resolve().parents[2]
+    section = (root / "README.md").read_text().split("## Experiments", 1)[1].split("\n## ", 1)[0]
+    commands = [line.split("#")[0].split() for line in section.splitlines() if line.startswith("sgdstab experiment ")]
+    named = [c[2] for c in commands if not c[2].startswith("-")]
+    assert named and set(named) <= set(NAMES)
+    for c in commands:
+        if "--config" in c:
+            assert (root / c[c.index("--config") + 1]).is_file()
+    for name in NAMES:  # every experiment has its row in the README's table
+        assert f"| `{name}` |" in section
