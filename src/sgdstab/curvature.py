@@ -39,8 +39,8 @@ from sgdstab.results import ResultMixin
 METHODS = ("auto", "dense", "kernel", "matrix_free")
 
 # Rates measured on the 2-core reference machine (THEORY.md §8 and the benchmarks), used only to rank the routes.
-_SECONDS_PER_HVP = 3e-3  # fixed cost of one Hessian-vector product (dispatch, small GEMMs)
-_SECONDS_PER_HVP_UNIT = 1.5e-10  # plus ≈ 1.5e-10 s · n · p
+_SECONDS_PER_HVP = 5e-4  # fixed cost of one Hessian-vector product (dispatch, small GEMMs)
+_SECONDS_PER_HVP_UNIT = 1e-10  # plus ≈ 1e-10 s · n · p
 _SECONDS_PER_JAC_UNIT = 2.4e-9  # the Jacobian by vmap ≈ 2.4e-9 s · n · k · p
 _GEMM_FLOPS = 5.0e10  # float64-ish sustained GEMM rate
 _EIGH_UNIT = 1.0e-10  # eigh ≈ 1e-10 s · m³
@@ -60,11 +60,17 @@ class MethodPlan(ResultMixin):
     reason: str
 
 
-def _estimated_probes(rtol: float) -> int:
+def _estimated_probes(rtol: float, exact_trace: bool = False) -> int:
     # Hutchinson needs ≈ 2||H||_F²/(ε Tr H)² probes for relative error ε on Tr H: 0.03/ε² on THEORY.md §8's
     # reference MLP near a minimum, ≈ 0.2/ε² measured on trained Fashion-MNIST MLPs off a minimum (indefinite H).
+    # With Tr H exact (layer by layer) only ||H||_F is probed: 0.006–0.02/ε² measured there (benchmarks/).
     # The larger count ranks the routes; Lanczos adds about 100 products.
-    return int(min(10_000, math.ceil(0.2 / rtol**2)) + 100)
+    factor = 0.03 if exact_trace else 0.2
+    return int(min(10_000, math.ceil(factor / rtol**2)) + 100)
+
+
+def _has_exact_trace(problem: Problem) -> bool:
+    return layerwise_route(problem) == "structured"
 
 
 def plan_method(problem: Problem, rtol: float = 1e-3, at_minimum: bool = False) -> MethodPlan:
@@ -73,7 +79,7 @@ def plan_method(problem: Problem, rtol: float = 1e-3, at_minimum: bool = False) 
     nk = n * k
     budget = available_memory_bytes() * 0.5
     hvp = _SECONDS_PER_HVP + _SECONDS_PER_HVP_UNIT * n * p
-    probes = _estimated_probes(rtol)
+    probes = _estimated_probes(rtol, _has_exact_trace(problem))
     # matrix-free estimates both H and G by probes; a Gauss–Newton product costs about 0.6 of an HVP
     costs: dict[str, float] = {"matrix_free": 1.6 * probes * hvp}
     if p <= _DENSE_MAX_P and p * p * 8 * 3 < budget:
@@ -236,7 +242,8 @@ _LANCZOS_RESTARTS = 20  # ARPACK restarts; a cap keeps degenerate ends of the sp
 
 
 def _lanczos_tol(rtol: float) -> float:
-    # the eigenvalue error bound is then a tenth of the stochastic figures' relative standard error
+    # ARPACK's relative residual: at most a tenth of the stochastic figures' relative standard error, and 1e-4
+    # (the bottom eigenvalue has no reported bound of its own)
     return min(1e-4, rtol / 10)
 
 
@@ -267,7 +274,7 @@ def _spectral_figures(
     = (operator C, Tr C, ||C||_F²) as a control variate when given. With ``exact_trace`` (known otherwise), the
     probes only need to reach ``rtol`` on the Frobenius norm.
     """
-    if p <= min(max_matvecs, _DENSE_MAX_P, _estimated_probes(rtol)):
+    if p <= min(max_matvecs, _DENSE_MAX_P, _estimated_probes(rtol, exact_trace is not None)):
         A = torch.as_tensor(op.matmat(np.eye(p)))
         return _hessian_dense_figures(A, top) | {
             "products": int(op.matvecs),
