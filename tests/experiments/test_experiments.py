@@ -368,3 +368,19 @@ def test_readme_experiment_commands_name_registered_experiments_and_shipped_conf
             assert (root / c[c.index("--config") + 1]).is_file()
     for name in NAMES:  # every experiment has its row in the README's table
         assert f"| `{name}` |" in section
+
+
+@pytest.mark.parametrize(
+    ("values", "pattern"),
+    [
+        ({"batch_size": 100, "n": 40}, r"'batch_size' = 100 exceeds n = 40"),
+        ({"start_loss": 1e-7}, r"'start_loss' = 1e-07 must be below linear_cap/100"),
+        ({"lr_ratios": [0.5, -1.0]}, r"config field 'lr_ratios' must be > 0, got -1.0"),
+        ({"sampling": "reshuffle"}, r"config field 'sampling' must be one of with_replacement, without_replacement"),
+        ({"chains": 10}, r"config field 'chains' must be ≥ 100"),
+    ],
+)
+def test_escape_config_checks(values, pattern):
+    exp = get_experiment("escape")
+    with pytest.raises(ConfigError, match=pattern):
+        build_config(exp.config_type, values)
