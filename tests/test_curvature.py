@@ -199,3 +199,22 @@ def test_dense_route_refuses_what_cannot_fit(monkeypatch):
     monkeypatch.setenv("SGDSTAB_MEMORY_LIMIT", "1M")
     with pytest.raises(MemoryBudgetError, match=r"dense Hessian .* needs about"):
         curvature(P, method="dense")
+
+
+def test_a_given_kernel_is_used_and_checked():
+    from sgdstab import Kernel, alignment, ntk
+
+    P = tiny_problem("mlp", 3, "minimum", n=9, width=8)
+    built = curvature(P, method="kernel", at_minimum=True, top=3)
+    K = ntk(P)
+    for given in (K, Kernel(K, P.n, P.k)):
+        reused = curvature(P, method="kernel", at_minimum=True, top=3, kernel=given)
+        for name in EXACT_FIELDS:
+            _assert_close(getattr(reused, name), getattr(built, name), rel=1e-12, scale=built.hessian_frobenius)
+    a = alignment(P, hessian=False, kernel=Kernel(K, P.n, P.k))
+    assert a.mu_inf == pytest.approx(alignment(P, hessian=False).mu_inf, rel=1e-12)
+    with pytest.raises(MethodError, match="27 × 27"):
+        curvature(P, method="kernel", kernel=K[:9, :9])
+    moved = tiny_problem("mlp", 3, "minimum", n=9, width=8, seed=1)  # other parameters, same shapes
+    with pytest.raises(MethodError, match="does not match"):
+        curvature(moved, method="kernel", at_minimum=True, kernel=K)

@@ -23,9 +23,8 @@ import torch
 from torch import Tensor
 
 from sgdstab import kernel_figures as kf
-from sgdstab.curvature import Curvature, MethodError, curvature, plan_method
+from sgdstab.curvature import Curvature, MethodError, curvature, given_kernel, plan_method
 from sgdstab.estimators import hutchpp, top_eigenpairs
-from sgdstab.ntk import ntk
 from sgdstab.operators import (
     gauss_newton_matmat,
     gauss_newton_operator,
@@ -87,6 +86,7 @@ def alignment(
     rtol: float = 1e-3,
     seed: int = 0,
     curvature_result: Curvature | None = None,
+    kernel: object | None = None,
 ) -> Alignment:
     """Alignment figures of ``problem`` at its current parameters.
 
@@ -98,6 +98,8 @@ def alignment(
         seed: seed of the stochastic estimators.
         curvature_result: a :func:`sgdstab.curvature` result at the same θ, whose ||H||_F μ_H then uses instead
             of measuring it again.
+        kernel: the NTK at this θ when already built (a tensor or a :class:`sgdstab.Kernel`), used by the kernel
+            route instead of building K again (and passed on to :func:`sgdstab.curvature` for μ_H).
     """
     if method not in ALIGNMENT_METHODS:
         raise MethodError(f"unknown alignment method {method!r}; use one of {', '.join(ALIGNMENT_METHODS)}")
@@ -112,8 +114,7 @@ def alignment(
     loss = float((r * r).sum()) / (2 * n)
     notes: list[str] = []
     if method == "kernel":
-        K = ntk(problem)
-        eig = kf.kernel_eigen(K)
+        K, eig = given_kernel(problem, kernel)
         nf = kf.noise_figures(K, r, n, k)
         lam, W = eig.range_basis()
         m = min(top, W.shape[1])
@@ -138,7 +139,7 @@ def alignment(
     if loss == 0:
         notes.append("the loss is exactly zero: μ and μ_H are undefined (0/0)")
     if hessian:
-        curv = curvature_result or curvature(problem, method="auto", rtol=rtol, seed=seed)
+        curv = curvature_result or curvature(problem, method="auto", rtol=rtol, seed=seed, kernel=kernel)
         if not math.isclose(curv.loss, loss, rel_tol=1e-5, abs_tol=1e-12):
             raise MethodError("curvature_result was measured at other parameters (its loss differs)")
         centre = problem.gradient()

@@ -140,6 +140,28 @@ def _check_args(method: str, rtol: float, top: int) -> None:
         raise MethodError(f"top must be a positive integer, got {top!r}")
 
 
+def given_kernel(problem: Problem, kernel: object | None) -> tuple[Tensor, kf.KernelEigen]:
+    """K and its eigendecomposition: ``kernel`` when given (a tensor, or an object with ``.K`` and ``.eigen`` such
+    as :class:`sgdstab.Kernel`), else :func:`sgdstab.ntk` now. A given K is checked against the problem: its
+    shape, and its first diagonal block against J_1 J_1ᵀ computed here (a K from other parameters fails)."""
+    if kernel is None:
+        K = ntk(problem)
+        return K, kf.kernel_eigen(K)
+    K = getattr(kernel, "K", kernel)
+    nk = problem.n * problem.k
+    if not isinstance(K, Tensor) or K.shape != (nk, nk):
+        shape = tuple(K.shape) if isinstance(K, Tensor) else type(K).__name__
+        raise MethodError(f"kernel must be the problem's NTK, an {nk} × {nk} tensor (or a sgdstab.Kernel); got {shape}")
+    _, J1 = next(problem.jacobian_blocks(chunk_size=1))
+    block = (J1 @ J1.T).to(torch.float64).cpu()
+    given = K[: problem.k, : problem.k].to(torch.float64).cpu()
+    tol = (1e-4 if min(K.dtype.itemsize, problem.itemsize) == 4 else 1e-9) * max(float(block.abs().max()), 1e-30)
+    if float((given - block).abs().max()) > tol:
+        raise MethodError("kernel does not match the problem at its current θ (its first block differs from J₁J₁ᵀ)")
+    eig = getattr(kernel, "eigen", None)
+    return K, eig if isinstance(eig, kf.KernelEigen) else kf.kernel_eigen(K)
+
+
 def _gauss_newton_from_jacobian(J: Tensor, n: int, k: int) -> tuple[float, float, float, float]:
     """(||G||_F, Tr G, λ_max(G), s) with G = JᵀJ/n formed in parameter space (small p)."""
     J64 = J.to(torch.float64)
@@ -161,6 +183,7 @@ def curvature(
     top: int = 5,
     at_minimum: bool = False,
     max_matvecs: int = 10_000,
+    kernel: object | None = None,
 ) -> Curvature:
     """Curvature figures of ``problem`` at its current parameters.
 
@@ -172,6 +195,8 @@ def curvature(
         at_minimum: assert that θ is a global minimum (zero residuals), so H = G and the kernel route is exact.
             The loss is reported beside the figures so the claim can be checked; it is never assumed silently.
         max_matvecs: budget of Hessian-vector products for Hutch++; ``converged`` is False if it ran out.
+        kernel: the NTK at this θ when already built (a tensor or a :class:`sgdstab.Kernel`, whose
+            eigendecomposition is then reused); used by the kernel route instead of building K again.
     """
     _check_args(method, rtol, top)
     start = time.perf_counter()
@@ -183,7 +208,7 @@ def curvature(
     if method == "dense":
         figures = _dense(problem, top)
     elif method == "kernel":
-        figures = _kernel(problem, top, rtol, seed, at_minimum, max_matvecs)
+        figures = _kernel(problem, top, rtol, seed, at_minimum, max_matvecs, kernel)
     else:
         figures = _matrix_free(problem, top, rtol, seed, max_matvecs)
     return Curvature(
@@ -353,9 +378,10 @@ def _exact_traces(problem: Problem, rtol: float) -> tuple[float, float] | None:
     return layerwise_traces(problem)
 
 
-def _kernel(problem: Problem, top: int, rtol: float, seed: int, at_minimum: bool, max_matvecs: int) -> dict:
-    K = ntk(problem)
-    eig = kf.kernel_eigen(K)
+def _kernel(
+    problem: Problem, top: int, rtol: float, seed: int, at_minimum: bool, max_matvecs: int, kernel: object | None
+) -> dict:
+    K, eig = given_kernel(problem, kernel)
     n, k = problem.n, problem.k
     gn = {
         "gauss_newton_frobenius": kf.gauss_newton_frobenius(K, n),
