@@ -377,7 +377,7 @@ def test_readme_experiment_commands_name_registered_experiments_and_shipped_conf
         ({"start_loss": 1e-7}, r"'start_loss' = 1e-07 must be below linear_cap/100"),
         ({"lr_ratios": [0.5, -1.0]}, r"config field 'lr_ratios' must be > 0, got -1.0"),
         ({"sampling": "reshuffle"}, r"config field 'sampling' must be one of with_replacement, without_replacement"),
-        ({"chains": 10}, r"config field 'chains' must be ≥ 100"),
+        ({"chains": 10}, r"config field 'chains' must be ≥ 400"),
     ],
 )
 def test_escape_config_checks(values, pattern):

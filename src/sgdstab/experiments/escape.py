@@ -72,7 +72,9 @@ class EscapeConfig(NetConfig):
     escape_steps: int = param(400, ge=20, help="SGD steps from the perturbed minimum, L recorded at every step")
     settle_steps: int = param(20000, ge=1, help="most further SGD steps for an escaped run to settle")
     settle_loss: float = param(1e-5, gt=0, help="an escaped run has settled when L ≤ settle_loss")
-    chains: int = param(1000, ge=100, le=20000, help="runs of the linearized dynamics for the typical rate")
+    chains: int = param(
+        4000, ge=400, le=100000, help="runs of the linearized dynamics (enough for their 0.25% and 99.75% quantiles)"
+    )
     track_every: int = param(50, ge=1, help="λ_max(G) is recorded every this many steps while settling")
 
     def check(self) -> None:
@@ -88,7 +90,7 @@ class EscapeConfig(NetConfig):
 
 
 def quick_config() -> EscapeConfig:
-    return EscapeConfig(n=40, widths=(32,), lr_ratios=(0.6, 1.8), escape_steps=300, chains=400, track_every=100)
+    return EscapeConfig(n=40, widths=(32,), lr_ratios=(0.6, 1.8), escape_steps=300, chains=2000, track_every=100)
 
 
 @dataclass
