@@ -190,6 +190,7 @@ def body(cfg: EscapeConfig, ctx: Context) -> Outcome:
             track_every=1,
             seed=cfg.seed + 100 + index,
             divergence_factor=guard,
+            progress=False,
         )
         losses = np.asarray(hist.losses, dtype=float)
         a, end, capped = _window(losses, cap)
@@ -215,7 +216,15 @@ def body(cfg: EscapeConfig, ctx: Context) -> Outcome:
         after = problem.theta.clone()
         problem.set_parameters(theta_star + delta)
         gd = train(
-            problem, lr, n, "without_replacement", cfg.escape_steps, track_every=1, seed=0, divergence_factor=guard
+            problem,
+            lr,
+            n,
+            "without_replacement",
+            cfg.escape_steps,
+            track_every=1,
+            seed=0,
+            divergence_factor=guard,
+            progress=False,
         )
         run.gd_losses = np.asarray(gd.losses, dtype=float)
         if capped and hist.diverged_at is None:
@@ -263,6 +272,7 @@ def _settle(problem: Problem, cfg: EscapeConfig, lr: float, c: float, index: int
         track={"sharpness": _sharpness},
         seed=cfg.seed + 1000 + index,
         divergence_factor=1e12,
+        progress=False,
     )
     loss = float(problem.loss())
     curv = curvature(problem, method="kernel", rtol=2e-2, seed=cfg.seed, top=1)
