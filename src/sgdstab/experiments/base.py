@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from sgdstab._version import __version__
 from sgdstab.experiments.config import build_config, config_to_dict, load_config
@@ -54,7 +55,7 @@ class Context:
 
     def stage(self, message: str) -> None:
         """One progress line on stderr, with the elapsed wall time (silent when quiet)."""
-        self.console.print(f"[dim]{time.perf_counter() - self._start:7.1f} s[/dim]  {message}", highlight=False)
+        self.console.print(f"[dim]{time.perf_counter() - self._start:7.1f} s[/dim]  {escape(message)}", highlight=False)
 
     def table(self, name: str, rows: list[dict[str, Any]]) -> Path:
         """Write an extra CSV table (e.g. trajectories) as ``out_dir/name``, atomically, and list it."""

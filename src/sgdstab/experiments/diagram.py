@@ -51,7 +51,7 @@ _INTERPOLATION = 1e-20  # L / (½ mean ||y||²) below which the point counts as 
 
 @dataclass(frozen=True)
 class DiagramConfig(NetConfig):
-    """The ``diagram`` experiment. Defaults: the full run (n = 128, about 20 s on 2 cores)."""
+    """The ``diagram`` experiment. Defaults: the full run (n = 128, about 15 s of CPU on one thread)."""
 
     n: int = param(128, ge=2, le=1000, help="number of training samples (the kernel is nk × nk)")
     gd_lr: float = param(0.05, gt=0, help="GD learning rate on L that finds the minimum")
@@ -392,7 +392,7 @@ EXPERIMENT = Experiment(
     config_type=DiagramConfig,
     quick=quick_config,
     body=body,
-    run_time="full (n = 128): about 20 s; --quick (n = 40): about 5 s, on 2 cores",
+    run_time="full (n = 128): about 15 s; --quick (n = 40): about 4 s (CPU, one thread)",
 )
 
 

@@ -56,7 +56,7 @@ _SLOPE_QUANTILES = (0.0025, 0.9975)  # a run outside falls there by chance 0.5% 
 
 @dataclass(frozen=True)
 class EscapeConfig(NetConfig):
-    """The ``escape`` experiment. Defaults: the full run (n = 64, five restarts, about 1 minute on 2 cores)."""
+    """The ``escape`` experiment. Defaults: the full run (n = 64, five restarts, about 20 s of CPU on one thread)."""
 
     gd_lr: float = param(0.01, gt=0, help="GD learning rate on L that finds the sharp minimum (small)")
     gd_max_steps: int = param(20000, ge=1, help="most GD steps")
@@ -661,7 +661,7 @@ EXPERIMENT = Experiment(
     config_type=EscapeConfig,
     quick=quick_config,
     body=body,
-    run_time="full (n = 64, five restarts): about 1 minute; --quick (n = 40, two restarts): about 15 s, on 2 cores",
+    run_time="full (n = 64, five restarts): about 21 s; --quick (n = 40, two restarts): about 6 s (CPU, one thread)",
 )
 
 
