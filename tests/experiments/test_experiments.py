@@ -378,6 +378,7 @@ def test_readme_experiment_commands_name_registered_experiments_and_shipped_conf
         ({"lr_ratios": [0.5, -1.0]}, r"config field 'lr_ratios' must be > 0, got -1.0"),
         ({"sampling": "reshuffle"}, r"config field 'sampling' must be one of with_replacement, without_replacement"),
         ({"chains": 10}, r"config field 'chains' must be ≥ 400"),
+        ({"lr_ratios": [1.5, 2.0]}, r"'lr_ratios' = \[1.5, 2.0\] must hold ratios on both sides of η\*"),
     ],
 )
 def test_escape_config_checks(values, pattern):

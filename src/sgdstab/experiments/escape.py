@@ -19,7 +19,9 @@ Frobenius bound (THEORY.md §6 item 4).
 
 Claims: ``global_minimum``; ``above_escaped`` (every SGD run with η > η* escaped: L passed the linear cap) and
 ``below_stayed`` (every run with η ≤ η* ended the phase below its start and never passed the cap); ``slope_typical``
-(each run's measured slope lies within the 0.25–99.75% range of the linearized single-run slopes over the same window);
+(each run's measured slope lies within the 0.25–99.75% range of the linearized single-run slopes over the same window
+— a statistical claim: in the linear phase real SGD follows its linearization with the same batches to ~1e-7
+relative, so its slope is one draw from that distribution and falls outside the range with probability 0.5%);
 ``slope_below_mean_square`` (each escaping run's slope ≤ log ρ(T)); ``gd_control`` (GD at the same η stays
 exactly when η < 2/λ_max(H)); ``settled``, ``settled_flatter`` (λ_max and ||H||_F below the sharp minimum's),
 ``settled_frobenius_bound`` (||H||_F ≤ sqrt(1/(cμ))/η) and ``settled_stable`` (η ≤ η*(B) there).
@@ -78,6 +80,11 @@ class EscapeConfig(NetConfig):
     track_every: int = param(50, ge=1, help="λ_max(G) is recorded every this many steps while settling")
 
     def check(self) -> None:
+        if min(self.lr_ratios) > 1 or max(self.lr_ratios) <= 1:
+            fail(
+                f"config field 'lr_ratios' = {list(self.lr_ratios)} must hold ratios on both sides of η*: "
+                "at least one ≤ 1 and one > 1"
+            )
         if self.batch_size > self.n:
             fail(f"config field 'batch_size' = {self.batch_size} exceeds n = {self.n}; choose 1 ≤ batch_size ≤ n")
         if self.start_loss >= self.linear_cap * 0.01:
