@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from sgdstab import kernel_figures as kf
-from sgdstab.curvature import Curvature, MethodError, curvature, given_kernel, plan_method
+from sgdstab.curvature import Curvature, MethodError, curvature, given_kernel, plan_method, precision_check
 from sgdstab.estimators import hutchpp, top_eigenpairs
 from sgdstab.operators import (
     gauss_newton_matmat,
@@ -40,7 +40,8 @@ _BLOCK = 64
 
 @dataclass(frozen=True)
 class Alignment(ResultMixin):
-    """Noise–curvature alignment at θ. ``*_stderr`` are standard errors (0 for exact figures)."""
+    """Noise–curvature alignment at θ. ``*_stderr`` are standard errors (0 for exact figures); ``converged``: every
+    iterative solver used reached its tolerance; ``float64_check_difference``: see :class:`sgdstab.Curvature`."""
 
     mu: float
     mu_stderr: float
@@ -62,6 +63,8 @@ class Alignment(ResultMixin):
     exact: bool
     seconds: float
     notes: tuple[str, ...] = field(default=())
+    converged: bool = True
+    float64_check_difference: float | None = None
 
 
 def _noise_traces(problem: Problem, matmat, centre: Tensor) -> tuple[float, float]:
@@ -132,9 +135,9 @@ def alignment(
             "directional_eigenvalues": tuple(float(x) / n for x in lam_top),
             "grad_norm": nf.grad_norm,
         }
-        exact = True
+        exact = converged = True
     else:
-        figures = _matrix_free(problem, top, rtol, seed, loss, notes)
+        figures, converged = _matrix_free(problem, top, rtol, seed, loss, notes)
         exact = False
     if loss == 0:
         notes.append("the loss is exactly zero: μ and μ_H are undefined (0/0)")
@@ -149,10 +152,13 @@ def alignment(
         mu_h = tr_sigma_h / two_l_h if two_l_h > 0 else math.nan
         mu_h_se = abs(mu_h) * two_l_h_se / two_l_h if two_l_h > 0 else 0.0
         exact = exact and curv.exact
+        converged = converged and curv.converged
         notes.append(f"μ_H uses ||H||_F from the {curv.method} route")
     else:
         tr_sigma_h = two_l_h = mu_h = math.nan
         two_l_h_se = mu_h_se = 0.0
+    check, precision_notes = precision_check(problem)
+    notes += precision_notes
     return Alignment(
         **figures,
         mu_hessian=mu_h,
@@ -165,10 +171,14 @@ def alignment(
         exact=exact,
         seconds=time.perf_counter() - start,
         notes=tuple(notes),
+        converged=converged,
+        float64_check_difference=check,
     )
 
 
-def _matrix_free(problem: Problem, top: int, rtol: float, seed: int, loss: float, notes: list[str]) -> dict:
+def _matrix_free(
+    problem: Problem, top: int, rtol: float, seed: int, loss: float, notes: list[str]
+) -> tuple[dict, bool]:
     gradient = problem.gradient()
     trace_sigma, tr_sigma_g = _noise_traces(problem, lambda V: gauss_newton_matmat(problem, V), gradient)
     gop = gauss_newton_operator(problem)
@@ -185,8 +195,10 @@ def _matrix_free(problem: Problem, top: int, rtol: float, seed: int, loss: float
     directional = vsv / (2 * loss * vgv) if loss > 0 else vsv * math.nan
     if not tf.converged:
         notes.append("Hutch++ on G stopped at its budget before reaching rtol")
+    if not eig.converged:
+        notes.append("Lanczos on G did not converge: the directional figures are along its last Ritz vectors")
     notes.append("μ_inf needs the kernel route (method='kernel')")
-    return {
+    figures = {
         "mu": mu,
         "mu_stderr": abs(mu) * two_l_se / two_l if two_l > 0 else 0.0,
         "mu_inf": math.nan,
@@ -198,3 +210,4 @@ def _matrix_free(problem: Problem, top: int, rtol: float, seed: int, loss: float
         "directional_eigenvalues": tuple(float(x) for x in eig.eigenvalues),
         "grad_norm": float(torch.linalg.vector_norm(gradient)),
     }
+    return figures, bool(eig.converged and tf.converged)

@@ -33,6 +33,7 @@ from sgdstab.layerwise import layerwise_route, layerwise_trace_cost, layerwise_t
 from sgdstab.memory import available_memory_bytes, check_allocation
 from sgdstab.ntk import ntk
 from sgdstab.operators import gauss_newton_operator, hessian_operator
+from sgdstab.precision import float64_check
 from sgdstab.problem import Problem
 from sgdstab.results import ResultMixin
 
@@ -100,7 +101,9 @@ def plan_method(problem: Problem, rtol: float = 1e-3, at_minimum: bool = False) 
 class Curvature(ResultMixin):
     """Curvature figures of L at θ. Hessian figures are the true Hessian's; ``*_stderr`` fields are standard
     errors of stochastic estimates (0 for exact ones); ``sharpness_error_bound`` is the Lanczos residual norm
-    (an eigenvalue of H lies within it; 0 when exact)."""
+    (an eigenvalue of H lies within it; 0 when exact). ``float64_check_difference``: for a float32 problem, the
+    largest relative change of exact figures when recomputed in float64 on a subsample
+    (:mod:`sgdstab.precision`); ``None`` for float64 problems, or unchecked (then a note says so)."""
 
     loss: float
     grad_norm: float
@@ -129,6 +132,7 @@ class Curvature(ResultMixin):
     k: int
     p: int
     notes: tuple[str, ...] = field(default=())
+    float64_check_difference: float | None = None
 
 
 def _check_args(method: str, rtol: float, top: int) -> None:
@@ -211,13 +215,28 @@ def curvature(
         figures = _kernel(problem, top, rtol, seed, at_minimum, max_matvecs, kernel)
     else:
         figures = _matrix_free(problem, top, rtol, seed, max_matvecs)
+    check, precision_notes = precision_check(problem)
+    if precision_notes:
+        figures["notes"] = (*figures.get("notes", ()), *precision_notes)
     return Curvature(
         **common,
         **figures,
         method=method,
         at_minimum=at_minimum,
         seconds=time.perf_counter() - start,
+        float64_check_difference=check,
     )
+
+
+def precision_check(problem: Problem) -> tuple[float | None, list[str]]:
+    """(largest relative float32-vs-float64 difference or None, notes) for a result on ``problem``."""
+    if problem.dtype == torch.float64:
+        return None, []
+    check = float64_check(problem)
+    if check is None:
+        return None, ["float32 figures unchecked: the float64 subsample check would not fit in memory"]
+    note = check.note()
+    return check.worst, [note] if note else []
 
 
 def _hessian_dense_figures(H: Tensor, top: int) -> dict:
