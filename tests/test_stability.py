@@ -385,3 +385,19 @@ def test_bad_kernels_raise_typed_one_line_errors():
     K = random_kernel(6, 1, 3, seed=1)  # rank 3: zero eigenvalues at rounding level
     Kernel(K + 1e-14 * torch.randn(6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(0)), 6, 1)
     Kernel(K.float(), 3, 2)
+
+
+def test_singular_and_ill_conditioned_kernels_are_reported():
+    g = torch.Generator().manual_seed(3)
+    J = torch.randn(6, 20, dtype=torch.float64, generator=g)
+    J = torch.cat([J, J[:2]])  # samples 7 and 8 duplicate samples 1 and 2
+    K = J @ J.T
+    s = stability(Kernel(K, 8, 1), lr=0.01, batch_size=2)
+    assert s.rank == 6 and any("singular: rank 6 of n·k = 8" in note for note in s.notes)
+    assert math.isfinite(s.rho) and math.isfinite(s.critical_lr)
+    assert 1 <= s.kernel_condition < 1e6
+    U, _ = torch.linalg.qr(torch.randn(5, 5, dtype=torch.float64, generator=g))
+    bad = U @ torch.diag(torch.tensor([1.0, 1e-3, 1e-6, 1e-9, 1e-13], dtype=torch.float64)) @ U.T
+    t = stability(Kernel(bad, 5, 1), lr=0.1, batch_size=2)
+    assert t.kernel_condition > 1e12 and any("ill-conditioned" in note for note in t.notes)
+    assert not any("ill-conditioned" in note for note in s.notes)

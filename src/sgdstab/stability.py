@@ -538,6 +538,8 @@ class Stability(ResultMixin):
     1e-8 relative for the dense route, 1e-3 for iterative ones, whose eigenvectors are only accurate to about
     √tol over the gap; False also flags a degenerate top eigenvalue); ``eigenmatrix_min_ratio`` its λ_min/λ_max.
     ``matvecs`` counts operator applications for ρ and η* together; ``seconds`` includes the certificates.
+    ``kernel_condition``: λ_max/λ_min of K on its range (the dynamics live there); above 1e12 a note says that
+    the smallest directions are resolved to only a few digits.
     """
 
     rho: float
@@ -563,6 +565,7 @@ class Stability(ResultMixin):
     eigenmatrix_min_ratio: float
     certificates: Certificates | None
     notes: tuple[str, ...] = ()
+    kernel_condition: float = 1.0
 
     def __str__(self) -> str:
         text = ResultMixin.__str__(dataclasses.replace(self, certificates=None))
@@ -570,6 +573,31 @@ class Stability(ResultMixin):
             return text
         lines = [line for line in text.splitlines() if not line.lstrip().startswith("certificates ")]
         return "\n".join(lines) + "\n" + "\n".join("  " + line for line in str(self.certificates).splitlines())
+
+
+ILL_CONDITIONED = 1e12  # λ_max/λ_min on range K beyond which float64 resolves the small end to ≲ 4 digits
+
+
+def _condition(ker: Kernel) -> float:
+    lam, _ = ker.eigen.range_basis()
+    return float(lam[-1] / lam[0]) if len(lam) else 1.0
+
+
+def _kernel_notes(ker: Kernel) -> list[str]:
+    """Singular and ill-conditioned kernels, said plainly (duplicate samples make K singular)."""
+    notes = []
+    if 0 < ker.rank < ker.nk:
+        notes.append(
+            f"K is singular: rank {ker.rank} of n·k = {ker.nk} (duplicate samples, or fewer parameters than n·k); "
+            "the analysis runs on range K, where the residual dynamics live"
+        )
+    cond = _condition(ker)
+    if cond > ILL_CONDITIONED:
+        notes.append(
+            f"K is ill-conditioned on its range (λ_max/λ_min = {cond:.2g}): its smallest directions, and any "
+            "figure they decide, are resolved to only a few digits"
+        )
+    return notes
 
 
 def _route(method: str, rank: int, form_dense_ok: bool) -> str:
@@ -771,6 +799,7 @@ def stability(
     rho = sol.rho.value
     if ker.rank == 0:
         notes.append("K = 0: nothing moves; ρ is taken as 0")
+    notes += _kernel_notes(ker)
     # an iterative eigenvector is accurate to about its residual over the gap: judge PSD-ness accordingly
     psd, ratio = _psd_check(sol.form, sol.rho.vector, 1e-8 if sol.rho.route == "dense" else 1e-3)
     if not psd:
@@ -805,4 +834,5 @@ def stability(
         eigenmatrix_min_ratio=ratio,
         certificates=cert,
         notes=tuple(notes),
+        kernel_condition=_condition(ker),
     )
