@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 
-.PHONY: demo test test-slow lint data bench clean
+.PHONY: demo test test-slow test-sweep lint data bench clean
 
 demo: $(VENV)/.installed
 	$(BIN)/sgdstab demo
@@ -14,6 +14,11 @@ test: data $(VENV)/.installed-test
 
 test-slow: data $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow
+
+# The sweeps' slow tests: the CLI killed with SIGKILL and resumed, two sweeps at once, a dead worker, and the Ray
+# executor on a local Ray instance (ray comes with the test extra). CI runs them after `make test`.
+test-sweep: $(VENV)/.installed-test
+	$(BIN)/python -m pytest -m slow tests/sweep
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check src tests benchmarks scripts

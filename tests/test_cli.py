@@ -28,11 +28,11 @@ def test_unknown_command_exits_2(capsys):
     assert "No such command 'frobnicate'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", ["analyze", "sweep", "runs"])
-def test_not_yet_built_commands_say_so(command, capsys):
+@pytest.mark.parametrize(("command", "missing"), [("sweep", "missing CONFIG"), ("runs", "missing subcommand")])
+def test_commands_without_arguments_say_what_is_missing(command, missing, capsys):
     assert main([command]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("error:") and "not built yet" in err
+    assert err.startswith("error:") and missing in err and err.count("\n") == 1
     assert "Traceback" not in err
 
 

@@ -83,23 +83,117 @@ def analyze() -> None:
     _not_built("analyze", "planned with the training and experiments milestone")
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def sweep() -> None:
-    """Resumable grids of runs with a SQLite result store (local pool or Ray)."""
-    _not_built("sweep", "planned with the sweeps milestone")
+@cli.command()
+@click.argument("config_path", metavar="CONFIG", required=False)
+@click.option("--out", metavar="DIR", default=None, help="Sweep directory (required; created if missing).")
+@click.option(
+    "--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True, help="Where runs execute."
+)
+@click.option("--address", metavar="ADDR", default=None, help="Ray cluster: 'auto' or ray://HOST:10001 (with ray).")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Runs at a time (default: CPUs).")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def sweep(
+    config_path: str | None, out: str | None, executor: str, address: str | None, workers: int | None, quiet: bool
+) -> None:
+    """Run (or resume) a grid of runs from a TOML CONFIG into DIR, with a SQLite result store.
+
+    Each run trains an MLP with SGD and measures ||H||_F, λ_max, μ (and optionally ρ, η*). Re-running the same
+    command skips finished runs and retries failed or interrupted ones. DIR receives sweep.db, runs/<id>/,
+    results.csv, report.md and figures; the path of report.md is printed. Exit code 1 when runs failed.
+    """
+    from sgdstab.sweep.config import SweepArgumentError, load_sweep
+    from sgdstab.sweep.driver import run_sweep
+
+    if config_path is None:
+        raise SweepArgumentError("missing CONFIG: pass a sweep TOML file, e.g. sgdstab sweep examples/sweep-quick.toml")
+    if out is None:
+        raise SweepArgumentError("missing --out DIR: name the sweep directory")
+    summary = run_sweep(load_sweep(config_path), out, executor=executor, workers=workers, address=address, quiet=quiet)
+    click.echo(summary.report)
+    if summary.failed:
+        click.echo(
+            f"{summary.failed} of {summary.total} runs failed (see `sgdstab runs list {out} --status failed`); "
+            "rerun the same command to retry them",
+            err=True,
+        )
+        raise click.exceptions.Exit(1)
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def runs() -> None:
+@cli.group(invoke_without_command=True)
+@click.pass_context
+def runs(ctx: click.Context) -> None:
     """List, show and export the runs of a sweep directory."""
-    _not_built("runs", "planned with the sweeps milestone")
+    if ctx.invoked_subcommand is None:
+        from sgdstab.sweep.config import SweepArgumentError
+
+        raise SweepArgumentError("missing subcommand: use `sgdstab runs list|show|export DIR` (see --help)")
+
+
+_STATUS = click.Choice(["pending", "running", "done", "failed"])
+
+
+@runs.command("list")
+@click.argument("directory", metavar="DIR")
+@click.option("--status", type=_STATUS, default=None, help="Only runs of this status.")
+def runs_list(directory: str, status: str | None) -> None:
+    """One line per run: id, status, the fields that vary, key results."""
+    from rich.console import Console
+
+    from sgdstab.sweep.show import runs_table
+    from sgdstab.sweep.store import Store
+
+    with Store.open(directory) as store:
+        records = store.runs(status=status)
+        counts = store.counts()
+        title = f"sweep {store.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=max(console.width, 200))
+    console.print(runs_table(records, title))
+
+
+@runs.command("show")
+@click.argument("directory", metavar="DIR")
+@click.argument("run_id", metavar="RUN")
+def runs_show(directory: str, run_id: str) -> None:
+    """Everything about one run (RUN: its id or a prefix of at least 4 hex digits)."""
+    from sgdstab.sweep.show import run_text
+    from sgdstab.sweep.store import Store
+
+    with Store.open(directory) as store:
+        click.echo(run_text(store, store.find(run_id)))
+
+
+@runs.command("export")
+@click.argument("directory", metavar="DIR")
+@click.option("--format", "fmt", type=click.Choice(["csv", "parquet"]), default="csv", show_default=True)
+@click.option(
+    "--table",
+    type=click.Choice(["runs", "metrics"]),
+    default="runs",
+    show_default=True,
+    help="runs: one row per run (config and results); metrics: per-step history, long format.",
+)
+@click.option("--status", type=_STATUS, default=None, help="Only runs of this status.")
+@click.option("--out", "out", metavar="FILE", default=None, help="Output file (default: DIR/TABLE.FORMAT).")
+def runs_export(directory: str, fmt: str, table: str, status: str | None, out: str | None) -> None:
+    """Write the runs (or their metrics) as CSV or Parquet (Parquet needs pyarrow); prints the file's path."""
+    from pathlib import Path
+
+    from sgdstab.sweep.export import export
+    from sgdstab.sweep.store import Store
+
+    with Store.open(directory) as store:
+        target = Path(out) if out is not None else Path(directory) / f"{table}.{fmt}"
+        click.echo(str(export(store, target, fmt=fmt, table=table, status=status)))
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        cli.main(args=argv, prog_name="sgdstab", standalone_mode=False)
+        # without standalone mode, click returns the code of a `click.exceptions.Exit` raised by a command
+        code = cli.main(args=argv, prog_name="sgdstab", standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
@@ -116,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130
-    return 0
+    return code if isinstance(code, int) and not isinstance(code, bool) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,96 @@
+"""Per-run files of a sweep, beside the store: ``DIR/runs/<first 16 hex digits of the run id>/``.
+
+- ``config.json``: the run's resolved config and its full id;
+- ``history.json``: the per-step columns (``step``, ``loss``), the final figures and the timings;
+- ``params.pt``: the final flat parameter vector θ (float64), ``{"format", "run_id", "theta"}`` by
+  ``torch.save``; read it back with :func:`load_params` (``torch.load(..., weights_only=True)``: no code runs).
+
+Each file is written to a hidden temporary name in the same folder and renamed into place
+(:func:`sgdstab.experiments.io.atomic_write`), and all of them before the run's completion is committed to the
+store: a file that is visible is complete, and a run marked done has its files. :func:`remove_stale_temporaries`
+deletes the hidden ``.*.tmp`` files a killed sweep may leave.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sgdstab.errors import SgdstabError
+from sgdstab.experiments.io import atomic_write, atomic_write_json
+
+RUNS_DIR = "runs"
+PARAMS_FORMAT = "sgdstab-sweep-params"
+
+
+class ArtifactError(SgdstabError, ValueError):
+    """A run's parameter file is missing, truncated, or not an sgdstab sweep file."""
+
+
+def run_dir(out: str | os.PathLike[str], run_id: str) -> Path:
+    return Path(out) / RUNS_DIR / run_id[:16]
+
+
+def write_artifacts(
+    out: str | os.PathLike[str],
+    run_id: str,
+    config: Mapping[str, Any],
+    history: Mapping[str, Any],
+    results: Mapping[str, Any],
+    timings: Mapping[str, float],
+    theta: np.ndarray,
+) -> Path:
+    """Write the three files of a finished run (each atomically); returns the run's folder."""
+    folder = run_dir(out, run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "config.json", {"run_id": run_id, "config": dict(config)})
+    atomic_write_json(
+        folder / "history.json",
+        {"run_id": run_id, "columns": dict(history), "results": dict(results), "timings": dict(timings)},
+    )
+    payload = {"format": PARAMS_FORMAT, "run_id": run_id, "theta": torch.from_numpy(np.array(theta, dtype=np.float64))}
+    atomic_write(folder / "params.pt", lambda p: torch.save(payload, p))
+    return folder
+
+
+def load_params(path: str | os.PathLike[str]) -> torch.Tensor:
+    """θ of a run from its ``params.pt`` (weights only: nothing in the file is executed)."""
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise ArtifactError(f"parameter file {str(path)!r} not found") from None
+    except Exception as exc:
+        raise ArtifactError(
+            f"parameter file {str(path)!r} cannot be read ({type(exc).__name__}); rerun the run"
+        ) from None
+    if (
+        not isinstance(data, dict)
+        or data.get("format") != PARAMS_FORMAT
+        or not isinstance(data.get("theta"), torch.Tensor)
+    ):
+        raise ArtifactError(f"{str(path)!r} is not an sgdstab sweep parameter file")
+    return data["theta"]
+
+
+def remove_stale_temporaries(out: str | os.PathLike[str]) -> int:
+    """Delete hidden ``.*.tmp`` files under ``DIR`` and ``DIR/runs`` (left by a killed writer); returns how many.
+
+    Call it only when no other sweep process writes to the directory."""
+    root = Path(out)
+    removed = 0
+    candidates = list(root.glob(".*.tmp")) + list((root / RUNS_DIR).glob("*/.*.tmp"))
+    for path in candidates:
+        try:
+            path.unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+__all__ = ["RUNS_DIR", "ArtifactError", "load_params", "remove_stale_temporaries", "run_dir", "write_artifacts"]
