@@ -9,14 +9,16 @@ FASHION_MNIST_DIR := /usr/share/datasets/fashion-mnist
 demo: $(VENV)/.installed
 	$(BIN)/sgdstab demo
 
+# The default suite, then the sweeps' slow tests that the issue asks CI to run (kill and resume, Ray).
 test: data $(VENV)/.installed-test
 	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m slow tests/sweep
 
 test-slow: data $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow
 
 # The sweeps' slow tests: the CLI killed with SIGKILL and resumed, two sweeps at once, a dead worker, and the Ray
-# executor on a local Ray instance (ray comes with the test extra). CI runs them after `make test`.
+# executor on a local Ray instance (ray comes with the test extra). `make test` runs them after the default suite.
 test-sweep: $(VENV)/.installed-test
 	$(BIN)/python -m pytest -m slow tests/sweep
 
