@@ -6,6 +6,7 @@ c = 1/B (with replacement) or (n − B)/(B(n − 1)) (without replacement).
 
 from sgdstab._version import __version__
 from sgdstab.alignment import Alignment, alignment
+from sgdstab.analysis import Analysis, analyze
 from sgdstab.certificates import (
     Certificate,
     CertificateGrid,
@@ -54,6 +55,7 @@ from sgdstab.training import History, train
 __all__ = [
     "DEFAULT_DATASET",
     "Alignment",
+    "Analysis",
     "Certificate",
     "CertificateGrid",
     "Certificates",
@@ -78,6 +80,7 @@ __all__ = [
     "TypicalThreshold",
     "__version__",
     "alignment",
+    "analyze",
     "as_kernel",
     "build_model",
     "certificate_grid",

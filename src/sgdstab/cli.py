@@ -38,13 +38,23 @@ def _not_built(command: str, issue: str) -> None:
 
 @cli.command()
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Directory for the report.")
-@click.option("--n", "n", type=click.IntRange(min=2), default=None, help="Number of training samples.")
+@click.option(
+    "--n", "n", type=click.IntRange(min=2), default=None, help="Samples per net (default 64; scaling: n/2 and n)."
+)
 @click.option("--seed", type=int, default=0, show_default=True)
-def demo(out: str | None, n: int | None, seed: int) -> None:
-    """The main job: measure a network trained on the built-in Fashion-MNIST subset."""
+@click.option("--quick", is_flag=True, help="Each experiment's CI-sized variant (about half the time).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=None, help="Experiments at a time, one process each (default 2)."
+)
+@click.option("--quiet", is_flag=True, help="No progress lines.")
+def demo(out: str | None, n: int | None, seed: int, quick: bool, workers: int | None, quiet: bool) -> None:
+    """The main job: a compact version of all five experiments (THEORY.md §6) on the built-in Fashion-MNIST
+    subset — the flatness of SGD's minima over (η, B), the alignment μ along training, its independence of n and
+    width, one escape, one stability diagram — in one report with its figures (about 1–3 minutes on 2 cores).
+    Prints the path of report.md (default sgdstab-demo/report.md)."""
     from sgdstab.experiments.demo import run_demo
 
-    run_demo(out=out, n=n, seed=seed)
+    run_demo(out=out, n=n, seed=seed, quick=quick, workers=workers, quiet=quiet)
 
 
 def _experiment_help() -> str:
@@ -77,10 +87,100 @@ def experiment(name: str, config_path: str | None, quick: bool, out: str | None,
     click.echo(str(report))
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
-def analyze() -> None:
-    """Curvature, alignment and stability of a saved model."""
-    _not_built("analyze", "planned with the training and experiments milestone")
+@cli.command()
+@click.option(
+    "--checkpoint", "checkpoint", metavar="FILE", required=True, help="state_dict (torch.save or safetensors)."
+)
+@click.option("--model", "spec", metavar="SPEC", required=True, help="ModelSpec as a JSON object or a JSON file.")
+@click.option("--data", "dataset", metavar="NAME", default="fashion-mnist-small", show_default=True)
+@click.option("--data-dir", metavar="DIR", default=None, help="Folder of the data files (fashion-mnist, cifar10).")
+@click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True, help="Number of samples.")
+@click.option("--classes", metavar="IDS", default=None, help="Class ids, e.g. 0,6 (two: one ±1 output; default: all).")
+@click.option("--subset", type=click.Choice(["first", "stratified"]), default="first", show_default=True)
+@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True)
+@click.option("--lr", type=float, default=None, help="Learning rate (in the --loss convention).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="SGD batch size B (needs --lr).")
+@click.option(
+    "--sampling",
+    type=click.Choice(["with_replacement", "without_replacement"]),
+    default="with_replacement",
+    show_default=True,
+)
+@click.option("--loss", type=click.Choice(["half_mse", "torch_mse"]), default="half_mse", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None, help="Default: the checkpoint's.")
+@click.option("--rtol", type=float, default=1e-2, show_default=True, help="Relative error of estimated figures.")
+@click.option("--at-minimum", is_flag=True, help="Assert θ is a global minimum (H = G: exact kernel figures).")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Data subset and estimators.")
+@click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of a table.")
+def analyze(
+    checkpoint: str,
+    spec: str,
+    dataset: str,
+    data_dir: str | None,
+    n: int,
+    classes: str | None,
+    subset: str,
+    split: str,
+    lr: float | None,
+    batch_size: int | None,
+    sampling: str,
+    loss: str,
+    dtype: str | None,
+    rtol: float,
+    at_minimum: bool,
+    seed: int,
+    as_json: bool,
+) -> None:
+    """Curvature, alignment and stability of a saved model on a data set (Python: sgdstab.analysis.analyze).
+
+    The checkpoint is read with torch.load(weights_only=True) or safetensors: code in a file never runs.
+    """
+    import torch
+
+    from sgdstab.analysis import analyze as run_analysis
+    from sgdstab.data import load_dataset
+    from sgdstab.model_files import ModelFileError, load_model
+
+    ids = None
+    if classes is not None:
+        try:
+            ids = tuple(int(c) for c in classes.replace(" ", "").split(","))
+        except ValueError:
+            raise ModelFileError(f"--classes must be comma-separated class ids such as 0,6; got {classes!r}") from None
+    model = load_model(spec, checkpoint)
+    data = load_dataset(dataset, n=n, classes=ids, seed=seed, data_dir=data_dir, split=split, subset=subset)
+    result = run_analysis(
+        model,
+        data.X,
+        data.Y,
+        lr=lr,
+        batch_size=batch_size,
+        sampling=sampling,
+        loss=loss,
+        dtype=None if dtype is None else getattr(torch, dtype),
+        rtol=rtol,
+        at_minimum=at_minimum,
+        seed=seed,
+    )
+    if as_json:
+        from sgdstab.experiments.io import to_json_text
+
+        click.echo(to_json_text({"data": data.description, **result.to_dict()}), nl=False)
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"sgdstab analyze: {checkpoint}", caption=data.description, show_lines=False)
+    for name in ("section", "figure", "value"):
+        table.add_column(name)
+    section = ""
+    for part, figure, value in result.summary_rows():
+        table.add_row(part if part != section else "", figure, value)
+        section = part
+    console = Console()
+    console.print(table)
+    for note in result.notes:
+        console.print(f"note: {note}", highlight=False, markup=False)
 
 
 @cli.command()

@@ -1,39 +1,119 @@
-"""The main job, shrunk: it writes its report, figures and a summary whose figures are self-consistent."""
+"""The main job, in its CI-sized variant: five experiments in one report, every claim repeated in summary.json."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
+import torch
 
 from sgdstab.cli import main
 from sgdstab.errors import SgdstabError
-from sgdstab.experiments.demo import run_demo
+from sgdstab.experiments.demo import ORDER, _run_here, _run_parallel, demo_configs, run_demo
+from sgdstab.experiments.registry import get_experiment
 
 
-def test_demo_writes_report_and_consistent_summary(tmp_path):
-    report = run_demo(out=str(tmp_path), n=40, steps=300, quiet=True)
-    assert report == tmp_path / "report.md"
-    for name in ("report.md", "summary.json", "loss.png", "flatness.png"):
-        assert (tmp_path / name).stat().st_size > 0, name
-    assert not list(tmp_path.glob(".*.tmp"))  # every file renamed into place
-    summary = json.loads((tmp_path / "summary.json").read_text())
-    runs = summary["runs"]
-    assert [r["label"] for r in runs] == ["GD", "SGD B=20", "SGD B=10"]
-    for r in runs:
-        if r["c"] > 0:
-            assert r["frobenius_bound"] == pytest.approx(math.sqrt(1 / (r["c"] * r["mu"])) / r["lr"], rel=1e-12)
-        assert r["gd_bound"] == pytest.approx(2 / r["lr"])
-        # ρ(T) and η* come from one exact computation: ρ ≤ 1 exactly when η ≤ η*
-        assert (r["rho"] <= 1 + 1e-9) == (r["lr"] <= r["critical_lr"] * (1 + 1e-6))
-    claim = summary["claims"]["frobenius_certificate"]
-    sgd = [r for r in runs if r["c"] > 0]
-    assert claim["holds"] == all(r["hessian_frobenius"] <= r["frobenius_bound"] for r in sgd)
-    lin = summary["claims"]["linear_stability"]
-    assert lin["holds"] == all(r["rho"] <= 1 + 1e-9 for r in runs)
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        report = run_demo(out=str(out), quick=True, quiet=True, workers=1)  # here, one after the other
+    finally:
+        torch.set_num_threads(old)
+    return out, report
+
+
+def test_demo_writes_one_report_linking_all_five(demo):
+    out, report = demo
+    assert report == out / "report.md"
+    summary = json.loads((out / "summary.json").read_text())
+    assert [e["name"] for e in summary["experiments"]] == list(ORDER)
+    assert set(ORDER) == {"alignment", "flatness", "scaling", "escape", "diagram"}
     text = report.read_text()
-    assert ("**holds**" in text) or ("**FAILS**" in text)
+    for e in summary["experiments"]:
+        sub = json.loads((out / e["dir"] / "summary.json").read_text())
+        assert sub["experiment"] == e["name"]
+        assert e["passed"] == sub["passed"]
+        assert f"]({e['report']})" in text and (out / e["report"]).is_file()
+        assert e["figures"], e["name"]
+        for fig in e["figures"]:
+            assert (out / fig).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+            assert f"]({fig})" in text
+        # every claim of the experiment is repeated, with the same verdict and detail, in the top-level files
+        mine = [c for c in summary["claims"] if c["experiment"] == e["name"]]
+        assert [c["name"] for c in mine] == [c["name"] for c in sub["claims"]]
+        for top, own in zip(mine, sub["claims"], strict=True):
+            assert {k: v for k, v in top.items() if k != "experiment"} == own
+            assert f"**{'PASSED' if own['passed'] else 'FAILED'}** — {own['statement']}: {own['detail']}" in text
+    assert summary["passed"] == all(c["passed"] for c in summary["claims"])
+    assert not list(out.rglob(".*.tmp"))
+    assert summary["seconds"] > 0 and len(summary["load_average"]["start"]) == 3
+
+
+def test_demo_claims_hold(demo):
+    out, _ = demo
+    summary = json.loads((out / "summary.json").read_text())
+    failed = [(c["experiment"], c["name"], c["detail"]) for c in summary["claims"] if not c["passed"]]
+    assert not failed
+    assert len(summary["claims"]) >= 25
+    # the original demo's three checks, recomputed from the flatness results table
+    head = summary["headline"]
+    assert head["frobenius_certificate"]["holds"] and head["linear_stability"]["holds"] and head["gd_bound"]["holds"]
+    flat = json.loads((out / "flatness" / "summary.json").read_text())
+    rows = [r for r in _csv(out / "flatness" / "results.csv") if r["status"] == "ok"]
+    sgd = [r for r in rows if r["method"] == "SGD"]
+    assert sgd and any(r["method"] == "GD" for r in rows)
+    for r in sgd:
+        c, mu, lr = float(r["c"]), float(r["mu"]), float(r["lr"])
+        assert c == pytest.approx(1 / int(r["batch_size"]), rel=1e-12)
+        bound = math.sqrt(1 / (c * mu)) / lr
+        assert float(r["frobenius_bound"]) == pytest.approx(bound, rel=1e-12)
+        assert float(r["hessian_frobenius"]) <= bound
+        assert lr <= float(r["critical_lr"]) * 1.02
+    for r in rows:
+        assert float(r["lambda_max"]) * float(r["lr"]) / 2 <= 1.02
+    largest = max(float(r["hessian_frobenius"]) / float(r["frobenius_bound"]) for r in sgd)
+    assert head["frobenius_certificate"]["numbers"]["frobenius_bound"]["largest_ratio"] == pytest.approx(largest)
+    assert flat["config"] == summary["experiments"][0]["config"]
+
+
+def _csv(path):
+    import csv
+
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_demo_configs_are_compact_versions_of_the_full_runs():
+    compact, quick = demo_configs(), demo_configs(quick=True)
+    for name in ORDER:
+        exp = get_experiment(name)
+        assert quick[name] == exp.default_config(quick=True)
+        assert compact[name] != exp.default_config()
+    assert compact["flatness"].n == compact["alignment"].n == compact["diagram"].n == 64
+    sized = demo_configs(n=20)
+    assert sized["scaling"].ns == (10, 20) and sized["scaling"].batch_size < 10
+    assert max(sized["flatness"].batch_sizes) < 20 and sized["alignment"].batch_size <= 20
+
+
+def test_parallel_workers_give_the_same_results_as_one_process(tmp_path, one_thread):
+    from rich.console import Console
+
+    exp = get_experiment("diagram")
+    tiny = dataclasses.replace(exp.default_config(quick=True), n=12, widths=(8,), num_batch_sizes=3, random_checks=2)
+    configs = {"diagram": tiny, "flatness": demo_configs(n=12, quick=True)["flatness"]}
+    configs["flatness"] = dataclasses.replace(configs["flatness"], lrs=(0.02,), batch_sizes=(2,))
+    quiet = Console(quiet=True)
+    here = _run_here(configs, tmp_path / "here", True, quiet)
+    there = _run_parallel(configs, tmp_path / "there", 2, quiet)
+    for name in configs:
+        assert here[name]["claims"] == there[name]["claims"], name
+        assert here[name]["numbers"] == there[name]["numbers"], name
+        assert (tmp_path / "there" / name / "report.md").is_file()
 
 
 def test_demo_refuses_unwritable_output(tmp_path, capsys):
@@ -43,3 +123,9 @@ def test_demo_refuses_unwritable_output(tmp_path, capsys):
     assert "is a file" in capsys.readouterr().err
     with pytest.raises(SgdstabError, match="cannot create output directory"):
         run_demo(out=str(target / "inside"), quiet=True)
+
+
+def test_demo_refuses_an_experiment_directory(tmp_path, capsys):
+    (tmp_path / "config.json").write_text(json.dumps({"experiment": "diagram"}))
+    assert main(["demo", "--out", str(tmp_path)]) == 2
+    assert "holds the results of experiment 'diagram'" in capsys.readouterr().err

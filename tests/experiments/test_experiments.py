@@ -67,12 +67,14 @@ def _rows(out, name=RESULTS_FILE):
 
 # ------------------------------------------------------------------------------------------------ registry
 def test_registry_names_and_summaries_match_the_modules():
-    assert {"diagram", "escape"} <= set(NAMES)
+    assert {"alignment", "diagram", "escape", "flatness", "scaling"} <= set(NAMES)
     for name in NAMES:
         exp = get_experiment(name)
         assert exp.name == name
         assert exp.summary == MODULES[name][1]
-    with pytest.raises(UnknownExperimentError, match="unknown experiment 'nope'; choose one of diagram, escape"):
+    with pytest.raises(
+        UnknownExperimentError, match="unknown experiment 'nope'; choose one of alignment, diagram, escape"
+    ):
         get_experiment("nope")
 
 
@@ -355,6 +357,99 @@ def test_escape_quick_claims(quick_runs):
         assert float(r["settled_hessian_frobenius"]) <= bound
         assert float(r["settled_sharpness"]) < summary["numbers"]["lambda_max"]
         assert float(r["c"]) == 1 / int(r["batch_size"])
+
+
+def _f(row, key):
+    return float(row[key])
+
+
+def test_flatness_quick_claims(quick_runs):
+    _, out = quick_runs["flatness"]
+    claims = _claims(out)
+    expected = {"frobenius_bound", "gd_bound", "linearly_stable", "gd_edge_of_stability", "sgd_flatter_than_gd"}
+    assert set(claims) == expected
+    for name in expected:
+        assert claims[name]["passed"], (name, claims[name]["detail"])
+    config = _summary(out)["config"]
+    rows = _rows(out)
+    assert len(rows) == len(config["lrs"]) * (len(config["batch_sizes"]) + 1)  # the grid and GD at every η
+    ok = [r for r in rows if r["status"] == "ok"]
+    sgd = [r for r in ok if r["method"] == "SGD"]
+    gd = [r for r in ok if r["method"] == "GD"]
+    assert claims["frobenius_bound"]["numbers"]["total"] == len(sgd) >= 4
+    ratios = []
+    for r in sgd:
+        c = 1 / int(r["batch_size"])  # with replacement
+        assert _f(r, "c") == pytest.approx(c, rel=1e-12)
+        bound = math.sqrt(1 / (c * _f(r, "mu"))) / _f(r, "lr")
+        assert _f(r, "frobenius_bound") == pytest.approx(bound, rel=1e-12)
+        ratios.append(_f(r, "hessian_frobenius") / bound)
+        assert _f(r, "min_loss") < 1e-20 and 0 < _f(r, "polish_relative") < 0.05
+        assert _f(r, "lr") <= _f(r, "critical_lr") * (1 + config["tolerance"])
+    assert max(ratios) <= 1
+    assert claims["frobenius_bound"]["numbers"]["largest_ratio"] == pytest.approx(max(ratios), rel=1e-12)
+    for r in gd:  # GD at the edge of stability, and its exact η* is 2/λ_max (c = 0)
+        assert _f(r, "lambda_max") * _f(r, "lr") / 2 == pytest.approx(1, abs=0.1)
+        assert _f(r, "critical_lr") == pytest.approx(2 / _f(r, "lambda_max"), rel=1e-8)
+        smallest_b = min((s for s in sgd if s["lr"] == r["lr"]), key=lambda s: int(s["batch_size"]))
+        assert _f(smallest_b, "hessian_frobenius") < _f(r, "hessian_frobenius")
+
+
+def test_scaling_quick_claims(quick_runs):
+    _, out = quick_runs["scaling"]
+    claims = _claims(out)
+    expected = {"frobenius_bound", "gd_bound", "linearly_stable", "gd_edge_of_stability", "bound_does_not_grow"}
+    assert set(claims) == expected
+    for name in expected:
+        assert claims[name]["passed"], (name, claims[name]["detail"])
+    config = _summary(out)["config"]
+    rows = _rows(out)
+    assert {(int(r["n"]), int(r["width"])) for r in rows} == set(itertools.product(config["ns"], config["widths"]))
+    bound = {(int(r["n"]), int(r["width"])): _f(r, "frobenius_bound") for r in rows if r["method"] == "SGD"}
+    for (n, w), value in bound.items():
+        r = next(r for r in rows if r["method"] == "SGD" and (int(r["n"]), int(r["width"])) == (n, w))
+        assert value == pytest.approx(math.sqrt(config["batch_size"] / _f(r, "mu")) / config["lr"], rel=1e-12)
+        assert _f(r, "hessian_frobenius") <= value
+    ns, ws = sorted(config["ns"]), sorted(config["widths"])
+    growth = [bound[(ns[-1], w)] / bound[(ns[0], w)] for w in ws] + [bound[(n, ws[-1])] / bound[(n, ws[0])] for n in ns]
+    assert claims["bound_does_not_grow"]["numbers"]["largest_growth_factor"] == pytest.approx(max(growth), rel=1e-12)
+    assert max(growth) <= config["growth_tolerance"]
+
+
+def test_alignment_quick_claims(quick_runs):
+    _, out = quick_runs["alignment"]
+    claims = _claims(out)
+    expected = {"mu_bounded", "loglog_slope", "width_no_shrink"}
+    assert set(claims) == expected
+    for name in expected:
+        assert claims[name]["passed"], (name, claims[name]["detail"])
+    config = _summary(out)["config"]
+    rows = _rows(out)
+    main_rows = [r for r in rows if r["role"] == "main"]
+    assert {r["model"] for r in main_rows} == set(config["models"]) == {"linear_net", "random_features", "mlp", "cnn"}
+    for r in rows:  # μ = Tr(ΣG) / (2L||G||_F²), as written
+        assert _f(r, "mu") == pytest.approx(_f(r, "tr_sigma_g") / _f(r, "two_loss_gn_frob2"), rel=1e-12)
+        assert _f(r, "mu_inf") <= _f(r, "mu") * (1 + 1e-9)  # the uniform alignment is the worst case
+    for kind in config["models"]:
+        mine = [r for r in main_rows if r["model"] == kind]
+        steps = [int(r["step"]) for r in mine]
+        assert steps[0] == 0 and steps[-1] == config["steps"] and len(mine) >= 5
+        assert _f(mine[-1], "loss") < _f(mine[0], "loss")  # it trained
+        assert min(_f(r, "mu") for r in mine) >= config["mu_floor"]
+        x = [math.log(_f(r, "two_loss_gn_frob2")) for r in mine]
+        y = [math.log(_f(r, "tr_sigma_g")) for r in mine]
+        xm, ym = sum(x) / len(x), sum(y) / len(y)
+        slope = sum((a - xm) * (b - ym) for a, b in zip(x, y, strict=True)) / sum((a - xm) ** 2 for a in x)
+        assert claims["loglog_slope"]["numbers"]["slopes"][kind] == pytest.approx(slope, rel=1e-9)
+        assert abs(slope - 1) <= config["slope_tolerance"]
+    for kind, widths in (("linear_net", config["linear_widths"]), ("random_features", config["rf_widths"])):
+        med = {}
+        for w in (min(widths), max(widths)):
+            mus = sorted(_f(r, "mu") for r in rows if r["model"] == kind and int(r["width"]) == w)
+            med[w] = mus[len(mus) // 2] if len(mus) % 2 else (mus[len(mus) // 2 - 1] + mus[len(mus) // 2]) / 2
+        ratio = med[max(widths)] / med[min(widths)]
+        assert claims["width_no_shrink"]["numbers"]["ratios"][kind] == pytest.approx(ratio, rel=1e-12)
+        assert ratio >= config["shrink_tolerance"]
 
 
 def test_readme_experiment_commands_name_registered_experiments_and_shipped_configs():

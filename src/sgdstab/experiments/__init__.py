@@ -38,8 +38,9 @@ values raise :class:`~sgdstab.experiments.config.ConfigError` with one line nami
 :mod:`~sgdstab.experiments.minimum` (a float64 MLP problem from a config, GD to a minimum and Gauss–Newton
 polishing to an exact one, a perturbation of given linearized loss), :mod:`~sgdstab.experiments.report`
 (claims, "m/n satisfy …; largest ratio r" claims, Markdown tables), :mod:`~sgdstab.experiments.io` (atomic
-writes, figures, output directories). ``sgdstab demo`` (:mod:`~sgdstab.experiments.demo`) predates the framework
-and uses only its writers.
+writes, figures, output directories), :func:`sgdstab.experiments.flatness.solve` (train to a small loss, μ there,
+the exact minimum next to it). ``sgdstab demo`` (:mod:`~sgdstab.experiments.demo`) runs compact configs of all
+five experiments into subdirectories and writes one report repeating every claim.
 """
 
 from sgdstab.experiments.base import Context, Experiment, Outcome

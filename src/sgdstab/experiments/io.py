@@ -91,6 +91,17 @@ def new_figure(rows: int = 1, cols: int = 1, size: tuple[float, float] = (7.0, 4
     return fig, axes
 
 
+def plain_log_ticks(ax: Any, axis: str = "both") -> None:
+    """Log-scaled axes labelled 1, 2, 5, 10, 20, … in plain numbers (no 2×10¹ labels crowding each other)."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    targets = {"x": [ax.xaxis], "y": [ax.yaxis], "both": [ax.xaxis, ax.yaxis]}[axis]
+    for target in targets:
+        target.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        target.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        target.set_minor_formatter(NullFormatter())
+
+
 def prepare_output_dir(path: str | os.PathLike[str], owner: str | None = None) -> Path:
     """Create ``path`` (and parents) and check that it is a writable directory.
 
@@ -128,6 +139,7 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_text",
     "new_figure",
+    "plain_log_ticks",
     "prepare_output_dir",
     "save_figure",
     "to_json_text",

@@ -13,6 +13,18 @@ from sgdstab.errors import SgdstabError
 from sgdstab.experiments.base import REPORT_FILE, Experiment
 
 MODULES: dict[str, tuple[str, str]] = {  # name → (module, one-line summary shown by `sgdstab experiment --help`)
+    "alignment": (
+        "sgdstab.experiments.alignment",
+        "μ along SGD training of linear, random-feature, MLP and CNN models; μ against width",
+    ),
+    "flatness": (
+        "sgdstab.experiments.flatness",
+        "SGD solutions over an (η, B) grid satisfy ||H||_F ≤ sqrt(1/(cμ))/η; GD only λ_max ≤ 2/η",
+    ),
+    "scaling": (
+        "sgdstab.experiments.scaling",
+        "the same over n and width: the SGD bound does not grow with them",
+    ),
     "escape": (
         "sgdstab.experiments.escape",
         "SGD leaves a sharp minimum at the predicted rate and settles in a flatter one",

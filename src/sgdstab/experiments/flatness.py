@@ -1,0 +1,484 @@
+"""``flatness``: the minima SGD reaches over a grid of (η, B) are as flat as the Frobenius certificate demands;
+GD's only obey λ_max ≤ 2/η (THEORY.md §6 item 2).
+
+For every η in ``lrs`` and B in ``batch_sizes``, a float64 MLP on the built-in Fashion-MNIST subset (two classes,
+one ±1 output; same initialization for every run) is trained by SGD to L ≤ ``until_loss`` (at most ``max_steps``
+steps); GD (B = n) at each η is the contrast. At the end of each run (:func:`solve`):
+
+- **alignment** μ = Tr(ΣG)/(2L||G||_F²), exact through the NTK K at the point SGD reached (μ needs L > 0);
+- **the minimum**: Gauss–Newton steps polish that point to the interpolating global minimum next to it
+  (:func:`~sgdstab.experiments.minimum.polish`, θ moves by about 1e-3 of its norm), where H = G = JᵀJ/n, so
+  ||H||_F = ||K||_F/n and λ_max(H) = λ_max(K)/n are exact, and so is the critical learning rate η*(B) (§4).
+
+Certificates (§5), with c = 1/B with replacement, (n − B)/(B(n − 1)) without:
+
+- Frobenius: ||H||_F ≤ sqrt(1/(cμ))/η at a minimum SGD can stay in (the paper's bound, μ measured);
+- GD / edge of stability: λ_max(H) ≤ 2/η, for SGD and GD alike; GD at convergence sits at λ_max ≈ 2/η.
+
+Claims: ``frobenius_bound`` (every SGD solution satisfies it; the largest ratio ||H||_F/bound is reported);
+``gd_bound`` (λ_max ≤ (1 + tolerance)·2/η at every solution); ``linearly_stable`` (η ≤ (1 + tolerance)·η*(B) at
+every SGD solution); ``gd_edge_of_stability`` (every GD solution has λ_max·η/2 in [1 − edge_band, 1 + tolerance]);
+``sgd_flatter_than_gd`` (at every η the smallest-B SGD solution has a smaller ||H||_F than GD's). The tolerance
+exists because a run stops at L ≤ until_loss, near but not at a minimum, and GD hovers at the boundary: the
+polished minimum may sit just outside it. Runs that diverged, did not reach the loss or could not be polished to
+an interpolating minimum are listed with the reason and excluded from the claims.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sgdstab.alignment import alignment
+from sgdstab.certificates import kernel_curvature
+from sgdstab.conventions import SAMPLING_SCHEMES, noise_scale
+from sgdstab.experiments.base import Context, Experiment, Outcome
+from sgdstab.experiments.config import fail, param
+from sgdstab.experiments.io import new_figure, plain_log_ticks
+from sgdstab.experiments.minimum import NetConfig, build_problem, polish
+from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table
+from sgdstab.ntk import ntk
+from sgdstab.problem import Problem
+from sgdstab.stability import Kernel, critical_learning_rate
+from sgdstab.training import train
+
+INTERPOLATION = 1e-20  # L / (½ mean ||y||²) below which a polished point counts as a global minimum
+
+
+@dataclass(frozen=True)
+class FlatnessConfig(NetConfig):
+    """The ``flatness`` experiment. Defaults: the full run (n = 64, 3 × 6 SGD runs and 3 GD runs)."""
+
+    n: int = param(64, ge=4, le=1000, help="number of training samples (the kernel is nk × nk)")
+    widths: tuple[int, ...] = param((32,), ge=1, min_len=1, help="hidden widths of the MLP")
+    lrs: tuple[float, ...] = param((0.01, 0.02, 0.04), gt=0, min_len=1, help="learning rates η on L")
+    batch_sizes: tuple[int, ...] = param((1, 2, 4, 8, 16, 32), ge=1, min_len=1, help="SGD batch sizes B (< n)")
+    sampling: str = param("with_replacement", choices=SAMPLING_SCHEMES, help="SGD sampling scheme")
+    gd: bool = param(True, help="also train GD (B = n) at every η, for contrast")
+    max_steps: int = param(20000, ge=1, help="most steps of one run")
+    until_loss: float = param(1e-5, gt=0, lt=1e-2, help="a run has reached a solution when L ≤ until_loss")
+    polish_steps: int = param(6, ge=1, le=100, help="most Gauss–Newton steps from the solution to the minimum")
+    tolerance: float = param(
+        0.02,
+        ge=0,
+        lt=0.5,
+        help="relative slack of the claims λ_max ≤ 2/η and η ≤ η* (runs stop near, not at, a minimum)",
+    )
+    edge_band: float = param(0.1, gt=0, lt=1, help="GD is 'at the edge of stability' when λ_max·η/2 ≥ 1 − edge_band")
+
+    def check(self) -> None:
+        check_common(self)
+        if max(self.batch_sizes) >= self.n:
+            fail(f"config field 'batch_sizes' holds {max(self.batch_sizes)} ≥ n = {self.n}; SGD batch sizes are < n")
+        if len(set(self.batch_sizes)) != len(self.batch_sizes) or len(set(self.lrs)) != len(self.lrs):
+            fail("config fields 'lrs' and 'batch_sizes' must not repeat a value")
+
+
+def check_common(cfg: Any) -> None:
+    if len(set(cfg.classes)) != len(cfg.classes):
+        fail(f"config field 'classes' repeats a class: {list(cfg.classes)}; list distinct class ids")
+
+
+def quick_config() -> FlatnessConfig:
+    return FlatnessConfig(n=40, widths=(32,), lrs=(0.01, 0.03), batch_sizes=(1, 4, 16))
+
+
+def solve(
+    problem: Problem,
+    lr: float,
+    batch_size: int,
+    sampling: str,
+    *,
+    max_steps: int,
+    until_loss: float,
+    polish_steps: int,
+    seed: int,
+) -> dict[str, Any]:
+    """Train ``problem`` in place by SGD(η, B) (GD when B = n without replacement) to L ≤ ``until_loss``, measure
+    μ there, polish to the minimum next to it and measure it exactly. Returns one results row; ``status`` is
+    ``"ok"`` or the reason the run is excluded (then the measured figures are NaN)."""
+    n = problem.n
+    gd = batch_size == n and sampling == "without_replacement"
+    c = noise_scale(batch_size, n, sampling)
+    hist = train(
+        problem, lr, batch_size, sampling, max_steps, until_loss=until_loss, track_every=20, seed=seed, progress=False
+    )
+    row: dict[str, Any] = {
+        "method": "GD" if gd else "SGD",
+        "lr": lr,
+        "batch_size": batch_size,
+        "sampling": sampling,
+        "c": c,
+        "steps": hist.steps[-1],
+        "final_loss": hist.final_loss,
+        "status": "ok",
+    }
+    nan = math.nan
+    row |= dict.fromkeys(
+        ("mu", "mu_inf", "polish_relative", "min_loss", "hessian_frobenius", "lambda_max", "trace", "critical_lr"), nan
+    )
+    if hist.diverged_at is not None:
+        row["status"] = f"diverged at step {hist.diverged_at}"
+        return row
+    if not hist.final_loss <= until_loss:
+        row["status"] = f"did not reach L ≤ {until_loss:g} in {max_steps} steps (L = {hist.final_loss:.3g})"
+        return row
+    row["mu"] = alignment(problem, method="kernel", hessian=False, kernel=ntk(problem)).mu
+    norm = float(problem.theta.norm())
+    _, moved = polish(problem, polish_steps, target=0.0)
+    loss = float(problem.loss())
+    row["polish_relative"] = moved / norm if norm > 0 else nan
+    row["min_loss"] = loss
+    scale = float((problem.Y**2).sum()) / (2 * n)
+    if not loss <= INTERPOLATION * scale:
+        row["status"] = f"Gauss–Newton polishing stopped at L = {loss:.3g}, not an interpolating minimum"
+        return row
+    kernel = Kernel.from_problem(problem)
+    kc = kernel_curvature(kernel)
+    row |= {
+        "mu_inf": kc.mu_inf,
+        "hessian_frobenius": kc.frobenius,
+        "lambda_max": kc.lambda_max,
+        "trace": kc.trace,
+        "critical_lr": critical_learning_rate(kernel, batch_size, sampling),
+    }
+    return derived(row)
+
+
+def derived(row: dict[str, Any]) -> dict[str, Any]:
+    """Add the certificate figures to a measured row: the Frobenius bound sqrt(1/(cμ))/η and its ratio, the GD
+    ratio λ_max·η/2, η/η*(B) and the normalized flatness ψ = η||H||_F sqrt(c)."""
+    lr, c, mu, frob = row["lr"], row["c"], row["mu"], row["hessian_frobenius"]
+    bound = math.sqrt(1 / (c * mu)) / lr if c > 0 and mu > 0 else math.inf
+    return row | {
+        "frobenius_bound": bound,
+        "frobenius_ratio": frob / bound,
+        "gd_ratio": row["lambda_max"] * lr / 2,
+        "lr_ratio": lr / row["critical_lr"],
+        "psi": lr * frob * math.sqrt(c),
+    }
+
+
+def body(cfg: FlatnessConfig, ctx: Context) -> Outcome:
+    ctx.stage(f"data and model: {cfg.dataset}, n = {cfg.n}, classes {list(cfg.classes)}, MLP {list(cfg.widths)}")
+    problem, data = build_problem(cfg)
+    theta0 = problem.theta.clone()
+    settings = [(lr, b, cfg.sampling) for lr in cfg.lrs for b in sorted(cfg.batch_sizes)]
+    if cfg.gd:
+        settings += [(lr, cfg.n, "without_replacement") for lr in cfg.lrs]
+    rows = []
+    for index, (lr, b, scheme) in enumerate(settings):
+        label = "GD" if b == cfg.n and scheme == "without_replacement" else f"SGD B = {b}"
+        problem.set_parameters(theta0)
+        row = solve(
+            problem,
+            lr,
+            b,
+            scheme,
+            max_steps=cfg.max_steps,
+            until_loss=cfg.until_loss,
+            polish_steps=cfg.polish_steps,
+            seed=cfg.seed + index,
+        )
+        ctx.stage(f"run {index + 1}/{len(settings)}: {label}, η = {lr:g}: {_progress(row)}")
+        rows.append({"run": index, **row})
+    ctx.stage("checking the claims and drawing the figures")
+    claims = flatness_claims(rows, cfg.tolerance, cfg.edge_band) + ([sgd_flatter_claim(rows)] if cfg.gd else [])
+    ctx.figure("flatness.png", plot_certificates(rows, "(η, B) grid"), CERTIFICATES_CAPTION)
+    ctx.figure("batch_size.png", _plot_batch(rows, cfg.n), _BATCH_CAPTION)
+    ok = [r for r in rows if r["status"] == "ok"]
+    numbers = {
+        "n": problem.n,
+        "p": problem.p,
+        "runs": len(rows),
+        "solutions": len(ok),
+        "excluded": [
+            {"method": r["method"], "lr": r["lr"], "batch_size": r["batch_size"], "reason": r["status"]}
+            for r in rows
+            if r["status"] != "ok"
+        ],
+        "largest_frobenius_ratio": max((r["frobenius_ratio"] for r in ok if r["method"] == "SGD"), default=math.nan),
+    }
+    intro = (
+        f"Data: {data.description}.\n\n"
+        f"Model: MLP {math.prod(data.input_shape)} → {' → '.join(map(str, cfg.widths))} → {problem.k} "
+        f"({cfg.activation}), p = {problem.p} parameters, float64, square loss L = (1/2n) Σ ||f(x_i) − y_i||², the "
+        f"same initialization for every run.\n\n"
+        f"Grid: η ∈ {{{', '.join(f'{x:g}' for x in cfg.lrs)}}} × "
+        f"B ∈ {{{', '.join(map(str, sorted(cfg.batch_sizes)))}}} "
+        f"({cfg.sampling.replace('_', ' ')})" + (", and GD (B = n) at every η" if cfg.gd else "") + ". "
+        f"{METHOD_NOTE.format(until=cfg.until_loss, steps=cfg.max_steps)}"
+    )
+    sections = [solutions_section(rows)]
+    return Outcome(rows=rows, claims=claims, numbers=numbers, intro=intro, sections=sections)
+
+
+METHOD_NOTE = (
+    "Each run trains to L ≤ {until:g} (at most {steps} steps); μ is measured there (exact, through the NTK), then "
+    "Gauss–Newton steps polish the point to the interpolating minimum next to it, where H = G and ||H||_F, λ_max(H) "
+    "and the critical learning rate η*(B) are exact. η is on L; c = 1/B with replacement, (n − B)/(B(n − 1)) "
+    "without; the Frobenius bound is sqrt(1/(cμ))/η."
+)
+CERTIFICATES_CAPTION = (
+    "Left: ||H||_F of each SGD solution against its Frobenius bound sqrt(1/(cμ))/η (below the line y = x: the "
+    "bound holds). Right: λ_max(H) against 2/η for SGD and GD (GD sits on the line: the edge of stability)"
+)
+_BATCH_CAPTION = "η·||H||_F against the batch size: SGD's flatness tracks sqrt(B) (dashed: slope ½); GD at B = n"
+
+
+def _progress(row: dict[str, Any]) -> str:
+    if row["status"] != "ok":
+        return f"excluded ({row['status']})"
+    text = f"{row['steps']} steps, ||H||_F = {row['hessian_frobenius']:.4g}, λ_max = {row['lambda_max']:.4g}"
+    if row["method"] == "SGD":
+        text += f", bound {row['frobenius_bound']:.4g} (μ = {row['mu']:.3g})"
+    return text
+
+
+def flatness_claims(rows: list[dict[str, Any]], tolerance: float, edge_band: float) -> list[Claim]:
+    """The claims shared by ``flatness`` and ``scaling`` over measured rows (excluded runs are named, not used)."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    sgd = [r for r in ok if r["method"] == "SGD"]
+    gd = [r for r in ok if r["method"] == "GD"]
+    excluded = [r for r in rows if r["status"] != "ok"]
+    note = ""
+    if excluded:
+        note = f"; excluded {len(excluded)} run(s): " + "; ".join(
+            f"{r['method']} η = {r['lr']:g}, B = {r['batch_size']}: {r['status']}" for r in excluded
+        )
+    claims = []
+    claim = count_claim(
+        "frobenius_bound",
+        "every SGD solution satisfies ||H||_F ≤ sqrt(1/(cμ))/η (the Frobenius certificate)",
+        [r["hessian_frobenius"] <= r["frobenius_bound"] for r in sgd],
+        "SGD solutions satisfy ||H||_F ≤ sqrt(1/(cμ))/η",
+        ratio=[r["frobenius_ratio"] for r in sgd],
+        extra={"excluded": len(excluded)},
+    )
+    claims.append(replace(claim, detail=claim.detail + note))
+    claims.append(
+        count_claim(
+            "gd_bound",
+            f"every solution (SGD and GD) satisfies λ_max(H) ≤ 2/η, within {fmt(tolerance)} relative",
+            [r["gd_ratio"] <= 1 + tolerance for r in ok],
+            "solutions satisfy λ_max·η/2 ≤ " + fmt(1 + tolerance),
+            ratio=[r["gd_ratio"] for r in ok],
+            ratio_name="largest λ_max·η/2",
+        )
+    )
+    claims.append(
+        count_claim(
+            "linearly_stable",
+            f"SGD can stay at every SGD solution: η ≤ η*(B) (exact, THEORY.md §4), within {fmt(tolerance)} relative",
+            [r["lr_ratio"] <= 1 + tolerance for r in sgd],
+            "SGD solutions have η/η*(B) ≤ " + fmt(1 + tolerance),
+            ratio=[r["lr_ratio"] for r in sgd],
+            ratio_name="largest η/η*",
+        )
+    )
+    if gd:
+        claims.append(
+            count_claim(
+                "gd_edge_of_stability",
+                f"GD solutions sit at the edge of stability: λ_max·η/2 within [{fmt(1 - edge_band)}, "
+                f"{fmt(1 + tolerance)}]",
+                [1 - edge_band <= r["gd_ratio"] <= 1 + tolerance for r in gd],
+                "GD solutions at the edge",
+                ratio=[r["gd_ratio"] for r in gd],
+                ratio_name="smallest λ_max·η/2",
+                worst="min",
+            )
+        )
+    return claims
+
+
+def sgd_flatter_claim(rows: list[dict[str, Any]]) -> Claim:
+    """At every η with a GD solution: the smallest-B SGD solution there is flatter (||H||_F) than GD's."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    oks, ratios, parts = [], [], []
+    for lr in sorted({r["lr"] for r in ok}):
+        gd = [r for r in ok if r["lr"] == lr and r["method"] == "GD"]
+        sgd = sorted((r for r in ok if r["lr"] == lr and r["method"] == "SGD"), key=lambda r: r["batch_size"])
+        if not gd or not sgd:
+            continue
+        ratio = sgd[0]["hessian_frobenius"] / gd[0]["hessian_frobenius"]
+        oks.append(ratio < 1)
+        ratios.append(ratio)
+        parts.append(f"η = {lr:g}: B = {sgd[0]['batch_size']} {ratio:.3g}")
+    claim = count_claim(
+        "sgd_flatter_than_gd",
+        "at every η, the SGD solution with the smallest batch is flatter than GD's (smaller ||H||_F)",
+        oks,
+        "learning rates",
+        ratio=ratios,
+        ratio_name="largest ||H||_F ratio SGD/GD",
+    )
+    return replace(claim, detail=claim.detail + (f" ({'; '.join(parts)})" if parts else ""))
+
+
+def solutions_section(rows: list[dict[str, Any]], extra: tuple[tuple[str, str], ...] = ()) -> str:
+    columns = [
+        *extra,
+        ("method", "run"),
+        ("lr", "η"),
+        ("batch_size", "B"),
+        ("c", "c"),
+        ("steps", "steps"),
+        ("mu", "μ"),
+        ("hessian_frobenius", "||H||_F"),
+        ("frobenius_bound", "sqrt(1/(cμ))/η"),
+        ("frobenius_ratio", "ratio"),
+        ("lambda_max", "λ_max(H)"),
+        ("gd_ratio", "λ_max·η/2"),
+        ("lr_ratio", "η/η*(B)"),
+    ]
+    ok = [r for r in rows if r["status"] == "ok"]
+    excluded = [r for r in rows if r["status"] != "ok"]
+    text = "## Solutions\n\n" + markdown_table(ok, columns)
+    if excluded:
+        text += "\n\n## Excluded runs\n\n" + markdown_table(
+            excluded, [*extra, ("method", "run"), ("lr", "η"), ("batch_size", "B"), ("status", "reason")]
+        )
+    return text
+
+
+def plot_certificates(
+    rows: list[dict[str, Any]],
+    what: str,
+    color: tuple[str, str] = ("batch_size", "B"),
+    marker: tuple[str, str] = ("lr", "η"),
+    gd_panel: bool = True,
+) -> Any:
+    """Left: ||H||_F against sqrt(1/(cμ))/η for SGD (y = x line); right (``gd_panel``): λ_max against 2/η for SGD
+    and GD. ``color``/``marker``: (row key, its name in the legend) that the colours and marker shapes encode."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    sgd = [r for r in ok if r["method"] == "SGD"]
+    gd = [r for r in ok if r["method"] == "GD"]
+    fig, axes = new_figure(1, 2 if gd_panel else 1, size=(12.5, 5.0) if gd_panel else (6.8, 5.2))
+    left, right = (axes[0], axes[1]) if gd_panel else (axes, None)
+    (ckey, cname), (mkey, mname) = color, marker
+    ckeys = sorted({r[ckey] for r in sgd})
+    mkeys = sorted({r[mkey] for r in ok})
+    shapes = ["o", "s", "^", "D", "v", "P", "X", "*"]
+    palette = dict(zip(ckeys, _colors(len(ckeys)), strict=True))
+
+    def shape(r: dict[str, Any]) -> str:
+        return shapes[mkeys.index(r[mkey]) % len(shapes)]
+
+    for r in sgd:
+        style = {"color": palette[r[ckey]], "marker": shape(r), "s": 40, "zorder": 3}
+        left.scatter(r["frobenius_bound"], r["hessian_frobenius"], **style)
+        if right is not None:
+            right.scatter(2 / r["lr"], r["lambda_max"], **style)
+    for key in ckeys:
+        left.scatter([], [], color=palette[key], marker="o", label=f"SGD {cname} = {key}")
+    if len(mkeys) > 1:
+        for i, key in enumerate(mkeys):
+            left.scatter([], [], color="gray", marker=shapes[i % len(shapes)], label=f"{mname} = {key:g}")
+    panels = [(left, [r["frobenius_bound"] for r in sgd], [r["hessian_frobenius"] for r in sgd])]
+    if right is not None:
+        for r in gd:
+            right.scatter(
+                2 / r["lr"], r["lambda_max"], facecolor="none", edgecolor="black", marker=shape(r), s=90, zorder=4
+            )
+        if gd:
+            right.scatter([], [], facecolor="none", edgecolor="black", marker="o", s=90, label="GD (B = n)")
+        panels.append((right, [2 / r["lr"] for r in ok], [r["lambda_max"] for r in ok]))
+    for ax, xs, ys in panels:
+        values = [v for v in xs + ys if math.isfinite(v) and v > 0] or [1.0]
+        lo, hi = min(values) / 1.5, max(values) * 1.5
+        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1.0, label="y = x")
+        ax.fill_between([lo, hi], [lo, hi], [hi, hi], color="tab:red", alpha=0.07, label="bound violated")
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        plain_log_ticks(ax)
+        ax.grid(True, which="major", alpha=0.25)
+        ax.legend(fontsize=8, loc="upper left", ncol=2 if ax is left else 1)
+    left.set_xlabel("Frobenius bound sqrt(1/(cμ))/η  (c = 1/B with replacement; μ measured)")
+    left.set_ylabel("||H||_F at the minimum SGD reached (exact, H = G)")
+    left.set_title(f"Frobenius certificate, SGD solutions over the {what}")
+    if right is not None:
+        right.set_xlabel("2/η  (η on L = (1/2n) Σ ||r_i||²)")
+        right.set_ylabel("λ_max(H) at the minimum reached (exact)")
+        right.set_title("GD bound λ_max ≤ 2/η (GD on the line: edge of stability)")
+    fig.tight_layout()
+    return fig
+
+
+def _colors(count: int) -> list[Any]:
+    from matplotlib import colormaps
+
+    cmap = colormaps["viridis"]
+    return [cmap(x) for x in np.linspace(0.0, 0.85, max(count, 1))][:count]
+
+
+def _plot_batch(rows: list[dict[str, Any]], n: int) -> Any:
+    ok = [r for r in rows if r["status"] == "ok"]
+    fig, ax = new_figure(1, 1, size=(7.0, 4.8))
+    lrs = sorted({r["lr"] for r in ok})
+    for i, lr in enumerate(lrs):
+        color = f"C{i % 10}"
+        sgd = sorted((r for r in ok if r["lr"] == lr and r["method"] == "SGD"), key=lambda r: r["batch_size"])
+        gd = [r for r in ok if r["lr"] == lr and r["method"] == "GD"]
+        if sgd:
+            ax.plot(
+                [r["batch_size"] for r in sgd],
+                [lr * r["hessian_frobenius"] for r in sgd],
+                "o-",
+                color=color,
+                label=f"SGD η = {lr:g}",
+            )
+        for r in gd:
+            ax.scatter([n], [lr * r["hessian_frobenius"]], color=color, marker="*", s=120, zorder=3)
+        if sgd:
+            b0, y0 = sgd[0]["batch_size"], lr * sgd[0]["hessian_frobenius"]
+            bs = np.array([b0, n], dtype=float)
+            ax.plot(bs, y0 * np.sqrt(bs / b0), "--", color=color, linewidth=0.8)
+    ax.scatter([], [], color="gray", marker="*", s=120, label=f"GD (B = n = {n})")
+    ax.plot([], [], "--", color="gray", linewidth=0.8, label="∝ sqrt(B) (slope ½)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain_log_ticks(ax)
+    ax.set_xlabel("batch size B (with replacement; GD: B = n)")
+    ax.set_ylabel("η·||H||_F at the minimum reached")
+    ax.set_title("Flatness against batch size")
+    ax.grid(True, which="both", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left")
+    fig.tight_layout()
+    return fig
+
+
+EXPERIMENT = Experiment(
+    name="flatness",
+    title="Flatness: SGD solutions over a grid of (η, B) against the Frobenius and GD certificates",
+    summary="SGD solutions over an (η, B) grid satisfy ||H||_F ≤ sqrt(1/(cμ))/η; GD only λ_max ≤ 2/η",
+    config_type=FlatnessConfig,
+    quick=quick_config,
+    body=body,
+    run_time="full (n = 64, 21 runs): about 33 s; --quick (n = 40, 8 runs): about 8 s (CPU, one thread)",
+)
+
+
+def run(config: FlatnessConfig, out_dir: str | Path, quiet: bool = True) -> dict[str, Any]:
+    """Run the experiment into ``out_dir``; returns the summary (see :mod:`sgdstab.experiments.base`)."""
+    return EXPERIMENT.run(config, out_dir, quiet=quiet)
+
+
+__all__ = [
+    "EXPERIMENT",
+    "FlatnessConfig",
+    "body",
+    "derived",
+    "flatness_claims",
+    "plot_certificates",
+    "quick_config",
+    "run",
+    "solutions_section",
+    "solve",
+]
