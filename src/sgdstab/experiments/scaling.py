@@ -268,6 +268,8 @@ def _plot_scaling(rows: list[dict[str, Any]], ns: list[int], widths: list[int], 
         ax.grid(True, which="major", alpha=0.25)
         ax.set_ylabel("||H||_F at the minimum reached (exact)")
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
+    left.set_xticks(ns, [str(n) for n in ns])
+    left.set_xticks([], minor=True)
     left.set_xlabel("number of samples n")
     left.set_title(f"Against n (SGD η = {cfg.lr:g}, B = {cfg.batch_size}; GD same η)")
     right.set_xlabel("number of parameters p (width varied)")
