@@ -19,6 +19,8 @@ from sgdstab.cli import main
 from sgdstab.data import load_dataset
 from sgdstab.model_files import ModelFileError, load_model, read_state_dict
 from sgdstab.models import mlp
+from sgdstab.problem import Problem
+from sgdstab.training import train
 
 N, CLASSES = 24, (0, 6)
 
@@ -114,12 +116,16 @@ def test_safetensors_and_training_checkpoints_load_the_same_weights(saved, tmp_p
     safetensors_torch = pytest.importorskip("safetensors.torch")
     st = tmp_path / "model.safetensors"
     safetensors_torch.save_file(model.state_dict(), str(st))
-    # the layout sgdstab.train writes: format tag and the trainable parameters under "parameters"
+    # a checkpoint of sgdstab.train (θ after a few SGD steps; the model is trained in place, so `expected` is after)
     ckpt = tmp_path / "train.pt"
-    torch.save({"format": "sgdstab-train-checkpoint", "version": 1, "parameters": dict(model.state_dict())}, ckpt)
+    X, Y = _data()
+    train(Problem(model, X, Y), 0.01, 4, steps=3, checkpoint_path=ckpt, progress=False)
+    for file in (path, st):  # saved before training: the initial weights
+        assert not torch.equal(load_model(_spec(), file).net[0].weight, model.net[0].weight)
+    torch.save(model.state_dict(), path)
+    safetensors_torch.save_file(model.state_dict(), str(st))
     wrapped = tmp_path / "wrapped.pt"
     torch.save({"state_dict": model.state_dict(), "epoch": 3}, wrapped)
-    X, _ = _data()
     with torch.no_grad():
         expected = model(X.double())
         for file in (path, st, ckpt, wrapped):
@@ -200,6 +206,17 @@ def test_bad_inputs_exit_2_with_one_line(saved, tmp_path, capsys):
         rc, _, err = _run(capsys, *args, "--n", 8, *(("--classes", "0,6") if "--classes" not in args else ()))
         _one_line_error(rc, err)
         assert message in err, (message, err)
+
+
+def test_torch_mse_learning_rate_is_converted_to_the_step_on_l(one_thread):
+    X, Y = load_dataset("fashion-mnist-small", n=8, classes=(0, 6, 7))  # k = 3 one-hot targets
+    head = mlp((784,), 3, widths=(4,), seed=1).double()
+    a = analyze(head, X, Y, lr=0.03, batch_size=2, loss="torch_mse", rtol=0.2)
+    b = analyze(head, X, Y, lr=0.02, batch_size=2, rtol=0.2)  # MSELoss step 0.03 = step 2·0.03/3 = 0.02 on L
+    assert a.k == 3 and a.lr == pytest.approx(0.02, rel=1e-12) and a.lr_given == 0.03
+    assert a.gd_bound == pytest.approx(100.0) and a.loss_convention == "torch_mse"
+    assert a.stability.rho == pytest.approx(b.stability.rho, rel=1e-9)
+    assert a.frobenius_bound == pytest.approx(b.frobenius_bound, rel=1e-12)
 
 
 def test_analyze_api_refuses_batch_size_without_lr(saved):
