@@ -295,6 +295,17 @@ def test_galerkin_converges_within_its_stated_error():
     assert coarse >= gal.critical_lr * (1 - 1e-10)
 
 
+def test_galerkin_below_full_rank_never_builds_the_full_form():
+    """The full-rank form's packing arrays take ~32·r² bytes (≈ 3 GB at r = 10⁴) and stay cached on the kernel:
+    a Galerkin solve that stops at a smaller r must not build it."""
+    n, k = 300, 2
+    ker = Kernel(power_law_kernel(n, k, seed=1, alpha=2.5), n, k)
+    eta = 1.5 * critical_learning_rate(ker, 8, method="galerkin")
+    gal = stability(ker, eta, 8, method="galerkin", with_certificates=False)
+    assert gal.subspace_rank < ker.rank
+    assert "form:None" not in ker._cache
+
+
 # ------------------------------------------------------------------------------------------------ edge cases
 def test_gd_limit_rho_and_zero_kernel():
     n = 5

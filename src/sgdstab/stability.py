@@ -685,12 +685,18 @@ def _solve(
     prev: tuple[float, float] | None = None
     matvecs, converged, error = 0, True, math.inf
     rho = crit = None
-    form = _form(ker)
+    # the full-rank form is built only if the levels reach it: its packing arrays alone take ~32·r² bytes
+    # (≈ 3 GB at r = 10⁴), and _form keeps it on the kernel
+    form: _SymForm | None = None
     for r in sizes:
         prev_form, form = form, (_SymForm(*ker.range_basis(r), ker.n, ker.k) if r < rank else _form(ker))
         sub = "dense" if form.dense_ok() else "lanczos"
         # warm start from the previous level's eigenmatrix (its subspace is the top corner of this one's)
-        v0 = _embed(prev_form, form, crit.vector) if crit is not None and crit.vector is not None else None
+        v0 = (
+            _embed(prev_form, form, crit.vector)
+            if prev_form is not None and crit is not None and crit.vector is not None
+            else None
+        )
         crit = _critical(form, c, sub, level_tol if r < rank else tol, v0) if want_critical else None
         rho = (
             _rho(
@@ -717,6 +723,7 @@ def _solve(
             if error < galerkin_rtol:
                 break
         prev = now
+    assert form is not None
     if error == 0.0:
         notes.append(f"Galerkin reached the full rank r = {rank}: exact")
     else:
