@@ -35,7 +35,9 @@ def find_minimum(data_seed: int = 0, init_seed: int = 0) -> Problem:
     Gauss–Newton with minimum-norm steps (quadratic convergence, J has full row rank n = 8 < p = 97)."""
     X, Y = load_dataset("teacher", n=N, dim=DIM, teacher_width=8, seed=data_seed)
     problem = Problem(mlp(DIM, 1, widths=(WIDTH,), seed=init_seed), X, Y, dtype=torch.float64)
-    history = train(problem, lr=0.2, batch_size=N, sampling="without_replacement", steps=500, track_every=500)
+    history = train(
+        problem, lr=0.2, batch_size=N, sampling="without_replacement", steps=500, track_every=500, progress=False
+    )
     assert history.diverged_at is None and history.final_loss < 1e-2 * history.losses[0]
     for _ in range(5):
         r = problem.residuals().reshape(-1)
@@ -205,14 +207,16 @@ def test_escape_and_stay_on_other_minima(data_seed, init_seed, one_thread):
 
 @pytest.mark.parametrize("sampling", SCHEMES)
 def test_the_loop_is_sgdstab_train(minimum, sampling):
-    """The vmapped loop above is the product's SGD: ``sgdstab.train(seed=s)`` retraces run s."""
+    """The batched loop above is the product's SGD: ``sgdstab.train(seed=s)`` retraces run s."""
     problem, kernel = minimum
     eta = 1.5 * critical_learning_rate(kernel, B, sampling)
     log_loss, _ = run_sgd(problem, kernel, eta, sampling, seeds=3, steps=60, stop_above=None)
     for s in range(3):
         replica = Problem(copy.deepcopy(problem.model), problem.X, problem.Y)
         replica.set_parameters(problem.theta + starts(problem, 3)[s])
-        history = train(replica, eta, B, sampling, steps=60, track_every=1, seed=s, divergence_factor=1e300)
+        history = train(
+            replica, eta, B, sampling, steps=60, track_every=1, seed=s, divergence_factor=1e300, progress=False
+        )
         assert history.diverged_at is None and history.steps == tuple(range(61))
         # to rounding: a residual of ~1e-11 is the difference of O(1) outputs and targets (~1e-16 absolute)
         np.testing.assert_allclose(np.log(history.losses), log_loss[:, s], rtol=0, atol=1e-4)
