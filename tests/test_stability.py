@@ -295,6 +295,20 @@ def test_galerkin_converges_within_its_stated_error():
     assert coarse >= gal.critical_lr * (1 - 1e-10)
 
 
+def test_range_basis_is_the_top_of_the_eigendecomposition_as_views():
+    n = 20
+    ker = Kernel(random_kernel(n, 1, 8, seed=3), n, 1)  # rank 8 of 20
+    keep = ker.eigen.values > ker.eigen.cutoff
+    lam, U = ker.range_basis()
+    assert ker.rank == 8 == lam.shape[0]
+    assert torch.equal(lam, ker.eigen.values[keep]) and torch.equal(U, ker.eigen.vectors[:, keep])
+    lam3, U3 = ker.range_basis(3)
+    assert torch.equal(lam3, lam[-3:]) and torch.equal(U3, U[:, -3:])
+    assert ker.range_basis(50)[0].shape[0] == 8
+    # no copy of U (n·k × n·k) per call
+    assert U3.untyped_storage().data_ptr() == ker.eigen.vectors.untyped_storage().data_ptr()
+
+
 def test_galerkin_below_full_rank_never_builds_the_full_form():
     """The full-rank form's packing arrays take ~32·r² bytes (≈ 3 GB at r = 10⁴) and stay cached on the kernel:
     a Galerkin solve that stops at a smaller r must not build it."""
