@@ -187,7 +187,8 @@ class Certificates(ResultMixin):
     ``entries``: one :class:`Certificate` each (``frobenius_mu`` only when a measured μ was given). ``psi`` =
     η ||H||_F √c (normalized flatness), expected ≤ 1/√μ: ``psi_limit_mu_inf`` = 1/√μ_inf, ``psi_limit_mu`` = 1/√μ.
     Convenience: ``cert["gd"]``, :attr:`bound_lr` (the tightest necessary bound), :attr:`unstable` (some
-    necessary certificate declares lr unstable), :attr:`unstable_by`.
+    necessary certificate declares lr unstable), :attr:`unstable_by`. ``notes`` say why a figure is NaN or
+    infinite (no measured μ given; a bound that sets no limit).
     """
 
     lr: float
@@ -207,6 +208,7 @@ class Certificates(ResultMixin):
     psi_limit_mu_inf: float
     psi_limit_mu: float
     entries: tuple[Certificate, ...]
+    notes: tuple[str, ...] = ()
 
     def __str__(self) -> str:
         head = ResultMixin.__str__(dataclasses.replace(self, entries=()))
@@ -255,6 +257,25 @@ def _statement(description: str, bound: float, eta: float, necessary: bool) -> s
     verdict = "declares it unstable" if eta > bound else "allows it"
     kind = "" if necessary else " (not a necessary condition)"
     return f"{description}. Bound η ≤ {bound:.4g}; lr = {eta:.4g}: {verdict}{kind}"
+
+
+def _notes(cv: KernelCurvature, c: float, mu: float | None, entries: tuple[Certificate, ...]) -> tuple[str, ...]:
+    """Why a figure of :class:`Certificates` is NaN or infinite."""
+    notes = []
+    if mu is None:
+        notes.append("mu and psi_limit_mu are NaN: no measured alignment was given (pass mu= or residual=)")
+    if not math.isfinite(cv.mu_inf):
+        notes.append("mu_inf is NaN: K = 0, no residual direction is reachable")
+    elif cv.mu_inf <= 0:
+        notes.append(
+            "mu_inf = 0: some reachable residual direction carries no SGD noise (e.g. n = 1), so "
+            "psi_limit_mu_inf is inf and the uniform Frobenius bound sets no limit"
+        )
+    unbounded = [e.name for e in entries if math.isinf(e.bound_lr)]
+    if unbounded:
+        why = "c = 0 (B = n without replacement: GD, no noise)" if c == 0 else "a zero curvature or noise figure"
+        notes.append(f"bound_lr = inf for {', '.join(unbounded)}: {why}; these certificates set no limit here")
+    return tuple(notes)
 
 
 def _measured_mu(source: Any, mu: float | None, residual: Tensor | None) -> float | None:
@@ -309,6 +330,7 @@ def certificates(
         for name, bound, necessary, description in _bounds(cv, c, mu_value)
     )
     return Certificates(
+        notes=_notes(cv, c, mu_value, entries),
         lr=eta,
         batch_size=b,
         sampling=scheme,
@@ -323,8 +345,8 @@ def certificates(
         mu_inf=cv.mu_inf,
         mu=math.nan if mu_value is None else mu_value,
         psi=eta * cv.frobenius * math.sqrt(c),
-        psi_limit_mu_inf=_safe_div(1.0, math.sqrt(cv.mu_inf)) if cv.mu_inf == cv.mu_inf else math.nan,
-        psi_limit_mu=math.nan if mu_value is None else _safe_div(1.0, math.sqrt(mu_value)),
+        psi_limit_mu_inf=_safe_div(1.0, math.sqrt(max(cv.mu_inf, 0.0))) if cv.mu_inf == cv.mu_inf else math.nan,
+        psi_limit_mu=math.nan if mu_value is None else _safe_div(1.0, math.sqrt(max(mu_value, 0.0))),
         entries=entries,
     )
 

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Literal
 
 from sgdstab.errors import SgdstabError
@@ -38,10 +39,13 @@ def check_sampling(sampling: str) -> Sampling:
 
 
 def check_learning_rate(lr: float) -> float:
-    """Return ``lr`` as a float, refusing non-numbers, non-finite values and ``lr <= 0``."""
+    """Return ``lr`` as a float, refusing non-numbers (strings and bools too), non-finite values and ``lr <= 0``."""
+    # float("0.1") and float(True) succeed, but a learning rate given as text or a flag is a caller's mistake
+    if isinstance(lr, str | bytes | bool):
+        raise ConventionError(f"learning rate must be a positive number, got {lr!r}")
     try:
         value = float(lr)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RuntimeError):
         raise ConventionError(f"learning rate must be a positive number, got {lr!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ConventionError(f"learning rate must be a positive finite number, got {lr!r}")
@@ -49,13 +53,35 @@ def check_learning_rate(lr: float) -> float:
 
 
 def check_batch_size(batch_size: int, n: int) -> int:
-    """Return ``batch_size`` as an int, refusing non-integers and values outside ``1..n``."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int | float) or batch_size != int(batch_size):
+    """Return ``batch_size`` as an int, refusing non-integers and values outside ``1..n``.
+
+    Integers of any kind (Python, numpy, a 0-d integer tensor) and whole finite floats such as ``4.0`` are accepted.
+    """
+    b: int | None = None
+    if not isinstance(batch_size, bool | str | bytes):
+        try:
+            b = operator.index(batch_size)
+        except TypeError:
+            if isinstance(batch_size, float) and math.isfinite(batch_size) and batch_size == int(batch_size):
+                b = int(batch_size)
+    if b is None:
         raise ConventionError(f"batch size must be a whole number, got {batch_size!r}")
-    b = int(batch_size)
     if not 1 <= b <= n:
         raise ConventionError(f"batch size must be between 1 and n = {n}, got {b}")
     return b
+
+
+def check_outputs(outputs: int) -> int:
+    """Return the number of outputs k as an int, refusing anything but an integer ≥ 1."""
+    if isinstance(outputs, bool):
+        raise ConventionError(f"the number of outputs k must be an integer ≥ 1, got {outputs!r}")
+    try:
+        k = operator.index(outputs)
+    except TypeError:
+        raise ConventionError(f"the number of outputs k must be an integer ≥ 1, got {outputs!r}") from None
+    if k < 1:
+        raise ConventionError(f"the number of outputs k must be an integer ≥ 1, got {k}")
+    return k
 
 
 def noise_scale(batch_size: int, n: int, sampling: str = "with_replacement") -> float:
@@ -79,10 +105,10 @@ def half_mse_learning_rate(lr: float, loss: str, outputs: int) -> float:
     """
     value = check_learning_rate(lr)
     if check_loss_convention(loss) == "torch_mse":
-        return 2.0 * value / outputs
+        return 2.0 * value / check_outputs(outputs)
     return value
 
 
 def loss_scale(loss: str, outputs: int) -> float:
     """The factor ``s`` with (loss in convention ``loss``) = s · L(θ)."""
-    return 2.0 / outputs if check_loss_convention(loss) == "torch_mse" else 1.0
+    return 2.0 / check_outputs(outputs) if check_loss_convention(loss) == "torch_mse" else 1.0

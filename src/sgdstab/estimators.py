@@ -192,6 +192,8 @@ def _check_int(value: Any, name: str, minimum: int) -> int:
 
 
 def _check_rtol(rtol: Any) -> float:
+    if isinstance(rtol, str | bytes | bool):  # float() would take "0.1", b"1" and True
+        raise EstimatorError(f"rtol must be a positive finite number, got {rtol!r}")
     try:
         r = float(rtol)
     except (TypeError, ValueError):
@@ -202,9 +204,14 @@ def _check_rtol(rtol: Any) -> float:
 
 
 def _rng(seed: Any) -> np.random.Generator:
+    """A Generator from ``seed`` (a non-negative integer or a Generator, used as is)."""
     if isinstance(seed, np.random.Generator):
         return seed
-    return np.random.default_rng(seed)
+    # numpy also takes sequences and None (fresh OS entropy: not reproducible), and raises a bare ValueError on
+    # negative seeds; keep to the documented integers
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise EstimatorError(f"seed must be a non-negative integer (or a numpy Generator), got {seed!r}")
+    return np.random.default_rng(int(seed))
 
 
 def _orth(M: np.ndarray) -> np.ndarray:
@@ -246,6 +253,8 @@ def top_eigenpairs(
     if which not in ("LA", "SA"):
         raise EstimatorError(f"which must be 'LA' (largest) or 'SA' (smallest), got {which!r}")
     try:
+        if isinstance(tol, str | bytes | bool):  # float() would take them
+            raise TypeError
         tol = float(tol)
     except (TypeError, ValueError):
         raise EstimatorError(f"tol must be a finite number ≥ 0, got {tol!r}") from None

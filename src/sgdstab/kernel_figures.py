@@ -82,11 +82,14 @@ def nonuniformity(K: Tensor, n: int, k: int, eigen: KernelEigen | None = None) -
     """
     eig = eigen or kernel_eigen(K)
     lam, U = eig.range_basis()
-    K64 = K.to(torch.float64)
+    if U.shape[1] == 0:
+        return 0.0
+    # s is homogeneous of degree 1 in K: work on K/λ_max so that K² neither overflows nor underflows (K ~ 1e±200)
+    unit = float(lam[-1])
+    lam = lam / unit
+    K64 = K.to(torch.float64) / unit
     blocks = block_diagonal(K64, n, k) / n
     half = U * lam.sqrt()  # K^{1/2} restricted to range K, in U's coordinates: K^{1/2} = U diag(√λ) Uᵀ
-    if half.shape[1] == 0:
-        return 0.0
     if half.shape[1] <= _DENSE_NONUNIFORMITY_MAX:
         S = -K64 / n**2
         S4 = S.reshape(n, k, n, k)
@@ -94,7 +97,7 @@ def nonuniformity(K: Tensor, n: int, k: int, eigen: KernelEigen | None = None) -
         S4[idx, :, idx, :] += blocks
         M = half.T @ S @ half
         top = float(torch.linalg.eigvalsh((M + M.T) / 2)[-1])
-        return max(top, 0.0) ** 0.5
+        return unit * max(top, 0.0) ** 0.5
     from scipy.sparse.linalg import LinearOperator, eigsh
 
     half_np, U_np, lam_np = half.cpu().numpy(), U.cpu().numpy(), lam.cpu().numpy()
@@ -110,7 +113,7 @@ def nonuniformity(K: Tensor, n: int, k: int, eigen: KernelEigen | None = None) -
     op = LinearOperator((r, r), matvec=matvec, dtype=np.float64)
     v0 = np.random.default_rng(0).standard_normal(r)
     top = float(eigsh(op, k=1, which="LA", tol=1e-12, v0=v0, return_eigenvectors=False)[0])
-    return max(top, 0.0) ** 0.5
+    return unit * max(top, 0.0) ** 0.5
 
 
 def _flat(r: Tensor) -> Tensor:
@@ -179,10 +182,14 @@ def uniform_alignment(K: Tensor, n: int, k: int, eigen: KernelEigen | None = Non
     _, U = eig.range_basis()
     if U.shape[1] == 0:
         return float("nan")
-    A = alignment_matrix(K, n, k)
+    # μ_inf is scale-free: compute it on K/max|K| so that K² neither overflows nor underflows
+    K64 = K.to(torch.float64)
+    K64 = K64 / K64.abs().max()
+    A = alignment_matrix(K64, n, k)
     Ar = U.T @ A @ U
-    lam_min = float(torch.linalg.eigvalsh((Ar + Ar.T) / 2)[0])
-    return lam_min / float(torch.linalg.matrix_norm(K.to(torch.float64)) ** 2)
+    # A is PSD: a negative λ_min is rounding (seen at -1e-17 with duplicate samples), and μ_inf ≥ 0 by definition
+    lam_min = max(float(torch.linalg.eigvalsh((Ar + Ar.T) / 2)[0]), 0.0)
+    return lam_min / float(torch.linalg.matrix_norm(K64) ** 2)
 
 
 def directional_alignment(r: Tensor, W: Tensor, n: int, k: int) -> Tensor:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from sgdstab.conventions import check_batch_size, check_learning_rate, check_sampling
+from sgdstab.memory import check_allocation
 from sgdstab.results import ResultMixin
 from sgdstab.stability import StabilityError, as_kernel, critical_learning_rate, stability
 
@@ -161,12 +162,18 @@ def simulate_linearized(
     scheme = check_sampling(sampling)
     steps = _positive_int("steps", steps)
     chains = _positive_int("chains", chains)
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
-        raise StabilityError(f"seed must be an integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**63:
+        raise StabilityError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     seed = int(seed)
     ker = as_kernel(problem_or_kernel)
     n, k, nk = ker.n, ker.k, ker.nk
     b = check_batch_size(batch_size, n)
+    # the record of log-norms, the chains' residuals and one step's gathered batch rows of K, all float64
+    check_allocation(
+        8 * ((steps + 1) * chains + 2 * chains * nk + chains * b * k * nk),
+        f"simulating {chains} chains of linearized SGD for {steps} steps (n·k = {nk}, B = {b})",
+        "use fewer chains or steps",
+    )
     K = ker.K
     gen = torch.Generator().manual_seed(seed)
 

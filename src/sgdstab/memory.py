@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 from sgdstab.errors import MemoryBudgetError
@@ -14,7 +15,10 @@ def available_memory_bytes() -> int:
     """
     limit = os.environ.get("SGDSTAB_MEMORY_LIMIT")
     if limit:
-        return parse_bytes(limit)
+        try:
+            return parse_bytes(limit)
+        except MemoryBudgetError as exc:
+            raise MemoryBudgetError(f"environment variable SGDSTAB_MEMORY_LIMIT: {exc}") from None
     try:
         with open("/proc/meminfo") as fh:
             for line in fh:
@@ -26,14 +30,18 @@ def available_memory_bytes() -> int:
 
 
 def parse_bytes(text: str) -> int:
+    """``"8G"`` → 8·1024³ bytes (suffixes K, M, G, T, optionally followed by ``i``/``B``); refuses anything that is
+    not a finite non-negative size."""
     units = {"K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
     t = text.strip().upper().removesuffix("B").removesuffix("I")
     try:
-        if t and t[-1] in units:
-            return int(float(t[:-1]) * units[t[-1]])
-        return int(float(t))
+        number, unit = (t[:-1], units[t[-1]]) if t and t[-1] in units else (t, 1)
+        value = float(number) * unit
     except ValueError:
-        raise MemoryBudgetError(f"cannot read memory size {text!r}; use e.g. 8G or 512M") from None
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):  # "inf", "1e400", "-1G" would turn every check into nonsense
+        raise MemoryBudgetError(f"cannot read memory size {text!r}; use a non-negative size such as 8G or 512M")
+    return int(value)
 
 
 def format_bytes(nbytes: float) -> str:

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils import skip_init
 
 from sgdstab.errors import ModelSpecError
+from sgdstab.memory import check_allocation
 
 __all__ = [
     "ACTIVATIONS",
@@ -259,6 +260,13 @@ def build_model(spec: ModelSpec) -> nn.Module:
     if not isinstance(spec, ModelSpec):
         got = type(spec).__name__
         raise ModelSpecError(f"build_model needs a ModelSpec, got {got}; use ModelSpec.from_dict")
+    # refuse a model that cannot fit before allocating it (float32 parameters, plus the frozen random features)
+    frozen = spec.widths[0] * math.prod(spec.input_shape) if spec.kind == "random_features" else 0
+    check_allocation(
+        4 * (expected_parameter_count(spec) + frozen),
+        f"the {spec.kind} model ({expected_parameter_count(spec) + frozen} float32 numbers)",
+        "use smaller widths or inputs",
+    )
     model: nn.Module
     if spec.kind in ("mlp", "linear_net"):
         model = MLP(spec)

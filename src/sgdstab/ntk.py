@@ -20,7 +20,7 @@ from torch import Tensor
 
 from sgdstab.errors import MemoryBudgetError
 from sgdstab.memory import available_memory_bytes, format_bytes
-from sgdstab.problem import Problem
+from sgdstab.problem import Problem, check_chunk_size
 
 _GEMM_ROWS = 512  # rows of K per GEMM block: small enough to skip most of the lower triangle, large enough for
 # near-peak matmul throughput
@@ -31,7 +31,7 @@ def ntk_memory(problem: Problem, chunk_size: int | None = None) -> dict[str, int
     recomputed-blocks route with ``chunk_size``)."""
     nk = problem.n * problem.k
     item = problem.itemsize
-    chunk = chunk_size or problem.chunk_size
+    chunk = problem.chunk_size if chunk_size is None else check_chunk_size(chunk_size)
     return {
         "kernel": nk * nk * item,
         "jacobian": nk * problem.p * item,
@@ -49,7 +49,7 @@ def _plan(problem: Problem, chunk_size: int | None) -> tuple[str, int]:
             f"the NTK Gram matrix (n·k = {problem.n * problem.k}) needs {format_bytes(mem['kernel'])} but only "
             f"{format_bytes(budget)} is available; use method='matrix_free' or fewer samples"
         )
-    chunk = chunk_size or problem.chunk_size
+    chunk = problem.chunk_size if chunk_size is None else check_chunk_size(chunk_size)
     # Shrink the chunk until two chunk Jacobians fit beside K.
     while chunk > 1 and ntk_memory(problem, chunk)["blocked"] > budget:
         chunk //= 2

@@ -25,6 +25,7 @@ from sgdstab.errors import ProblemError
 from sgdstab.memory import check_allocation, format_bytes
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,14 @@ def _refuse_stochastic_modules(model: nn.Module) -> None:
             raise ProblemError(
                 f"module {label!r} is dropout in training mode, which makes the loss random; call model.eval()"
             )
+
+
+def check_chunk_size(chunk_size: object) -> int:
+    """``chunk_size`` as an int ≥ 1 (samples per vectorized chunk), else :class:`ProblemError`."""
+    # a chunk size ≤ 0 would make range() yield no chunks at all, and every sum over chunks silently zero
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ProblemError(f"chunk_size must be an integer ≥ 1, got {chunk_size!r}")
+    return chunk_size
 
 
 def _check_finite(t: Tensor, what: str) -> None:
@@ -142,8 +151,10 @@ class Problem:
             raise ProblemError(f"Y must have shape (n, k) or (n,), got {tuple(Y.shape)}")
         if Y.shape[0] != X.shape[0]:
             raise ProblemError(f"X has {X.shape[0]} samples but Y has {Y.shape[0]}")
-        if not (X.is_floating_point() or X.dtype in (torch.uint8, torch.int64, torch.int32)):
-            raise ProblemError(f"X must hold numbers, got dtype {X.dtype}")
+        for name, t in (("X", X), ("Y", Y)):
+            # complex values would lose their imaginary part and bools are flags, not data
+            if not (t.is_floating_point() or t.dtype in _INT_DTYPES):
+                raise ProblemError(f"{name} must hold real numbers, got dtype {t.dtype}")
         self.X = X.to(device=self.device, dtype=dtype)
         self.Y = Y.to(device=self.device, dtype=dtype)
         _check_finite(self.X, "X")
@@ -152,9 +163,7 @@ class Problem:
         self.k = int(self.Y.shape[1])
         self.p = self.layout.size
         self._check_model_output()
-        self.chunk_size = chunk_size if chunk_size is not None else self._default_chunk_size()
-        if self.chunk_size < 1:
-            raise ProblemError(f"chunk_size must be at least 1, got {self.chunk_size}")
+        self.chunk_size = check_chunk_size(chunk_size) if chunk_size is not None else self._default_chunk_size()
 
     # ------------------------------------------------------------------ the functional model
     def _forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -187,6 +196,14 @@ class Problem:
                 "the finite-sum structure needs per-sample outputs"
             )
         _check_finite(out, "model output")
+        # L sums squared residuals: |r| beyond ~1e19 (float32) or ~1e154 (float64) makes L, ∇L and every figure
+        # built on them inf; refuse here rather than report inf figures
+        for what, r in (("targets Y", self.Y), ("first residuals f(x) − y", out - self.Y[:m])):
+            if not bool(torch.isfinite((r * r).sum())):
+                raise ProblemError(
+                    f"the squared {what} overflow {self.dtype} (largest |value| {float(r.abs().max()):.3g}); "
+                    "rescale the data or use dtype=torch.float64"
+                )
 
     def _default_chunk_size(self) -> int:
         # Per-sample derivatives of a chunk of m samples hold about m·k·p numbers for the Jacobian, plus the
@@ -202,6 +219,9 @@ class Problem:
     def _theta(self, theta: Tensor | None) -> Tensor:
         if theta is None:
             return self.theta
+        if not isinstance(theta, Tensor) or theta.is_complex() or theta.dtype == torch.bool:
+            got = type(theta).__name__ if not isinstance(theta, Tensor) else f"a {theta.dtype} tensor"
+            raise ProblemError(f"θ must be a real torch tensor of {self.p} parameters, got {got}")
         if theta.shape != (self.p,):
             raise ProblemError(f"θ must be a flat vector of {self.p} parameters, got shape {tuple(theta.shape)}")
         return theta.to(device=self.device, dtype=self.dtype)
@@ -228,7 +248,7 @@ class Problem:
     # ------------------------------------------------------------------ values
     def chunks(self, chunk_size: int | None = None, start: int = 0) -> Iterator[slice]:
         """Consecutive slices of at most ``chunk_size`` samples, from sample ``start`` on."""
-        size = chunk_size or self.chunk_size
+        size = self.chunk_size if chunk_size is None else check_chunk_size(chunk_size)
         for begin in range(start, self.n, size):
             yield slice(begin, min(begin + size, self.n))
 

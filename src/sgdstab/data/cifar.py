@@ -141,9 +141,12 @@ def read_py_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if (
         not isinstance(labels, list | np.ndarray)
         or len(labels) != data.shape[0]
-        or not all(isinstance(v, int | np.integer) for v in labels)
+        or not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in labels)
     ):
         raise DataError(f"{path}: b'labels' must be {data.shape[0]} integers")
+    bad = next((int(v) for v in labels if not 0 <= v <= 9), None)  # before int64 conversion: 2**70 overflows
+    if bad is not None:
+        raise DataError(f"{path}: label {bad} out of range 0..9")
     return data.reshape(-1, 3, 32, 32).copy(), np.asarray(labels, dtype=np.int64)
 
 

@@ -81,6 +81,8 @@ def find_files(split: str, data_dir: str | os.PathLike[str] | None) -> tuple[Pat
 def _check_pair(images: np.ndarray, labels: np.ndarray, source: str) -> None:
     if images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{source}: images must have shape (N, 28, 28), got {images.shape}")
+    if images.shape[0] == 0:
+        raise DataError(f"{source}: the files hold no images; they are truncated or not Fashion-MNIST")
     if labels.shape != (images.shape[0],):
         raise DataError(f"{source}: {images.shape[0]} images but labels have shape {labels.shape}")
     if labels.size and int(labels.max()) > 9:

@@ -137,7 +137,7 @@ def load_dataset(
     if subset not in SUBSETS:
         raise DataError(f"unknown subset rule {subset!r}; choose one of {', '.join(SUBSETS)}")
     n = check_n(n)
-    seed = check_int(seed, "seed", minimum=0)
+    seed = check_int(seed, "seed", minimum=0, maximum=2**63 - 1)  # torch.Generator seeds are 64-bit
     if data_dir is not None and not spec.uses_data_dir:
         raise DataError(
             f"{name} reads no files, so data_dir={str(data_dir)!r} cannot be used; "

@@ -23,6 +23,7 @@ import torch
 from sgdstab.data.dataset import Dataset
 from sgdstab.data.targets import check_int
 from sgdstab.errors import DataError
+from sgdstab.memory import check_allocation
 
 DEFAULT_N = 1000
 OPTIONS: dict[str, dict[str, Any]] = {
@@ -103,6 +104,13 @@ def load(name: str, n: int | None, seed: int, split: str, options: Mapping[str, 
     """Build the synthetic data set ``name`` (``n`` defaults to 1000)."""
     opts = check_options(name, options)
     n = DEFAULT_N if n is None else n
+    # float32 X, Y, the noise and the teacher's hidden layer (m × n for teacher)
+    width = opts.get("teacher_width", 0)
+    check_allocation(
+        4 * (n * (opts["dim"] + 2 * opts["outputs"] + width) + opts["dim"] * (width + opts["outputs"])),
+        f"synthetic {name} data (n = {n}, dim = {opts['dim']})",
+        "ask for fewer samples or a smaller dim",
+    )
     if name == "gaussian-linear":
         X, Y, _ = gaussian_linear(n, seed=seed, split=split, **opts)
         rule = f"X ~ N(0, I_{opts['dim']}), Y = X W*ᵀ with W* ~ N(0, 1/d) of shape ({opts['outputs']}, {opts['dim']})"

@@ -27,8 +27,8 @@ from sgdstab.errors import DataError
 SUBSETS = ("first", "stratified")
 
 
-def check_int(value: Any, what: str, *, minimum: int | None = None) -> int:
-    """Return ``value`` as a Python int, rejecting bools, floats and strings; enforce ``minimum``."""
+def check_int(value: Any, what: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` as a Python int, rejecting bools, floats and strings; enforce ``minimum`` and ``maximum``."""
     if isinstance(value, bool):
         raise DataError(f"{what} must be an integer, got {value!r}")
     try:
@@ -37,6 +37,8 @@ def check_int(value: Any, what: str, *, minimum: int | None = None) -> int:
         raise DataError(f"{what} must be an integer, got {value!r}") from None
     if minimum is not None and result < minimum:
         raise DataError(f"{what} must be >= {minimum}, got {result}")
+    if maximum is not None and result > maximum:
+        raise DataError(f"{what} must be <= {maximum}, got {result}")
     return result
 
 
