@@ -186,7 +186,8 @@ def test_unwritable_output_directory(tmp_path, capsys, monkeypatch):
 def test_demo_option_errors(tmp_path, capsys, args, message):
     rc, err = run(["demo", "--out", str(tmp_path / "o"), *args], capsys)
     assert rc == 2
-    assert err.strip().splitlines()[-1] == f"Error: {message}"  # click's usage message ends in one error line
+    # click's usage errors come out as one line too, pointing at the command's help
+    assert one_error_line(err) == f"error: {message} (see `sgdstab demo --help`)\n"
 
 
 def test_demo_asking_for_more_samples_than_exist(tmp_path, capsys):
@@ -279,7 +280,8 @@ def test_analyze_refuses_bad_numbers(checkpoint, capsys, extra, message):
 )
 def test_analyze_option_errors(checkpoint, capsys, extra, message):
     rc, err = run(analyze(checkpoint[1], *extra), capsys)
-    assert rc == 2 and err.rstrip("\n").split("\n")[-1].startswith(f"Error: {message}")
+    assert rc == 2 and one_error_line(err).startswith(f"error: {message}")
+    assert err.rstrip().endswith("(see `sgdstab analyze --help`)")
 
 
 def test_analyze_refuses_non_finite_weights(checkpoint, tmp_path, capsys):

@@ -43,10 +43,11 @@ def test_lr_conversion():
     assert half_mse_learning_rate(0.1, "torch_mse", 10) == pytest.approx(0.02)
 
 
-@pytest.mark.parametrize("lr", [0, -1, float("nan"), float("inf"), "fast", None])
+@pytest.mark.parametrize("lr", [0, -1, float("nan"), float("inf"), "fast", None, 1e300])
 def test_bad_learning_rates(lr):
     with pytest.raises(ConventionError, match="learning rate"):
         check_learning_rate(lr)
+    assert check_learning_rate(1e150) == 1e150  # the largest accepted: η² still fits a float
 
 
 @pytest.mark.parametrize("b", [0, -3, 11, 2.5, True, "4"])

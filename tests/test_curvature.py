@@ -187,11 +187,34 @@ def test_result_prints_and_serializes():
         ({"rtol": 0}, "rtol"),
         ({"rtol": float("nan")}, "rtol"),
         ({"top": 0}, "top"),
+        ({"seed": "x"}, "seed"),
+        ({"seed": -1}, "seed"),
+        ({"max_matvecs": 0}, "max_matvecs"),
     ],
 )
 def test_bad_arguments(kwargs, match):
     with pytest.raises(MethodError, match=match):
         curvature(tiny_problem("mlp", 1, "off"), **kwargs)
+    if "rtol" in kwargs or "seed" in kwargs:  # alignment and the route planner refuse them the same way
+        from sgdstab import alignment
+
+        with pytest.raises(MethodError, match=match):
+            alignment(tiny_problem("mlp", 1, "off"), hessian=False, **kwargs)
+    if "rtol" in kwargs:
+        with pytest.raises(MethodError, match="rtol"):
+            plan_method(tiny_problem("mlp", 1, "off"), kwargs["rtol"])
+
+
+def test_dense_route_refuses_an_overflowing_hessian():
+    # inputs ~3e19 with first-layer weights ~1e-20: finite outputs and loss, but J² ~ 1e39 overflows float32
+    g = torch.Generator().manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 1))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.randn(3, 4, generator=g) * 1e-20)
+    P = Problem(model, torch.randn(5, 4, generator=g) * 3e19, torch.zeros(5, 1))
+    assert torch.isfinite(P.loss())
+    with pytest.raises(MethodError, match="non-finite"):
+        curvature(P, method="dense")
 
 
 def test_dense_route_refuses_what_cannot_fit(monkeypatch):

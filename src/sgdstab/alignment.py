@@ -23,7 +23,16 @@ import torch
 from torch import Tensor
 
 from sgdstab import kernel_figures as kf
-from sgdstab.curvature import Curvature, MethodError, curvature, given_kernel, plan_method, precision_check
+from sgdstab.curvature import (
+    Curvature,
+    MethodError,
+    check_rtol,
+    check_seed,
+    curvature,
+    given_kernel,
+    plan_method,
+    precision_check,
+)
 from sgdstab.estimators import hutchpp, top_eigenpairs
 from sgdstab.operators import (
     gauss_newton_matmat,
@@ -108,6 +117,7 @@ def alignment(
         raise MethodError(f"unknown alignment method {method!r}; use one of {', '.join(ALIGNMENT_METHODS)}")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise MethodError(f"top must be a positive integer, got {top!r}")
+    rtol, seed = check_rtol(rtol), check_seed(seed)
     start = time.perf_counter()
     if method == "auto":  # the kernel route whenever K fits in memory (plan_method only offers it then)
         feasible = plan_method(problem, rtol, at_minimum=True).estimated_seconds

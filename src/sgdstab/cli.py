@@ -297,8 +297,13 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         return 130
+    except click.UsageError as exc:
+        # one line, as for every other error: what is wrong and where the help is
+        command = exc.ctx.command_path if exc.ctx is not None else "sgdstab"
+        click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
+        return exc.exit_code
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"error: {exc.format_message()}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code

@@ -38,6 +38,9 @@ def check_sampling(sampling: str) -> Sampling:
     return sampling  # type: ignore[return-value]
 
 
+MAX_LEARNING_RATE = 1e150  # the stability operator holds η²·λ² terms: beyond this η² alone is near overflow
+
+
 def check_learning_rate(lr: float) -> float:
     """Return ``lr`` as a float, refusing non-numbers (strings and bools too), non-finite values and ``lr <= 0``."""
     # float("0.1") and float(True) succeed, but a learning rate given as text or a flag is a caller's mistake
@@ -49,6 +52,8 @@ def check_learning_rate(lr: float) -> float:
         raise ConventionError(f"learning rate must be a positive number, got {lr!r}") from None
     if not math.isfinite(value) or value <= 0:
         raise ConventionError(f"learning rate must be a positive finite number, got {lr!r}")
+    if value > MAX_LEARNING_RATE:
+        raise ConventionError(f"learning rate {value:g} is too large: η² overflows a float (use η ≤ 1e150)")
     return value
 
 

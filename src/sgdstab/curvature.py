@@ -76,6 +76,7 @@ def _has_exact_trace(problem: Problem) -> bool:
 
 def plan_method(problem: Problem, rtol: float = 1e-3, at_minimum: bool = False) -> MethodPlan:
     """Rank the routes by a cost model in seconds and memory (THEORY.md §8) and pick the cheapest feasible."""
+    rtol = check_rtol(rtol)
     n, k, p = problem.n, problem.k, problem.p
     nk = n * k
     budget = available_memory_bytes() * 0.5
@@ -135,11 +136,25 @@ class Curvature(ResultMixin):
     float64_check_difference: float | None = None
 
 
-def _check_args(method: str, rtol: float, top: int) -> None:
+def check_rtol(rtol: float) -> float:
+    if isinstance(rtol, bool) or not (isinstance(rtol, int | float) and math.isfinite(rtol) and 0 < rtol < 1):
+        raise MethodError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    return float(rtol)
+
+
+def check_seed(seed: int) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
+        raise MethodError(f"seed must be a non-negative integer, got {seed!r}")
+    return seed
+
+
+def _check_args(method: str, rtol: float, top: int, seed: int = 0, max_matvecs: int = 1) -> None:
     if method not in METHODS:
         raise MethodError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    if not (isinstance(rtol, int | float) and math.isfinite(rtol) and 0 < rtol < 1):
-        raise MethodError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    check_rtol(rtol)
+    check_seed(seed)
+    if isinstance(max_matvecs, bool) or not isinstance(max_matvecs, int) or max_matvecs < 1:
+        raise MethodError(f"max_matvecs must be a positive integer, got {max_matvecs!r}")
     if isinstance(top, bool) or not isinstance(top, int) or top < 1:
         raise MethodError(f"top must be a positive integer, got {top!r}")
 
@@ -202,7 +217,7 @@ def curvature(
         kernel: the NTK at this θ when already built (a tensor or a :class:`sgdstab.Kernel`, whose
             eigendecomposition is then reused); used by the kernel route instead of building K again.
     """
-    _check_args(method, rtol, top)
+    _check_args(method, rtol, top, seed, max_matvecs)
     start = time.perf_counter()
     if method == "auto":
         method = plan_method(problem, rtol, at_minimum).method
@@ -263,6 +278,11 @@ def _dense(problem: Problem, top: int) -> dict:
         3 * problem.p**2 * 8, f"the dense Hessian (p = {problem.p})", "use method='kernel' or 'matrix_free'"
     )
     H = torch.func.hessian(problem.loss_function())(problem.theta)
+    if not bool(torch.isfinite(H).all()):
+        raise MethodError(
+            f"the Hessian has non-finite entries in {problem.dtype} (overflow at this θ and data scale); "
+            "use dtype=torch.float64 or rescale the data"
+        )
     J = problem.jacobian()
     gn_frob, gn_trace, gn_sharp, s = _gauss_newton_from_jacobian(J, problem.n, problem.k)
     return _hessian_dense_figures(H, top) | {

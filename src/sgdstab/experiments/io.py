@@ -117,6 +117,9 @@ def prepare_output_dir(path: str | os.PathLike[str], owner: str | None = None) -
         raise OutputError(f"cannot create output directory {str(out)!r}: {exc.strerror}; pass another --out") from None
     if not os.access(out, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {str(out)!r} is not writable; pass another --out DIR")
+    # a run killed mid-write leaves its temporary file (never a final name): clear them before writing again
+    for stale in out.glob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     if owner is not None:
         previous = out / "config.json"
         if previous.is_file():
