@@ -12,7 +12,7 @@ import traceback
 import click
 
 from sgdstab import __version__
-from sgdstab.errors import NotBuiltError, SgdstabError
+from sgdstab.errors import SgdstabError
 
 
 class _Context:
@@ -30,10 +30,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     Conventions: square loss L = (1/2n) Σ ||f(x_i) − y_i||² (see THEORY.md §1).
     """
     ctx.ensure_object(_Context).debug = debug
-
-
-def _not_built(command: str, issue: str) -> None:
-    raise NotBuiltError(f"`sgdstab {command}` is not built yet in sgdstab {__version__} ({issue})")
 
 
 @cli.command()
