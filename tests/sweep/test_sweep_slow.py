@@ -34,9 +34,11 @@ pytestmark = pytest.mark.slow
 
 LRS, BATCHES, SEEDS = (0.05, 0.2), (4, 20), (0, 1)
 TOTAL = len(LRS) * len(BATCHES) * len(SEEDS)
+STEPS = 400  # long enough (≈ 0.3 s a run on a quiet machine) that the kill lands before the last run ends
+ROWS = STEPS // 10 + 1  # the history's rows: steps 0, 10, …, STEPS
 
 
-def _config(tmp_path, steps=200):
+def _config(tmp_path, steps=STEPS):
     path = grid_config(tmp_path, LRS, BATCHES, SEEDS)
     path.write_text(path.read_text().replace("steps = 60", f"steps = {steps}"))
     return path
@@ -59,14 +61,15 @@ def _assert_each_done_once(out):
         (TOTAL, TOTAL)
     ]
     assert db_rows(out, "SELECT COUNT(*) FROM results") == [(TOTAL * per_run,)]
-    assert db_rows(out, "SELECT COUNT(*) FROM metrics") == [(TOTAL * 21,)]  # steps 0, 10, …, 200
+    assert db_rows(out, "SELECT COUNT(*) FROM metrics") == [(TOTAL * ROWS,)]
 
 
 def test_cli_sweep_killed_with_sigkill_at_a_random_point_and_resumed(tmp_path):
     seed = random.randrange(10**6)
     rng = random.Random(seed)
     config, out = _config(tmp_path), tmp_path / "out"
-    wait_for = rng.randint(1, TOTAL - 3)
+    # at most TOTAL − 4 done before the kill, then ≤ 0.1 s: two workers cannot finish the other four meanwhile
+    wait_for = rng.randint(1, TOTAL - 4)
     proc = subprocess.Popen(
         cli_command("sweep", str(config), "--out", str(out), "--workers", "2"),
         stdout=subprocess.DEVNULL,
@@ -78,7 +81,7 @@ def test_cli_sweep_killed_with_sigkill_at_a_random_point_and_resumed(tmp_path):
         deadline = time.monotonic() + 300
         while _counts(out).get("done", 0) < wait_for and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.05)
-        time.sleep(rng.uniform(0.0, 0.4))
+        time.sleep(rng.uniform(0.0, 0.1))
         assert proc.poll() is None, f"seed {seed}: the sweep ended before the kill"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
@@ -87,7 +90,7 @@ def test_cli_sweep_killed_with_sigkill_at_a_random_point_and_resumed(tmp_path):
     before = dict(db_rows(out, "SELECT run_id, finished FROM runs WHERE status = 'done'"))
     assert wait_for <= len(before) < TOTAL, f"seed {seed}"
     for rid in before:  # a run marked done has all its rows and files
-        assert db_rows(out, "SELECT COUNT(*) FROM metrics WHERE run_id = ?", (rid,)) == [(21,)]
+        assert db_rows(out, "SELECT COUNT(*) FROM metrics WHERE run_id = ?", (rid,)) == [(ROWS,)]
         assert (run_dir(out, rid) / "params.pt").is_file()
     assert_artifacts_complete(out)  # whatever is visible is complete
 
@@ -107,7 +110,7 @@ def test_cli_sweep_killed_with_sigkill_at_a_random_point_and_resumed(tmp_path):
 
 
 def test_two_cli_sweeps_on_one_directory_at_once(tmp_path):
-    config, out = _config(tmp_path, steps=200), tmp_path / "out"
+    config, out = _config(tmp_path), tmp_path / "out"
     procs = [
         subprocess.Popen(
             cli_command("sweep", str(config), "--out", str(out), "--workers", "1"),
