@@ -7,6 +7,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -169,9 +170,18 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write ``data`` as strict JSON (NaN and infinities become null; numpy/torch scalars become numbers)."""
+    """Write ``data`` as strict JSON (NaN and infinities become null; numpy/torch scalars become numbers), through
+    a temporary file renamed into place, so an interrupted benchmark never leaves a half-written result."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_plain(data), indent=2, allow_nan=False) + "\n")
+    text = json.dumps(_plain(data), indent=2, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
 
 
 def _plain(obj: object) -> object:

@@ -37,9 +37,7 @@ import argparse
 import importlib
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,7 +52,6 @@ from sgdstab import Kernel, critical_learning_rate, noise_scale, stability
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     RESULTS_DIR,
-    _plain,
     busy_warning,
     fmt_seconds,
     limit_blas_threads,
@@ -63,6 +60,7 @@ from _common import (
     progress,
     set_clock,
     table,
+    write_json,
 )
 
 # the module (the package re-exports a function of the same name)
@@ -535,19 +533,6 @@ def print_large(r: dict[str, Any]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ driver
-def write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = json.dumps(_plain(data), indent=2, allow_nan=False) + "\n"
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 SECTIONS = ("exact", "bisection", "dense", "large")
 
 
@@ -602,7 +587,7 @@ def main(argv: list[str] | None = None) -> int:
         result["partial_runs"][-1].update(machine_end=machine_state(), wall_seconds=wall)
     else:
         result.update(machine_end=machine_state(), wall_seconds_total=wall)
-    write_json_atomic(out, result)
+    write_json(out, result)
     print(f"\nwrote {out} ({fmt_seconds(wall)} wall)")
     return 0
 
