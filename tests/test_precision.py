@@ -37,6 +37,9 @@ def test_float32_check_measures_real_rounding_error():
     c = sgdstab.curvature(P32, method="kernel", top=2)
     a = sgdstab.alignment(P32, hessian=False)
     assert c.float64_check_difference == check.worst == a.float64_check_difference
+    # with μ_H the curvature's check is reused, not repeated
+    with_h = sgdstab.alignment(P32, curvature_result=c)
+    assert with_h.float64_check_difference == c.float64_check_difference
     assert not any("float32 rounding" in note for note in c.notes)
 
 

@@ -167,7 +167,7 @@ def alignment(
     else:
         tr_sigma_h = two_l_h = mu_h = math.nan
         two_l_h_se = mu_h_se = 0.0
-    check, precision_notes = precision_check(problem)
+    check, precision_notes = precision_check(problem, curv if hessian else None)
     notes += precision_notes
     return Alignment(
         **figures,

@@ -243,10 +243,13 @@ def curvature(
     )
 
 
-def precision_check(problem: Problem) -> tuple[float | None, list[str]]:
-    """(largest relative float32-vs-float64 difference or None, notes) for a result on ``problem``."""
+def precision_check(problem: Problem, measured: Curvature | None = None) -> tuple[float | None, list[str]]:
+    """(largest relative float32-vs-float64 difference or None, notes) for a result on ``problem``; ``measured``:
+    a :class:`Curvature` of this problem at this θ whose check is reused instead of repeated."""
     if problem.dtype == torch.float64:
         return None, []
+    if measured is not None:
+        return measured.float64_check_difference, [n for n in measured.notes if n.startswith("float32")]
     check = float64_check(problem)
     if check is None:
         return None, ["float32 figures unchecked: the float64 subsample check would not fit in memory"]
