@@ -147,3 +147,27 @@ def test_nonuniformity_lanczos_route_matches_the_dense_form():
         S[i * k : (i + 1) * k, i * k : (i + 1) * k] += K[i * k : (i + 1) * k, i * k : (i + 1) * k] / n
     dense = float(torch.linalg.eigvalsh(half.T @ S @ half)[-1]) ** 0.5
     assert lanczos == pytest.approx(dense, rel=1e-9)
+
+
+def test_uniform_alignment_lanczos_route_matches_the_dense_form(monkeypatch):
+    gen = torch.Generator().manual_seed(4)
+    n, k = 350, 2
+    A = torch.randn(n * k, 900, dtype=torch.float64, generator=gen) * torch.rand(
+        n * k, 1, generator=gen, dtype=torch.float64
+    )
+    K = A @ A.T
+    eig = kf.kernel_eigen(K)
+    assert eig.rank > kf._DENSE_NONUNIFORMITY_MAX
+    lanczos = kf.uniform_alignment(K, n, k, eig)
+    # the dense form: λ_min(Uᵀ (n·bdiag(K²) − K²) U) / ||K||_F², written out here
+    _, U = eig.range_basis()
+    K2 = K @ K
+    M = -K2
+    for i in range(n):
+        block = slice(i * k, (i + 1) * k)
+        M[block, block] += n * K2[block, block]
+    dense = float(torch.linalg.eigvalsh(U.T @ M @ U)[0]) / float(torch.linalg.matrix_norm(K) ** 2)
+    assert dense > 0 and lanczos == pytest.approx(dense, rel=1e-9)
+    # if ARPACK does not converge the dense form answers
+    monkeypatch.setattr(kf, "_alignment_bottom_lanczos", lambda *args: None)
+    assert kf.uniform_alignment(K, n, k, eig) == pytest.approx(dense, rel=1e-9)

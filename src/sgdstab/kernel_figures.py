@@ -177,19 +177,57 @@ def noise_figures(K: Tensor, r: Tensor, n: int, k: int) -> NoiseFigures:
 
 def uniform_alignment(K: Tensor, n: int, k: int, eigen: KernelEigen | None = None) -> float:
     """``μ_inf = λ_min(A restricted to range K) / ||K||_F²``: the worst alignment of any residual direction
-    reachable by the linearized dynamics."""
+    reachable by the linearized dynamics.
+
+    Densely (``Uᵀ A U`` and its eigendecomposition) for rank ≤ 600; above, by Lanczos on products
+    ``A_r x = n·Uᵀ bdiag(K²) U x − Λ² x`` (K = UΛUᵀ on its range; O(nk·rank) each): the largest eigenvalue of
+    ``σI − A_r`` with σ = n·max_i λ_max((K²)_ii) ≥ λ_max(A_r). Falls back to the dense form if ARPACK does not
+    converge.
+    """
     eig = eigen or kernel_eigen(K)
-    _, U = eig.range_basis()
+    lam, U = eig.range_basis()
     if U.shape[1] == 0:
         return float("nan")
     # μ_inf is scale-free: compute it on K/max|K| so that K² neither overflows nor underflows
     K64 = K.to(torch.float64)
-    K64 = K64 / K64.abs().max()
+    scale = K64.abs().max()
+    K64 = K64 / scale
+    frob2 = float(torch.linalg.matrix_norm(K64) ** 2)
+    if U.shape[1] > _DENSE_NONUNIFORMITY_MAX:
+        lam_min = _alignment_bottom_lanczos(K64, (lam / scale).to(torch.float64), U, n, k)
+        if lam_min is not None:
+            return max(lam_min, 0.0) / frob2
     A = alignment_matrix(K64, n, k)
     Ar = U.T @ A @ U
     # A is PSD: a negative λ_min is rounding (seen at -1e-17 with duplicate samples), and μ_inf ≥ 0 by definition
     lam_min = max(float(torch.linalg.eigvalsh((Ar + Ar.T) / 2)[0]), 0.0)
-    return lam_min / float(torch.linalg.matrix_norm(K64) ** 2)
+    return lam_min / frob2
+
+
+def _alignment_bottom_lanczos(K: Tensor, lam: Tensor, U: Tensor, n: int, k: int) -> float | None:
+    """λ_min of A restricted to range K by Lanczos (see :func:`uniform_alignment`); None if it did not converge."""
+    from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+
+    nk = n * k
+    # the diagonal blocks of K²: (K²)_ii = K[rows i, :] K[:, cols i]
+    blocks = torch.bmm(K.reshape(n, k, nk), K.reshape(nk, n, k).permute(1, 0, 2))
+    sigma = n * float(torch.linalg.eigvalsh(blocks)[:, -1].max())
+    U_np, blocks_np, lam2 = U.cpu().numpy(), blocks.cpu().numpy(), (lam**2).cpu().numpy()
+
+    def matvec(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(-1)
+        y = U_np @ x
+        by = np.einsum("iab,ib->ia", blocks_np, y.reshape(n, k)).reshape(-1)
+        return sigma * x - (n * (U_np.T @ by) - lam2 * x)
+
+    r = U_np.shape[1]
+    op = LinearOperator((r, r), matvec=matvec, dtype=np.float64)
+    v0 = np.random.default_rng(0).standard_normal(r)
+    try:
+        top = eigsh(op, k=1, which="LA", tol=1e-12, v0=v0, maxiter=10 * r, return_eigenvectors=False)[0]
+    except ArpackNoConvergence:
+        return None
+    return sigma - float(top)
 
 
 def directional_alignment(r: Tensor, W: Tensor, n: int, k: int) -> Tensor:
