@@ -130,15 +130,21 @@ def test_bad_alignment_arguments():
         alignment(P, top=0)
 
 
-def test_nonuniformity_lanczos_route_matches_the_dense_form():
-    gen = torch.Generator().manual_seed(3)
-    n, k = 350, 2
+def _kernel_above_the_dense_limit(seed: int, n: int = 350, k: int = 2) -> tuple[torch.Tensor, kf.KernelEigen]:
+    """A random kernel with uneven rows whose rank (700) sends the kernel figures to their Lanczos routes."""
+    gen = torch.Generator().manual_seed(seed)
     A = torch.randn(n * k, 900, dtype=torch.float64, generator=gen) * torch.rand(
         n * k, 1, generator=gen, dtype=torch.float64
     )
     K = A @ A.T
     eig = kf.kernel_eigen(K)
     assert eig.rank > kf._DENSE_NONUNIFORMITY_MAX
+    return K, eig
+
+
+def test_nonuniformity_lanczos_route_matches_the_dense_form():
+    n, k = 350, 2
+    K, eig = _kernel_above_the_dense_limit(3, n, k)
     lanczos = kf.nonuniformity(K, n, k, eig)
     lam, U = eig.range_basis()
     half = U * lam.sqrt()
@@ -150,14 +156,8 @@ def test_nonuniformity_lanczos_route_matches_the_dense_form():
 
 
 def test_uniform_alignment_lanczos_route_matches_the_dense_form(monkeypatch):
-    gen = torch.Generator().manual_seed(4)
     n, k = 350, 2
-    A = torch.randn(n * k, 900, dtype=torch.float64, generator=gen) * torch.rand(
-        n * k, 1, generator=gen, dtype=torch.float64
-    )
-    K = A @ A.T
-    eig = kf.kernel_eigen(K)
-    assert eig.rank > kf._DENSE_NONUNIFORMITY_MAX
+    K, eig = _kernel_above_the_dense_limit(4, n, k)
     lanczos = kf.uniform_alignment(K, n, k, eig)
     # the dense form: λ_min(Uᵀ (n·bdiag(K²) − K²) U) / ||K||_F², written out here
     _, U = eig.range_basis()

@@ -222,43 +222,35 @@ def _gd_section(rows: list[dict[str, Any]], sgd: list[dict[str, Any]], gd: list[
     )
 
 
+def _panel(
+    ax: Any, ok: list[dict[str, Any]], group: str, values: list[int], x: str, marker: str, label: str, offset: int
+) -> None:
+    """||H||_F of SGD (solid) and GD (dotted) against ``x``, one colour per ``group`` value, with SGD's
+    Frobenius bound dashed."""
+    for i, value in enumerate(values):
+        color = f"C{(i + offset) % 10}"
+        for method, face in (("SGD", color), ("GD", "none")):
+            mine = sorted((r for r in ok if r[group] == value and r["method"] == method), key=lambda r: r[x])
+            if mine:
+                ax.plot(
+                    [r[x] for r in mine],
+                    [r["hessian_frobenius"] for r in mine],
+                    "-" if method == "SGD" else ":",
+                    color=color,
+                    marker=marker,
+                    markerfacecolor=face,
+                    label=f"{method}, {label.format(value)}",
+                )
+        mine = sorted((r for r in ok if r[group] == value and r["method"] == "SGD"), key=lambda r: r[x])
+        if mine:
+            ax.plot([r[x] for r in mine], [r["frobenius_bound"] for r in mine], "--", color=color, linewidth=1.0)
+
+
 def _plot_scaling(rows: list[dict[str, Any]], ns: list[int], widths: list[int], cfg: ScalingConfig) -> Any:
     ok = [r for r in rows if r["status"] == "ok"]
     fig, (left, right) = new_figure(1, 2, size=(13.0, 5.0))
-    for i, w in enumerate(widths):
-        color = f"C{i % 10}"
-        for method, face in (("SGD", color), ("GD", "none")):
-            mine = sorted((r for r in ok if r["width"] == w and r["method"] == method), key=lambda r: r["n"])
-            if mine:
-                left.plot(
-                    [r["n"] for r in mine],
-                    [r["hessian_frobenius"] for r in mine],
-                    "-" if method == "SGD" else ":",
-                    color=color,
-                    marker="o",
-                    markerfacecolor=face,
-                    label=f"{method}, width {w}",
-                )
-        mine = sorted((r for r in ok if r["width"] == w and r["method"] == "SGD"), key=lambda r: r["n"])
-        if mine:
-            left.plot([r["n"] for r in mine], [r["frobenius_bound"] for r in mine], "--", color=color, linewidth=1.0)
-    for i, n in enumerate(ns):
-        color = f"C{(i + len(widths)) % 10}"
-        for method, face in (("SGD", color), ("GD", "none")):
-            mine = sorted((r for r in ok if r["n"] == n and r["method"] == method), key=lambda r: r["p"])
-            if mine:
-                right.plot(
-                    [r["p"] for r in mine],
-                    [r["hessian_frobenius"] for r in mine],
-                    "-" if method == "SGD" else ":",
-                    color=color,
-                    marker="s",
-                    markerfacecolor=face,
-                    label=f"{method}, n = {n}",
-                )
-        mine = sorted((r for r in ok if r["n"] == n and r["method"] == "SGD"), key=lambda r: r["p"])
-        if mine:
-            right.plot([r["p"] for r in mine], [r["frobenius_bound"] for r in mine], "--", color=color, linewidth=1.0)
+    _panel(left, ok, "width", widths, "n", "o", "width {}", 0)
+    _panel(right, ok, "n", ns, "p", "s", "n = {}", len(widths))
     for ax in (left, right):
         ax.axhline(2 / cfg.lr, color="black", linewidth=0.8, alpha=0.6, label="2/η (GD's λ_max bound)")
         ax.plot([], [], "--", color="gray", linewidth=1.0, label="SGD bound sqrt(1/(cμ))/η")
