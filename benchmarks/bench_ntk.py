@@ -1,4 +1,5 @@
-"""The NTK kernel route: GEMM throughput of ``sgdstab.ntk`` against a plain ``J @ J.T``, and its peak memory.
+"""The NTK kernel route: GEMM throughput of ``sgdstab.ntk`` against a plain ``J @ J.T``, its peak memory, and the
+layerwise route (MLPs: K without J) against the Jacobian route.
 
 Everything runs in a fresh subprocess, so that the peak resident memory (``ru_maxrss``) counts only this work:
 
@@ -11,7 +12,12 @@ sgdstab fills K from its upper triangle in row blocks, so its *useful* flops are
 product's 2(nk)²·p; the flops its blocks actually execute are counted too. Target: useful GFLOP/s ≥ 70% of the
 plain product's.
 
-    python benchmarks/bench_ntk.py [--quick] [--threads N]      (writes benchmarks/results/ntk.json)
+4. ``sgdstab.ntk(problem, method="layerwise")`` (the default for MLPs) is timed first, with the memory it adds,
+   and compared with the Jacobian route above (``method="jacobian"``); ``--paper`` also times it on the
+   784-500-500-500-10 ReLU MLP over 1000 Fashion-MNIST images (n·k = 10⁴, p = 898,510), where J (72 GB) cannot
+   be formed at all.
+
+    python benchmarks/bench_ntk.py [--quick] [--paper] [--threads N]      (writes benchmarks/results/ntk.json)
 """
 
 from __future__ import annotations
@@ -96,10 +102,17 @@ def worker(config: dict[str, Any]) -> dict[str, Any]:
                 return
             yield item
 
+    # the layerwise route first: the process's peak memory only grows, so its own peak is read before J exists
+    rss_before_layerwise = _rss_bytes()
+    start = now()
+    K_layerwise = sgdstab.ntk(problem, method="layerwise")
+    t_layerwise = now() - start
+    peak_layerwise = _maxrss_bytes() - rss_before_layerwise
+
     problem.jacobian_blocks = timed_blocks  # type: ignore[method-assign]
     rss_before, maxrss_before = _rss_bytes(), _maxrss_bytes()
     start = now()
-    K = sgdstab.ntk(problem)
+    K = sgdstab.ntk(problem, method="jacobian")
     t_ntk = now() - start
     maxrss_after = _maxrss_bytes()
     problem.jacobian_blocks = blocks  # type: ignore[method-assign]
@@ -111,6 +124,7 @@ def worker(config: dict[str, Any]) -> dict[str, Any]:
     K_plain = J @ J.T
     t_plain = now() - start
     diff = float((K - K_plain).abs().max() / K_plain.abs().max())
+    diff_layerwise = float((K_layerwise - K_plain).abs().max() / K_plain.abs().max())
     t_gemm = max(t_ntk - inside[0], 1e-9)
     useful = float(nk) * nk * p
     return {
@@ -142,12 +156,49 @@ def worker(config: dict[str, Any]) -> dict[str, Any]:
         "maxrss_after_ntk": maxrss_after,
         "peak_added_by_ntk": maxrss_after - rss_before,
         "ntk_memory_estimate": ntk_module.ntk_memory(problem) if hasattr(ntk_module, "ntk_memory") else None,
+        "seconds_layerwise": t_layerwise,
+        "peak_added_by_layerwise": peak_layerwise,
+        "layerwise_speedup": t_ntk / t_layerwise,
+        "max_rel_diff_layerwise_vs_plain": diff_layerwise,
     }
 
 
-def run(quick: bool = False, threads: int = 0, blas_threads: int = 0, clock: str = "wall") -> dict[str, Any]:
-    """Run :func:`worker` in a fresh interpreter and return its measurements."""
-    config = dict(QUICK if quick else FULL, threads=threads, blas_threads=blas_threads, clock=clock)
+def paper_worker(config: dict[str, Any]) -> dict[str, Any]:
+    """The layerwise NTK of the paper-scale MLP (the Jacobian route would need 72 GB for J)."""
+    if config["threads"] > 0:
+        torch.set_num_threads(config["threads"])
+    set_clock(config["clock"])
+    X, Y = sgdstab.load_dataset("fashion-mnist", n=1000, classes=tuple(range(10)), subset="first")
+    model = sgdstab.mlp(X.shape[1:], 10, widths=(500, 500, 500), activation="relu", seed=0)
+    problem = sgdstab.Problem(model, X, Y, dtype=torch.float64)
+    rss_before = _rss_bytes()
+    start = now()
+    K = sgdstab.ntk(problem)
+    seconds = now() - start
+    peak = _maxrss_bytes() - rss_before
+    # spot check: the first 3 samples' block against their own Jacobian rows
+    J3 = sgdstab.Problem(model, X[:3], Y[:3], dtype=torch.float64).jacobian()
+    diff = float(((J3 @ J3.T) - K[:30, :30]).abs().max() / K[:30, :30].abs().max())
+    return {
+        "n": problem.n,
+        "k": problem.k,
+        "p": problem.p,
+        "nk": problem.n * problem.k,
+        "threads": torch.get_num_threads(),
+        "clock": clock_name(),
+        "seconds_layerwise": seconds,
+        "peak_added_by_layerwise": peak,
+        "bytes_K": K.numel() * K.element_size(),
+        "bytes_J": problem.n * problem.k * problem.p * 8,
+        "max_rel_diff_first_block": diff,
+    }
+
+
+def run(
+    quick: bool = False, threads: int = 0, blas_threads: int = 0, clock: str = "wall", paper: bool = False
+) -> dict[str, Any]:
+    """Run :func:`worker` (or :func:`paper_worker`) in a fresh interpreter and return its measurements."""
+    config = dict(QUICK if quick else FULL, threads=threads, blas_threads=blas_threads, clock=clock, paper=paper)
     done = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "--worker", json.dumps(config)],
         capture_output=True,
@@ -188,7 +239,12 @@ def print_report(r: dict[str, Any]) -> None:
         f"max |K − JJᵀ| / max |JJᵀ| = {r['max_rel_diff_vs_plain']:.1e}"
     )
     print(
-        f"  peak memory added by sgdstab.ntk: {_mib(r['peak_added_by_ntk'])} = "
+        f"  layerwise route (J never formed): {fmt_seconds(r['seconds_layerwise'])}, "
+        f"{r['layerwise_speedup']:.1f}× faster than the Jacobian route; peak memory added "
+        f"{_mib(r['peak_added_by_layerwise'])}; max |K − JJᵀ| / max |JJᵀ| = {r['max_rel_diff_layerwise_vs_plain']:.1e}"
+    )
+    print(
+        f"  peak memory added by sgdstab.ntk(method='jacobian'): {_mib(r['peak_added_by_ntk'])} = "
         f"{r['peak_added_by_ntk'] / r['bytes_K']:.1f}× size(K) ({_mib(r['bytes_K'])}) = "
         f"{r['peak_added_by_ntk'] / r['bytes_J']:.2f}× size(J) ({_mib(r['bytes_J'])}); "
         f"sgdstab's own estimate K + J = {_mib(r['bytes_K'] + r['bytes_J'])}"
@@ -199,17 +255,30 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="n·k = 2000, p ≈ 9k instead of n·k = 5000, p ≈ 100k")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--paper", action="store_true", help="also the layerwise NTK of the paper-scale MLP (10⁴ rows)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help="JSON output path (default results/ntk.json or ntk_quick.json)")
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        config = json.loads(args.worker)
+        print(json.dumps(paper_worker(config) if config.get("paper") else worker(config)))
         return 0
     clock = "cpu" if args.threads == 1 else "wall"
     result = run(args.quick, args.threads, args.threads, clock)
     print_report(result)
+    record: dict[str, Any] = {"machine": machine_state(), "ntk": result}
+    if args.paper:
+        paper = run(threads=args.threads, blas_threads=args.threads, clock=clock, paper=True)
+        record["paper"] = paper
+        print(
+            f"\n=== paper scale: 784-500-500-500-10 ReLU MLP, Fashion-MNIST n = {paper['n']}, k = {paper['k']} "
+            f"(n·k = {paper['nk']}), p = {paper['p']:,}, float64, {paper['threads']} thread(s)\n"
+            f"  layerwise NTK {fmt_seconds(paper['seconds_layerwise'])}, peak memory added "
+            f"{_mib(paper['peak_added_by_layerwise'])} (K itself {_mib(paper['bytes_K'])}; the Jacobian route would "
+            f"need J = {_mib(paper['bytes_J'])}); first block vs J₃J₃ᵀ: {paper['max_rel_diff_first_block']:.1e}"
+        )
     out = args.out or RESULTS_DIR / ("ntk_quick.json" if args.quick else "ntk.json")
-    write_json(out, {"machine": machine_state(), "ntk": result})
+    write_json(out, record)
     print(f"\nwrote {out}")
     return 0
 

@@ -311,3 +311,25 @@ def test_bad_shapes_are_refused() -> None:
     with pytest.raises(OperatorError):
         op.matvec_torch(torch.zeros(3, dtype=F64))
     assert hessian_matmat(problem, torch.zeros(problem.p, 0, dtype=F64)).shape == (problem.p, 0)
+
+
+def test_jacobian_products_match_dense(case) -> None:
+    problem, d = case
+    gen = torch.Generator().manual_seed(5)
+    v = torch.randn(problem.p, dtype=F64, generator=gen).to(problem.theta)
+    c = torch.randn(problem.n, problem.k, dtype=F64, generator=gen).to(problem.theta)
+    Jv = ops.jacobian_vector_product(problem, v)
+    assert Jv.shape == (problem.n, problem.k)
+    assert _rel(Jv.reshape(-1), d["J"] @ v) < 1e-10
+    assert _rel(ops.jacobian_transpose_vector_product(problem, c), d["J"].T @ c.reshape(-1)) < 1e-10
+    assert _rel(ops.jacobian_transpose_vector_product(problem, c.reshape(-1)), d["J"].T @ c.reshape(-1)) < 1e-10
+
+
+def test_jacobian_products_refuse_bad_shapes() -> None:
+    problem = _mlp_problem(3)
+    with pytest.raises(OperatorError, match=r"c must be a tensor of shape \(7, 3\) or \(21,\) .*got \(7, 2\)"):
+        ops.jacobian_transpose_vector_product(problem, torch.zeros(7, 2, dtype=F64))
+    with pytest.raises(OperatorError, match="got list"):
+        ops.jacobian_transpose_vector_product(problem, [0.0] * 21)  # type: ignore[arg-type]
+    with pytest.raises(OperatorError, match="shape"):
+        ops.jacobian_vector_product(problem, torch.zeros(problem.p + 1, dtype=F64))

@@ -39,7 +39,7 @@ from sgdstab.models import (
     mlp,
     random_features,
 )
-from sgdstab.ntk import ntk
+from sgdstab.ntk import NtkError, ntk
 from sgdstab.problem import Problem
 from sgdstab.stability import (
     Kernel,
@@ -70,6 +70,7 @@ __all__ = [
     "ModelSpec",
     "ModelSpecError",
     "NotBuiltError",
+    "NtkError",
     "Problem",
     "ProblemError",
     "SgdstabError",

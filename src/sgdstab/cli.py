@@ -61,7 +61,8 @@ def _experiment_help() -> str:
         "Run one of the paper's experiments (THEORY.md §6) and write its report.\n\n"
         "NAME is one of:\n\n\b\n" + names + "\n\n"
         "The config starts from the experiment's defaults (the full run) or, with --quick, its CI-sized variant; "
-        "--config FILE (TOML, flat key = value pairs, or a run's config.json) overrides them. DIR receives "
+        "--config FILE (TOML, flat key = value pairs, or a run's config.json) overrides them, and --set KEY=VALUE "
+        "overrides single keys after that. DIR receives "
         "config.json, results.csv, PNG figures, report.md and summary.json; the path of report.md is printed."
     )
 
@@ -71,15 +72,26 @@ def _experiment_help() -> str:
 @click.option("--config", "config_path", metavar="FILE", default=None, help="TOML file overriding the defaults.")
 @click.option("--quick", is_flag=True, help="The CI-sized variant (well under a minute on 2 cores).")
 @click.option("--out", metavar="DIR", default=None, help="Output directory (required; created if missing).")
+@click.option(
+    "--set",
+    "settings",
+    metavar="KEY=VALUE",
+    multiple=True,
+    help="Override one config key after the file (repeatable), e.g. --set data_dir=~/cifar --set n=500.",
+)
 @click.option("--quiet", is_flag=True, help="No progress lines.")
-def experiment(name: str, config_path: str | None, quick: bool, out: str | None, quiet: bool) -> None:
+def experiment(
+    name: str, config_path: str | None, quick: bool, out: str | None, settings: tuple[str, ...], quiet: bool
+) -> None:
+    from sgdstab.experiments.config import parse_overrides
     from sgdstab.experiments.io import OutputError
     from sgdstab.experiments.registry import get_experiment, run_experiment
 
     get_experiment(name)  # an unknown name is reported before anything else
+    overrides = parse_overrides(settings)
     if out is None:
         raise OutputError("missing --out DIR: name the directory for the report")
-    report, _ = run_experiment(name, out, config_path=config_path, quick=quick, quiet=quiet)
+    report, _ = run_experiment(name, out, config_path=config_path, quick=quick, quiet=quiet, overrides=overrides)
     click.echo(str(report))
 
 

@@ -30,6 +30,7 @@ from sgdstab import kernel_figures as kf
 from sgdstab.errors import SgdstabError
 from sgdstab.estimators import hutchpp, top_eigenpairs
 from sgdstab.layerwise import layerwise_route, layerwise_trace_cost, layerwise_traces
+from sgdstab.layerwise_ntk import layerwise_ntk_gemm_width
 from sgdstab.memory import available_memory_bytes, check_allocation
 from sgdstab.ntk import ntk
 from sgdstab.operators import gauss_newton_operator, hessian_operator
@@ -86,8 +87,12 @@ def plan_method(problem: Problem, rtol: float = 1e-3, at_minimum: bool = False) 
     costs: dict[str, float] = {"matrix_free": 1.6 * probes * hvp}
     if p <= _DENSE_MAX_P and p * p * 8 * 3 < budget:
         costs["dense"] = p * hvp + _EIGH_UNIT * p**3 + _SECONDS_PER_JAC_UNIT * nk * p
-    if nk * nk * 8 * 3 + nk * p * problem.itemsize < budget:
-        kernel = _SECONDS_PER_JAC_UNIT * nk * p + nk * nk * p / _GEMM_FLOPS + 2 * _EIGH_UNIT * nk**3
+    # a chain of Linear layers builds K layer by layer: GEMMs of inner size Σ w_l instead of p, and no J held
+    inner = layerwise_ntk_gemm_width(problem)
+    held = nk * (p if inner is None else inner) * problem.itemsize
+    if nk * nk * 8 * 3 + held < budget:
+        gemm = nk * nk * (p if inner is None else inner) / _GEMM_FLOPS
+        kernel = _SECONDS_PER_JAC_UNIT * nk * p + gemm + 2 * _EIGH_UNIT * nk**3
         if not at_minimum:
             kernel += 1.6 * probes * hvp  # the true Hessian's figures still need HVPs (with G as control variate)
         costs["kernel"] = kernel

@@ -116,6 +116,19 @@ def nonuniformity(K: Tensor, n: int, k: int, eigen: KernelEigen | None = None) -
     return unit * max(top, 0.0) ** 0.5
 
 
+def largest_eigenvalue(K: Tensor) -> float:
+    """λ_max(K) of a symmetric K without its eigendecomposition above nk = 1000: Lanczos (``eigsh``, tol 1e-12,
+    seeded start) on float64 products, O((nk)²) each, instead of eigh's O((nk)³) — seconds instead of minutes
+    at nk = 10⁴. Dense ``eigvalsh`` below that size."""
+    if K.shape[0] <= 1000:
+        return float(torch.linalg.eigvalsh(K.to(torch.float64))[-1])
+    from scipy.sparse.linalg import eigsh
+
+    K_np = K.to(torch.float64).cpu().numpy()
+    v0 = np.random.default_rng(0).standard_normal(K_np.shape[0])
+    return float(eigsh(K_np, k=1, which="LA", tol=1e-12, v0=v0, return_eigenvectors=False)[0])
+
+
 def _flat(r: Tensor) -> Tensor:
     return r.reshape(-1).to(torch.float64)
 

@@ -2,13 +2,16 @@
 
 Row and column ``i·k + c`` belong to output ``c`` of sample ``i``; ``K_ij`` is the k×k block of samples i, j.
 
-Two routes, chosen by memory:
+Three routes:
 
-- **one Jacobian** (default when ``J`` and ``K`` fit together): ``J`` is computed once in chunks and ``K`` is
-  filled block by block from its upper triangle (``K_ab = J_a J_bᵀ`` for ``b ≥ a``, mirrored), i.e. half the
+- **layerwise** (the default for chains of Linear layers and parameter-free maps, e.g. every :func:`sgdstab.mlp`):
+  K as a sum over layers of Hadamard products of two small Gram matrices, J never formed
+  (:mod:`sgdstab.layerwise_ntk`): the fan-in fewer flops and a fraction of the memory.
+- **one Jacobian** (other models, when ``J`` and ``K`` fit together): ``J`` is computed once in chunks and
+  ``K`` is filled block by block from its upper triangle (``K_ab = J_a J_bᵀ`` for ``b ≥ a``, mirrored), i.e. half the
   flops of ``J @ J.T``. Peak memory ≈ ``size(K) + size(J)``.
-- **recomputed blocks** (when ``J`` does not fit, or ``chunk_size`` is given): for each row block ``a`` its
-  Jacobian ``J_a`` is computed once, and every column block ``J_b`` (``b ≥ a``) is recomputed. Peak memory ≈
+- **recomputed blocks** (other models, when ``J`` does not fit, or ``chunk_size`` is given): for each row block
+  ``a`` its Jacobian ``J_a`` is computed once, and every column block ``J_b`` (``b ≥ a``) is recomputed. Peak memory ≈
   ``size(K) + 2·chunk_size·k·p·itemsize`` plus one chunk's backward pass; compute grows with the number of
   blocks (each Jacobian chunk is rebuilt up to n/chunk_size times).
 """
@@ -18,7 +21,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sgdstab.errors import MemoryBudgetError
+from sgdstab.errors import MemoryBudgetError, SgdstabError
+from sgdstab.layerwise import layer_chain
+from sgdstab.layerwise_ntk import layerwise_ntk
 from sgdstab.memory import available_memory_bytes, format_bytes
 from sgdstab.problem import Problem, check_chunk_size
 
@@ -67,13 +72,31 @@ def _symmetrize_(block: Tensor) -> None:
     block.copy_((block + block.T) / 2)
 
 
-def ntk(problem: Problem, chunk_size: int | None = None, theta: Tensor | None = None) -> Tensor:
+NTK_METHODS = ("auto", "layerwise", "jacobian")
+
+
+class NtkError(SgdstabError, ValueError):
+    """An NTK route was asked for that does not exist or does not apply to the model."""
+
+
+def ntk(problem: Problem, chunk_size: int | None = None, theta: Tensor | None = None, method: str = "auto") -> Tensor:
     """``K = J Jᵀ`` at θ (default: the problem's parameters), shape (n·k, n·k), in the problem's dtype/device.
 
-    ``chunk_size`` (samples per block) forces the recomputed-blocks route with bounded memory:
-    peak ≈ ``(nk)²·itemsize + 2·chunk_size·k·p·itemsize``. Without it, the faster one-Jacobian route is used
+    ``method``: ``"layerwise"`` (chains of Linear layers, J never formed), ``"jacobian"`` (any model, from J's
+    rows) or ``"auto"`` (layerwise where it applies, unless ``chunk_size`` is given). On the Jacobian route
+    ``chunk_size`` (samples per block) forces the recomputed-blocks variant with bounded memory:
+    peak ≈ ``(nk)²·itemsize + 2·chunk_size·k·p·itemsize``; without it, the faster one-Jacobian variant is used
     whenever ``J`` and ``K`` fit in memory together. Refuses (:class:`MemoryBudgetError`) when ``K`` cannot fit.
     """
+    if method not in NTK_METHODS:
+        raise NtkError(f"unknown NTK method {method!r}; choose one of {', '.join(NTK_METHODS)}")
+    if method == "layerwise" or (method == "auto" and chunk_size is None and layer_chain(problem) is not None):
+        if method == "layerwise" and layer_chain(problem) is None:
+            raise NtkError(
+                f"method='layerwise' needs a chain of Linear layers and parameter-free maps; "
+                f"{type(problem.model).__name__} is not one (use method='jacobian')"
+            )
+        return layerwise_ntk(problem, theta=theta)
     route, chunk = _plan(problem, chunk_size)
     nk = problem.n * problem.k
     K = torch.empty((nk, nk), dtype=problem.dtype, device=problem.device)

@@ -48,6 +48,8 @@ __all__ = [
     "hessian_matmat",
     "hessian_operator",
     "hessian_vector_product",
+    "jacobian_transpose_vector_product",
+    "jacobian_vector_product",
     "noise_covariance_matmat",
     "noise_covariance_operator",
     "noise_covariance_vector_product",
@@ -220,6 +222,28 @@ def hessian_matmat(problem: Problem, V: Tensor, theta: Tensor | None = None) -> 
     if V.shape[1] == 0:
         return V.clone()
     return _hvp_rows(problem, _theta(problem, theta), V.T.contiguous()).T
+
+
+# ---------------------------------------------------------------------------------------------------- Jacobian
+def jacobian_vector_product(problem: Problem, v: Tensor, theta: Tensor | None = None) -> Tensor:
+    """J v: the change of every output along the parameter direction v, one JVP per chunk. Shape (p,) → (n, k)."""
+    th, w = _theta(problem, theta), _as_vector(problem, v)
+    return torch.cat([jvp(_outputs_fn(problem, problem.X[s]), (th,), (w,))[1] for s in problem.chunks()])
+
+
+def jacobian_transpose_vector_product(problem: Problem, c: Tensor, theta: Tensor | None = None) -> Tensor:
+    """Jᵀ c = Σ_i J_iᵀ c_i for one cotangent per output, one VJP per chunk (J never formed). Shape (n, k) or
+    (n·k,) → (p,)."""
+    th = _theta(problem, theta)
+    if not isinstance(c, Tensor) or c.numel() != problem.n * problem.k or c.dim() > 2:
+        got = tuple(c.shape) if isinstance(c, Tensor) else type(c).__name__
+        shapes = f"({problem.n}, {problem.k}) or ({problem.n * problem.k},)"
+        raise OperatorError(f"c must be a tensor of shape {shapes} (one entry per output), got {got}")
+    cot = c.detach().reshape(problem.n, problem.k).to(device=problem.device, dtype=problem.dtype)
+    out = torch.zeros_like(th)
+    for s in problem.chunks():
+        out += vjp(_outputs_fn(problem, problem.X[s]), th)[1](cot[s])[0]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- Gauss–Newton

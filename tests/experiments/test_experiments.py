@@ -122,6 +122,17 @@ def test_shipped_config_is_the_full_run(name):
     assert {f.name for f in dataclasses.fields(exp.config_type)} <= names
 
 
+def test_shipped_configs_are_what_the_script_writes():
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "write_example_configs.py"), "--check"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+
+
 def test_toml_writer_escapes_and_float_forms(tmp_path):
     cfg_type = get_experiment("diagram").config_type
     config = build_config(cfg_type, {"data_dir": 'a "quoted" \\ path\twith tab', "gd_until_loss": 1e-300})
@@ -222,6 +233,52 @@ def test_cli_bad_config_exits_2_with_one_line(capsys, tmp_path):
     assert err.count("\n") == 1 and "config field 'n' must be ≥ 2" in err and "Traceback" not in err
     assert main(["experiment", "diagram", "--config", str(tmp_path / "none.toml"), "--out", str(tmp_path)]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_cli_set_overrides_keys_after_the_config_file(capsys, tmp_path):
+    from sgdstab.experiments.config import parse_overrides
+
+    exp = get_experiment("flatness")
+    file = tmp_path / "c.toml"
+    file.write_text("n = 30\nlrs = [0.5]\n")
+    values = parse_overrides(["n=24", "lrs=[0.1, 0.2]", "gd=false", "data_dir=/data/my cifar", 'subset="first"'])
+    assert values == {"n": 24, "lrs": [0.1, 0.2], "gd": False, "data_dir": "/data/my cifar", "subset": "first"}
+    config = exp.config(str(file), quick=True, overrides=values)
+    assert (config.n, config.lrs, config.gd, config.data_dir, config.subset) == (
+        24,
+        (0.1, 0.2),
+        False,
+        "/data/my cifar",
+        "first",
+    )
+    for bad, message in [
+        (["n"], "error: --set needs KEY=VALUE (e.g. --set n=500), got 'n'\n"),
+        (["=3"], "error: --set needs KEY=VALUE (e.g. --set n=500), got '=3'\n"),
+        (["n=3", "n=4"], "error: --set gives 'n' twice; give each key once\n"),
+        (["n=abc"], "error: config field 'n' must be an integer, got 'abc' (string); write e.g. n = 64\n"),
+    ]:
+        args = [a for item in bad for a in ("--set", item)]
+        assert main(["experiment", "flatness", "--quick", *args, "--out", str(tmp_path / "o")]) == 2
+        assert capsys.readouterr().err == message
+        assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_device_field_is_checked_before_anything_runs(name, capsys, tmp_path):
+    exp = get_experiment(name)
+    assert exp.config(quick=True, overrides={"device": "cpu"}).device == "cpu"
+    cases = [
+        ("gpu", "config field 'device' = 'gpu' is not a torch device; write e.g. device = \"cpu\" or \"cuda\""),
+        ("meta", "config field 'device' = 'meta': experiments run on \"cpu\" or \"cuda\" devices"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append(
+            ("cuda", "config field 'device' = 'cuda', but this machine has no CUDA device; use device = \"cpu\"")
+        )
+    for value, message in cases:
+        assert main(["experiment", name, "--quick", "--set", f"device={value}", "--out", str(tmp_path / "o")]) == 2
+        assert capsys.readouterr().err == f"error: {message}\n"
+        assert not (tmp_path / "o").exists()
 
 
 def test_cli_missing_out_and_help(capsys):

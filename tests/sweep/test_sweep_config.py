@@ -70,9 +70,12 @@ def test_hash_changes_with_every_field():
         "classes": (1, 0),
         "n": 41,
         "subset": "first",
+        "network": "cnn",
         "widths": (8, 8),
+        "channels": (4,),
         "activation": "relu",
         "seed": 1,
+        "device": "cuda",
         "lr": 0.05000000000000001,  # one ulp away: a different run
         "batch_size": 9,
         "sampling": "without_replacement",

@@ -30,21 +30,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgdstab.alignment import alignment
 from sgdstab.conventions import SAMPLING_SCHEMES
 from sgdstab.data import DATASETS, DEFAULT_DATASET, load_dataset
 from sgdstab.data.dataset import Dataset
 from sgdstab.experiments.base import Context, Experiment, Outcome
-from sgdstab.experiments.config import fail, param
+from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure, plain_log_ticks
 from sgdstab.experiments.minimum import SUBSET_RULES
 from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table
+from sgdstab.kernel_figures import largest_eigenvalue, noise_figures, uniform_alignment
 from sgdstab.models import cnn, linear_net, mlp, random_features
 from sgdstab.ntk import ntk
 from sgdstab.problem import Problem
 from sgdstab.training import train
 
 KINDS = ("linear_net", "random_features", "mlp", "cnn")
+MU_INF_WHEN = ("every", "end", "never")
 LABELS = {"linear_net": "linear net", "random_features": "random features", "mlp": "MLP", "cnn": "CNN"}
 
 
@@ -60,6 +61,7 @@ class AlignmentConfig:
     n: int = param(128, ge=4, le=1000, help="number of training samples (the kernel is nk × nk)")
     subset: str = param("stratified", choices=SUBSET_RULES, help="which n samples: first in file order or stratified")
     seed: int = param(0, ge=0, help="seed of the data subset, the initializations and SGD's batches")
+    device: str = param("cpu", help="torch device of the run: cpu, cuda or cuda:N (float64 throughout)")
     models: tuple[str, ...] = param(KINDS, choices=KINDS, min_len=1, help="models trained at their default width")
     linear_width: int = param(64, ge=1, help="hidden width of the linear net (one hidden linear layer, no bias)")
     rf_width: int = param(256, ge=1, help="number of random ReLU features")
@@ -68,6 +70,12 @@ class AlignmentConfig:
     cnn_width: int = param(32, ge=1, help="hidden width of the CNN's head")
     linear_widths: tuple[int, ...] = param((16, 50, 160), ge=1, help="widths of the linear net's sweep (empty: none)")
     rf_widths: tuple[int, ...] = param((64, 200, 640), ge=1, help="widths of the random-feature sweep (empty: none)")
+    mu_inf: str = param(
+        "every",
+        choices=MU_INF_WHEN,
+        help="where μ_∞ is computed (K's eigendecomposition, minutes at n·k = 10⁴): every measured point, the last, "
+        "or never",
+    )
     lr_fraction: float = param(0.5, gt=0, lt=1, help="η = lr_fraction · 2/λ_max(G) at initialization")
     batch_size: int = param(8, ge=1, help="SGD batch size B")
     sampling: str = param("with_replacement", choices=SAMPLING_SCHEMES, help="SGD sampling scheme")
@@ -80,6 +88,7 @@ class AlignmentConfig:
     )
 
     def check(self) -> None:
+        check_device(self.device)
         if len(set(self.classes)) != len(self.classes):
             fail(f"config field 'classes' repeats a class: {list(self.classes)}; list distinct class ids")
         if len(set(self.models)) != len(self.models):
@@ -117,24 +126,26 @@ def default_width(kind: str, cfg: AlignmentConfig) -> int:
 
 def trace_run(kind: str, width: int, cfg: AlignmentConfig, data: Dataset) -> list[dict[str, Any]]:
     """Train one model and return one row per measured step (μ exact through the NTK, built once per point)."""
-    problem = Problem(build(kind, width, cfg, data), data.X, data.Y, dtype=torch.float64)
+    problem = Problem(build(kind, width, cfg, data).to(cfg.device), data.X, data.Y, dtype=torch.float64)
+    n, k = problem.n, problem.k
     K0 = ntk(problem)
-    lam0 = float(torch.linalg.eigvalsh(K0)[-1]) / problem.n
+    lam0 = largest_eigenvalue(K0) / n
     lr = cfg.lr_fraction * 2 / lam0
     measured: list[dict[str, Any]] = []
 
     def measure(p: Problem) -> float:
-        a = alignment(p, method="kernel", hessian=False, kernel=K0 if not measured else ntk(p))
+        K = K0 if not measured else ntk(p)
+        nf = noise_figures(K, p.residuals(), n, k)  # exact, from K and r: no eigendecomposition
         measured.append(
             {
-                "loss": a.loss,
-                "mu": a.mu,
-                "mu_inf": a.mu_inf,
-                "tr_sigma_g": a.tr_sigma_g,
-                "two_loss_gn_frob2": a.two_loss_gn_frob2,
+                "loss": nf.loss,
+                "mu": nf.mu,
+                "mu_inf": uniform_alignment(K, n, k) if cfg.mu_inf == "every" else math.nan,
+                "tr_sigma_g": nf.tr_sigma_g,
+                "two_loss_gn_frob2": nf.two_loss_gn_frob2,
             }
         )
-        return a.mu
+        return nf.mu
 
     hist = train(
         problem,
@@ -147,6 +158,8 @@ def trace_run(kind: str, width: int, cfg: AlignmentConfig, data: Dataset) -> lis
         seed=cfg.seed,
         progress=False,
     )
+    if cfg.mu_inf == "end" and measured and hist.diverged_at is None:
+        measured[-1]["mu_inf"] = uniform_alignment(ntk(problem), n, k)  # the last point is the final θ
     base = {"model": kind, "width": width, "p": problem.p, "lr": lr, "lambda_max_init": lam0}
     status = "ok" if hist.diverged_at is None else f"diverged at step {hist.diverged_at}"
     return [

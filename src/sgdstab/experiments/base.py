@@ -53,6 +53,11 @@ class Context:
         self.tables: list[str] = []
         self._start = time.perf_counter()
 
+    @property
+    def progress(self) -> bool:
+        """Whether long loops should show a progress bar (not quiet; :func:`sgdstab.train` also needs a terminal)."""
+        return not self.quiet
+
     def stage(self, message: str) -> None:
         """One progress line on stderr, with the elapsed wall time (silent when quiet)."""
         self.console.print(f"[dim]{time.perf_counter() - self._start:7.1f} s[/dim]  {escape(message)}", highlight=False)

@@ -22,7 +22,7 @@ import os
 import tomllib
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -40,6 +40,22 @@ class ConfigError(SgdstabError, ValueError):
 def fail(message: str) -> typing.NoReturn:
     """Raise :class:`ConfigError` (for a config class's ``check``)."""
     raise ConfigError(message)
+
+
+def check_device(value: str) -> None:
+    """Refuse (:class:`ConfigError`) a ``device`` field that is not a torch CPU/CUDA device present on this machine."""
+    import torch
+
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError):
+        fail(f'config field \'device\' = {value!r} is not a torch device; write e.g. device = "cpu" or "cuda"')
+    if device.type not in ("cpu", "cuda"):
+        fail(f'config field \'device\' = {value!r}: experiments run on "cpu" or "cuda" devices')
+    if device.type == "cuda" and not torch.cuda.is_available():
+        fail(f"config field 'device' = {value!r}, but this machine has no CUDA device; use device = \"cpu\"")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        fail(f"config field 'device' = {value!r}, but this machine has {torch.cuda.device_count()} CUDA device(s)")
 
 
 def param(
@@ -315,6 +331,25 @@ def config_to_toml(config: Any, experiment: str | None = None, comments: bool = 
     return "\n".join(lines) + "\n"
 
 
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` strings (the CLI's ``--set``) as a table: VALUE is read as a TOML value (``n=500``,
+    ``lrs=[0.1, 0.5]``, ``gd=false``, ``data_dir="~/cifar"``), and taken as a plain string when it is not one
+    (``data_dir=/data/cifar``). Raises :class:`ConfigError` for an item without ``=`` or a repeated key."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(f"--set needs KEY=VALUE (e.g. --set n=500), got {item!r}")
+        if key in out:
+            raise ConfigError(f"--set gives {key!r} twice; give each key once")
+        try:
+            out[key] = tomllib.loads(f"v = {value.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            out[key] = value.strip()
+    return out
+
+
 def describe_fields(cls: type) -> list[dict[str, Any]]:
     """name, type, default, rule and help of every field (for documentation and ``--help``)."""
     hints = _hints(cls)
@@ -336,11 +371,13 @@ def describe_fields(cls: type) -> list[dict[str, Any]]:
 __all__ = [
     "ConfigError",
     "build_config",
+    "check_device",
     "config_to_dict",
     "config_to_toml",
     "describe_fields",
     "fail",
     "load_config",
     "param",
+    "parse_overrides",
     "read_config_file",
 ]

@@ -38,9 +38,9 @@ from sgdstab.certificates import kernel_curvature
 from sgdstab.conventions import SAMPLING_SCHEMES
 from sgdstab.diagram import LABELS, StabilityDiagram, default_batch_sizes, stability_diagram
 from sgdstab.experiments.base import Context, Experiment, Outcome
-from sgdstab.experiments.config import fail, param
+from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure
-from sgdstab.experiments.minimum import NetConfig, build_problem, find_minimum
+from sgdstab.experiments.minimum import NetConfig, build_problem, describe_network, find_minimum
 from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table
 from sgdstab.stability import Kernel, stability
 
@@ -68,6 +68,7 @@ class DiagramConfig(NetConfig):
     )
 
     def check(self) -> None:
+        check_device(self.device)
         if len(set(self.samplings)) != len(self.samplings):
             fail(f"config field 'samplings' repeats a scheme: {list(self.samplings)}; list each scheme once")
         if len(set(self.classes)) != len(self.classes):
@@ -102,7 +103,9 @@ def _boundary_points(diag: StabilityDiagram) -> list[tuple[int, int]]:
 
 
 def body(cfg: DiagramConfig, ctx: Context) -> Outcome:
-    ctx.stage(f"data and model: {cfg.dataset}, n = {cfg.n}, classes {list(cfg.classes)}, MLP {list(cfg.widths)}")
+    ctx.stage(
+        f"data and model: {cfg.dataset}, n = {cfg.n}, classes {list(cfg.classes)}, {cfg.network} {list(cfg.widths)}"
+    )
     problem, data = build_problem(cfg)
     ctx.stage(f"GD at η = {cfg.gd_lr} to L ≤ {cfg.gd_until_loss:g}, then Gauss–Newton polishing")
     measured: dict[str, float] = {}
@@ -186,8 +189,7 @@ def body(cfg: DiagramConfig, ctx: Context) -> Outcome:
     }
     intro = (
         f"Data: {data.description}.\n\n"
-        f"Model: MLP {math.prod(data.input_shape)} → {' → '.join(map(str, cfg.widths))} → {problem.k} "
-        f"({cfg.activation}), p = {problem.p} parameters, "
+        f"Model: {describe_network(cfg, data, problem)}, p = {problem.p} parameters, "
         f"float64, square loss L = (1/2n) Σ ||f(x_i) − y_i||².\n\n"
         f"Minimum: GD at η = {cfg.gd_lr} for {minimum.gd_steps} steps to L = {minimum.gd_loss:.3g}, then {taken} "
         f"Gauss–Newton steps (θ moved by {fmt(numbers['polish_relative_distance'], 2)} of ||θ||) to "

@@ -43,11 +43,13 @@ from sgdstab.alignment import alignment
 from sgdstab.conventions import SAMPLING_SCHEMES, noise_scale
 from sgdstab.curvature import curvature
 from sgdstab.experiments.base import Context, Experiment, Outcome
-from sgdstab.experiments.config import fail, param
+from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure
-from sgdstab.experiments.minimum import NetConfig, build_problem, find_minimum, perturbation
+from sgdstab.experiments.minimum import NetConfig, build_problem, describe_network, find_minimum, perturbation
 from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table
+from sgdstab.kernel_figures import largest_eigenvalue
 from sgdstab.linearized import MAX_STORED_LOG_NORMS, simulate_linearized
+from sgdstab.ntk import ntk
 from sgdstab.problem import Problem
 from sgdstab.stability import Kernel, critical_learning_rate, stability
 from sgdstab.training import train
@@ -80,6 +82,7 @@ class EscapeConfig(NetConfig):
     track_every: int = param(50, ge=1, help="λ_max(G) is recorded every this many steps while settling")
 
     def check(self) -> None:
+        check_device(self.device)
         if min(self.lr_ratios) > 1 or max(self.lr_ratios) <= 1:
             fail(
                 f"config field 'lr_ratios' = {list(self.lr_ratios)} must hold ratios on both sides of η*: "
@@ -156,12 +159,14 @@ def _linearized_slopes(
 
 
 def _sharpness(problem: Problem) -> float:
-    J = problem.jacobian().reshape(problem.n * problem.k, problem.p)
-    return float(torch.linalg.eigvalsh(J @ J.T)[-1]) / problem.n
+    """λ_max(G) = λ_max(K)/n (K built without J for MLPs, λ_max by Lanczos above nk = 1000)."""
+    return largest_eigenvalue(ntk(problem)) / problem.n
 
 
 def body(cfg: EscapeConfig, ctx: Context) -> Outcome:
-    ctx.stage(f"data and model: {cfg.dataset}, n = {cfg.n}, classes {list(cfg.classes)}, MLP {list(cfg.widths)}")
+    ctx.stage(
+        f"data and model: {cfg.dataset}, n = {cfg.n}, classes {list(cfg.classes)}, {cfg.network} {list(cfg.widths)}"
+    )
     problem, data = build_problem(cfg)
     ctx.stage(f"GD at η = {cfg.gd_lr} to L ≤ {cfg.gd_until_loss:g}, then Gauss–Newton polishing")
     minimum, _ = find_minimum(problem, cfg.gd_lr, cfg.gd_max_steps, cfg.gd_until_loss, cfg.polish_steps, cfg.seed)
@@ -549,8 +554,8 @@ def _intro(
 ) -> str:
     return (
         f"Data: {data.description}.\n\n"
-        f"Model: MLP {math.prod(data.input_shape)} → {' → '.join(map(str, cfg.widths))} → {problem.k} "
-        f"({cfg.activation}), p = {problem.p} parameters, float64, square loss L = (1/2n) Σ ||f(x_i) − y_i||².\n\n"
+        f"Model: {describe_network(cfg, data, problem)}, p = {problem.p} parameters, float64, "
+        f"square loss L = (1/2n) Σ ||f(x_i) − y_i||².\n\n"
         f"Sharp minimum: GD at η = {cfg.gd_lr} for {minimum.gd_steps} steps to L = {minimum.gd_loss:.3g}, then "
         f"{minimum.polish_steps} Gauss–Newton steps to L = {minimum.loss:.3g}: λ_max(H) = {lam:.4g} "
         f"(2/λ_max = {2 / lam:.6g}), ||H||_F = {frob:.4g}. For SGD with B = {cfg.batch_size} "

@@ -6,10 +6,16 @@ inherits them). :func:`build_problem` turns them into a float64 :class:`~sgdstab
 
 **Why polish.** The stability analysis of THEORY.md §4 is exact at a global minimum (r = 0, so H = G = JᵀJ/n).
 GD only approaches one linearly, slowly along K's small eigen-directions. When the net interpolates (p ≫ nk and
-K = JJᵀ non-singular), the minimum-norm Gauss–Newton step ``δ = −Jᵀ K⁺ r`` (K = JJᵀ, ``K⁺`` its
-pseudo-inverse by ``torch.linalg.lstsq``) moves θ to the nearest point with f(x_i) = y_i to first order and converges
-quadratically: from L ≈ 1e-5 three steps reach L ≈ 1e-31 (float64 rounding), moving θ by about 1e-4 of its
-norm, so the curvature of the point GD found is kept. Steps that do not lower L are rejected.
+K = JJᵀ non-singular), the minimum-norm Gauss–Newton step ``δ = −Jᵀ K⁻¹ r`` moves θ to the nearest point with
+f(x_i) = y_i to first order and converges quadratically: from L ≈ 1e-5 three steps reach L ≈ 1e-31 (float64
+rounding), moving θ by about 1e-4 of its norm, so the curvature of the point GD found is
+kept. Steps that do not lower L are rejected. ReLU nets converge more slowly while the step still flips units on or
+off: on the 784-500-500-500-10 ReLU MLP (1000 Fashion-MNIST images) L went 9.8e-6 → 2.8e-6 → 1.7e-7 → 3.4e-9 →
+1.8e-11 → 1.2e-14 → 2.5e-16 → 4.5e-28 → 3.3e-32 in 10 builds of K (171 s on one thread), θ moving 1.5% of ||θ||.
+
+The step never forms J: K comes from :func:`sgdstab.ntk` (layer by layer for MLPs), ``K α = r`` is solved by
+Cholesky (an SVD-based least-squares solve if K is singular), and ``Jᵀα`` is one backward pass. That is what lets a
+784-500-500-500-10 MLP on 1000 samples (p ≈ 900k, J would be 72 GB) be polished on a laptop.
 """
 
 from __future__ import annotations
@@ -20,16 +26,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import Tensor
 
 from sgdstab.data import DATASETS, DEFAULT_DATASET, load_dataset
 from sgdstab.data.dataset import Dataset
 from sgdstab.experiments.config import param
-from sgdstab.models import ACTIVATIONS, mlp
+from sgdstab.models import ACTIVATIONS, cnn, mlp
+from sgdstab.ntk import ntk
+from sgdstab.operators import jacobian_transpose_vector_product, jacobian_vector_product
 from sgdstab.problem import Problem
 from sgdstab.results import ResultMixin
 from sgdstab.training import History, train
 
 SUBSET_RULES = ("first", "stratified")
+NETWORKS = ("mlp", "cnn")
 
 
 @dataclass(frozen=True)
@@ -43,9 +53,12 @@ class NetConfig:
     )
     n: int = param(64, ge=2, help="number of training samples (nk sets the cost of the exact analysis)")
     subset: str = param("stratified", choices=SUBSET_RULES, help="which n samples: first in file order or stratified")
-    widths: tuple[int, ...] = param((64,), ge=1, min_len=1, help="hidden widths of the MLP")
-    activation: str = param("tanh", choices=ACTIVATIONS, help="activation of the MLP")
+    network: str = param("mlp", choices=NETWORKS, help="mlp, or cnn: conv blocks (`channels`), then an MLP head")
+    widths: tuple[int, ...] = param((64,), ge=1, min_len=1, help="hidden widths of the MLP (of the CNN's head)")
+    channels: tuple[int, ...] = param((8, 16), ge=1, min_len=1, help="cnn only: channels of its 3×3 conv blocks")
+    activation: str = param("tanh", choices=ACTIVATIONS, help="activation of the network")
     seed: int = param(0, ge=0, help="seed of the data subset, the initialization and SGD's batches")
+    device: str = param("cpu", help="torch device of the run: cpu, cuda or cuda:N (float64 throughout)")
 
 
 def load_data(cfg: NetConfig) -> Dataset:
@@ -55,10 +68,26 @@ def load_data(cfg: NetConfig) -> Dataset:
 
 
 def build_problem(cfg: NetConfig, data: Dataset | None = None) -> tuple[Problem, Dataset]:
-    """A fresh float64 MLP problem on the configured data (same initialization for the same seed)."""
+    """A fresh float64 problem on the configured data (same initialization for the same seed)."""
     data = data if data is not None else load_data(cfg)
-    model = mlp(data.input_shape, data.num_outputs, widths=cfg.widths, activation=cfg.activation, seed=cfg.seed)
-    return Problem(model, data.X, data.Y, dtype=torch.float64), data
+    if cfg.network == "cnn":
+        model = cnn(
+            data.input_shape, data.num_outputs, channels=cfg.channels, widths=cfg.widths,
+            activation=cfg.activation, seed=cfg.seed,
+        )  # fmt: skip
+    else:
+        model = mlp(data.input_shape, data.num_outputs, widths=cfg.widths, activation=cfg.activation, seed=cfg.seed)
+    # the data follow the model to its device (Problem moves them)
+    return Problem(model.to(cfg.device), data.X, data.Y, dtype=torch.float64), data
+
+
+def describe_network(cfg: NetConfig, data: Dataset, problem: Problem) -> str:
+    """One line for the reports, e.g. "MLP 784 → 500 → 500 → 500 → 10 (relu)"."""
+    head = " → ".join(map(str, (*cfg.widths, problem.k)))
+    if cfg.network == "cnn":
+        convs = " → ".join(f"conv{c}" for c in cfg.channels)
+        return f"CNN {'×'.join(map(str, data.input_shape))} → {convs} (3×3, avg-pool 2) → {head} ({cfg.activation})"
+    return f"MLP {math.prod(data.input_shape)} → {head} ({cfg.activation})"
 
 
 @dataclass(frozen=True)
@@ -77,30 +106,69 @@ class Minimum(ResultMixin):
     seconds: float
 
 
-def polish(problem: Problem, steps: int, target: float = 0.0) -> tuple[int, float]:
-    """Up to ``steps`` minimum-norm Gauss–Newton steps θ ← θ − J⁺r; returns (steps taken, distance moved).
+_CHORD_STEPS = 30  # most steps on one K before it is rebuilt
+_CHORD_STALL = 0.25  # a step on an old K that does not cut L at least 4× triggers a fresh K
 
-    A step that does not lower L is undone and ends the polish; so does reaching L ≤ ``target``."""
+
+class _KernelSolver:
+    """``α = K⁻¹ r`` for the NTK K at the θ it was built at: Cholesky when K is positive definite, else the
+    pseudo-inverse from its eigendecomposition (eigenvalues below nk·eps·λ_max count as zero, as in gelsd)."""
+
+    def __init__(self, problem: Problem) -> None:
+        K = ntk(problem)
+        factor, info = torch.linalg.cholesky_ex(K)
+        self.factor: Tensor | None = factor if int(info) == 0 else None
+        if self.factor is None:
+            del factor
+            values, vectors = torch.linalg.eigh(K)
+            cutoff = K.shape[0] * torch.finfo(K.dtype).eps * float(values[-1].clamp(min=0))
+            keep = values > cutoff
+            self.vectors, self.inverse = vectors[:, keep], 1 / values[keep]
+
+    def step(self, problem: Problem) -> Tensor:
+        """δ = Jᵀα with Kα = r at the problem's current θ (J of the current θ, K of the build)."""
+        r = problem.residuals().reshape(-1, 1)
+        if self.factor is not None:
+            alpha = torch.cholesky_solve(r, self.factor)
+        else:
+            alpha = self.vectors @ (self.inverse[:, None] * (self.vectors.T @ r))
+        return jacobian_transpose_vector_product(problem, alpha.reshape(-1))
+
+
+def polish(problem: Problem, steps: int, target: float = 0.0) -> tuple[int, float]:
+    """Gauss–Newton steps θ ← θ − Jᵀ K⁻¹ r with at most ``steps`` builds of K; returns (steps taken, distance moved).
+
+    After each build, further steps reuse K (a chord method: each costs one forward and one backward pass
+    instead of a new K) while every one cuts L at least 4×; smooth nets converge in two or three builds, and on
+    ReLU nets, whose activation pattern changes under the step, most of the progress comes from the cheap steps. A
+    step that does not lower L is undone and ends the polish (after a fresh K, if the last one was old); so does
+    reaching L ≤ ``target``."""
     start = problem.theta.clone()
     loss = float(problem.loss())
     taken = 0
     for _ in range(steps):
         if loss <= target:
             break
-        J = problem.jacobian().reshape(problem.n * problem.k, problem.p)
-        r = problem.residuals().reshape(-1, 1)
-        # δ = Jᵀ K⁺ r with K = JJᵀ: the minimum-norm solution of Jδ = r (SVD-based, safe for a singular K)
-        K = J @ J.T
-        delta = (J.T @ torch.linalg.lstsq(K, r, driver="gelsd").solution).reshape(-1)
-        trial = problem.theta - delta
-        if not bool(torch.isfinite(trial).all()):
+        solver = _KernelSolver(problem)
+        fresh = True
+        for _ in range(_CHORD_STEPS):
+            trial = problem.theta - solver.step(problem)
+            new = float(problem.loss(trial)) if bool(torch.isfinite(trial).all()) else math.inf
+            if not new < loss:
+                break
+            problem.set_parameters(trial)
+            ratio, loss, taken, fresh = new / loss, new, taken + 1, False
+            if loss <= target or ratio > _CHORD_STALL:
+                break
+        if fresh:  # even the step on a fresh K failed: Gauss–Newton cannot lower L from here
             break
-        new = float(problem.loss(trial))
-        if not new < loss:
-            break
-        problem.set_parameters(trial)
-        loss, taken = new, taken + 1
     return taken, float(torch.linalg.vector_norm(problem.theta - start))
+
+
+def gauss_newton_step(problem: Problem) -> Tensor:
+    """The minimum-norm solution δ of Jδ = r: δ = Jᵀα with Kα = r, K = JJᵀ (J never formed; see the module
+    docstring). Cholesky when K is positive definite, else K's pseudo-inverse."""
+    return _KernelSolver(problem).step(problem)
 
 
 def find_minimum(
@@ -155,10 +223,19 @@ def perturbation(problem: Problem, target_loss: float, seed: int) -> tuple[torch
     ``target_loss``; returns (δ, u0 = Jδ)."""
     gen = torch.Generator().manual_seed(seed)
     d = torch.randn(problem.p, generator=gen, dtype=torch.float64).to(problem.theta)
-    J = problem.jacobian().reshape(problem.n * problem.k, problem.p)
-    u = J @ d
+    u = jacobian_vector_product(problem, d).reshape(-1)
     scale = math.sqrt(target_loss * 2 * problem.n / float(u @ u))
     return scale * d, scale * u
 
 
-__all__ = ["Minimum", "NetConfig", "build_problem", "find_minimum", "load_data", "perturbation", "polish"]
+__all__ = [
+    "Minimum",
+    "NetConfig",
+    "build_problem",
+    "describe_network",
+    "find_minimum",
+    "gauss_newton_step",
+    "load_data",
+    "perturbation",
+    "polish",
+]

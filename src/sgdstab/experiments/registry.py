@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
 
 from sgdstab.errors import SgdstabError
 from sgdstab.experiments.base import REPORT_FILE, Experiment
@@ -59,11 +60,17 @@ def get_experiment(name: str) -> Experiment:
 
 
 def run_experiment(
-    name: str, out: str | Path, config_path: str | None = None, quick: bool = False, quiet: bool = False
+    name: str,
+    out: str | Path,
+    config_path: str | None = None,
+    quick: bool = False,
+    quiet: bool = False,
+    overrides: dict[str, Any] | None = None,
 ) -> tuple[Path, dict]:
-    """Resolve the config (defaults or ``quick``, then ``config_path``), run, and return (report path, summary)."""
+    """Resolve the config (defaults or ``quick``, then ``config_path``, then ``overrides``), run, and return
+    (report path, summary)."""
     experiment = get_experiment(name)
-    config = experiment.config(config_path, quick=quick)
+    config = experiment.config(config_path, quick=quick, overrides=overrides)
     summary = experiment.run(config, out, quiet=quiet)
     return Path(out) / REPORT_FILE, summary
 

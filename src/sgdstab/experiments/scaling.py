@@ -54,6 +54,7 @@ class ScalingConfig:
     subset: str = param("stratified", choices=SUBSET_RULES, help="which n samples: first in file order or stratified")
     activation: str = param("tanh", choices=ACTIVATIONS, help="activation of the MLP")
     seed: int = param(0, ge=0, help="seed of the data subsets, the initialization and SGD's batches")
+    device: str = param("cpu", help="torch device of the run: cpu, cuda or cuda:N (float64 throughout)")
     ns: tuple[int, ...] = param((32, 64, 128), ge=4, le=1000, min_len=2, help="sample sizes n")
     widths: tuple[int, ...] = param((16, 64, 256), ge=1, min_len=2, help="hidden widths of the one-hidden-layer MLP")
     lr: float = param(0.02, gt=0, help="learning rate η on L, for every run")
@@ -96,6 +97,7 @@ def net_config(cfg: ScalingConfig, n: int, width: int) -> NetConfig:
         widths=(width,),
         activation=cfg.activation,
         seed=cfg.seed,
+        device=cfg.device,
     )
 
 

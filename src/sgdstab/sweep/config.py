@@ -46,6 +46,7 @@ from sgdstab.errors import SgdstabError
 from sgdstab.experiments.config import (
     ConfigError,
     build_config,
+    check_device,
     coerce_field,
     config_to_dict,
     fail,
@@ -85,6 +86,7 @@ class RunConfig(NetConfig):
     )
 
     def check(self) -> None:
+        check_device(self.device)
         if DATASETS[self.dataset].task != "classification":
             fail(
                 f"config field 'dataset' must be a classification data set for a sweep, got {self.dataset!r} "

@@ -1,0 +1,78 @@
+"""The paper-scale configurations under examples/experiments/paper/: each loads, names every key of its experiment,
+states its measured run time, and runs end to end when shrunk (same data set, network kind and switches)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from sgdstab.experiments.config import load_config, read_config_file
+from sgdstab.experiments.registry import get_experiment, run_experiment
+
+FOLDER = Path(__file__).resolve().parents[2] / "examples" / "experiments" / "paper"
+CONFIGS = sorted(FOLDER.glob("*.toml"))
+
+
+def test_there_are_paper_configs_for_both_data_sets():
+    names = {p.stem for p in CONFIGS}
+    assert {"flatness-fashion-mnist", "flatness-cifar10", "alignment-cifar10"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
+def test_paper_config_loads_and_documents_itself(path):
+    name = read_config_file(path)["experiment"]
+    exp = get_experiment(name)
+    config = load_config(exp.config_type, path, experiment=name)
+    text = path.read_text()
+    keys = {line.split("=")[0].strip() for line in text.splitlines() if "=" in line and not line.startswith("#")}
+    assert {f.name for f in dataclasses.fields(exp.config_type)} <= keys  # nothing left to a default
+    assert "# Run time" in text and f"sgdstab experiment {name} --config examples/experiments/paper/{path.name}" in text
+    if "fashion-mnist" in path.stem:
+        assert config.dataset == "fashion-mnist" and config.n == 1000 and len(config.classes) == 10
+    if path.stem == "flatness-fashion-mnist":
+        assert config.widths == (500, 500, 500) and config.activation == "relu" and config.subset == "first"
+    if "cifar10" in path.stem:
+        assert config.dataset == "cifar10"
+
+
+def _fake_cifar(root: Path, per_class: int = 3) -> Path:
+    """CIFAR-10 binary batches with a few random images per class (the loader's format, not the data)."""
+    folder = root / "cifar-10-batches-bin"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        labels = np.repeat(np.arange(10, dtype=np.uint8), per_class)
+        images = rng.integers(0, 256, (len(labels), 3 * 32 * 32), dtype=np.uint8)
+        (folder / f"{name}.bin").write_bytes(np.concatenate([labels[:, None], images], axis=1).tobytes())
+    return root
+
+
+SHRINK = {
+    "flatness-fashion-mnist": {"n": 20, "lrs": [0.1], "batch_sizes": [4], "max_steps": 4000, "gd": False},
+    "flatness-cifar10": {"n": 20, "lrs": [0.05], "batch_sizes": [4], "max_steps": 4000, "gd": False},
+    "alignment-cifar10": {"n": 20, "steps": 40, "measure_every": 20, "linear_widths": [], "rf_widths": []},
+}
+
+
+@pytest.mark.parametrize("stem", sorted(SHRINK))
+def test_shrunk_paper_config_runs_end_to_end(stem, tmp_path):
+    path = FOLDER / f"{stem}.toml"
+    name = read_config_file(path)["experiment"]
+    overrides = dict(SHRINK[stem])
+    if "cifar10" in stem:
+        overrides["data_dir"] = str(_fake_cifar(tmp_path / "data"))
+    report, summary = run_experiment(name, tmp_path / "out", config_path=str(path), quiet=True, overrides=overrides)
+    assert report.is_file()
+    written = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert written["config"]["dataset"] == read_config_file(path)["dataset"]
+    if name == "flatness":
+        rows = [r for r in summary["numbers"]["excluded"]]
+        assert not rows, rows  # the one run reached a polished global minimum
+        assert summary["numbers"]["solutions"] == 1
+        claims = {c["name"]: c for c in summary["claims"]}
+        assert claims["frobenius_bound"]["passed"], claims["frobenius_bound"]["detail"]
+        assert "linearly_stable" not in claims  # exact_stability is off in the paper configs
