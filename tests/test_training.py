@@ -445,3 +445,23 @@ def test_progress_bar_shows_loss_and_rate():
     bar.close()
     text = out.getvalue()
     assert "loss 1.250e-01" in text and "steps/s" in text and "50/100" in text
+
+
+def test_progress_lines_without_a_terminal(monkeypatch, capsys):
+    import sgdstab.training as training
+
+    # one line per interval, none for a run shorter than it
+    train(linear_problem(), 0.05, 4, steps=20, track_every=5, progress=True)
+    assert capsys.readouterr().err == ""
+    clock = iter(float(t) for t in range(0, 10_000, 7))  # every perf_counter call: 7 s later
+    monkeypatch.setattr(training.time, "perf_counter", lambda: next(clock))
+    lines = training._ProgressLines(300, interval=60.0)
+    for step in range(1, 301):
+        lines.update(step, 0.5 / step)
+    lines.close()
+    err = capsys.readouterr().err.splitlines()
+    assert 30 <= len(err) <= 36  # ≈ 300 updates × 7 s / 60 s
+    first = err[0].split()
+    assert first[:2] == ["SGD", "step"] and first[2].endswith("/300") and "loss" in first and "steps/s" in err[0]
+    step = int(first[2].split("/")[0])
+    assert float(first[first.index("loss") + 1]) == pytest.approx(0.5 / step, rel=1e-3)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -324,7 +325,7 @@ def train(
         divergence_factor: the run is recorded as diverged (not raised) when L exceeds this multiple of its
             initial value or becomes non-finite at an evaluation (or θ is non-finite at a checkpoint); the problem
             then keeps its parameters from before the run.
-        progress: show a progress bar (loss, steps/s) on stderr; only when stderr is a terminal.
+        progress: show a progress bar (loss, steps/s) on stderr when it is a terminal, else a plain line every 60 s.
         checkpoint_every, checkpoint_path: save a checkpoint (θ, step, sampler state, history so far) to
             ``checkpoint_path`` every this many steps, replacing the previous one, and at the end of a run that
             did not diverge (with ``checkpoint_path`` alone: only at the end).
@@ -424,7 +425,9 @@ def train(
             },
         )
 
-    bar = _ProgressBar(steps, step0) if progress and _stderr_is_terminal() else None
+    bar: _ProgressBar | _ProgressLines | None = None
+    if progress:
+        bar = _ProgressBar(steps, step0) if _stderr_is_terminal() else _ProgressLines(steps, step0)
     bar_every = max(1, (steps or 10_000) // 200)
     step = step0
     completed = False
@@ -503,6 +506,27 @@ def _stderr_is_terminal() -> bool:
     from rich.console import Console
 
     return Console(stderr=True).is_terminal
+
+
+class _ProgressLines:
+    """Without a terminal (a log file, a batch job): one plain line on stderr at most every ``interval`` seconds,
+    so a long run is not silent; nothing for runs shorter than that."""
+
+    def __init__(self, total: int | None, start: int = 0, interval: float = 60.0) -> None:
+        self._total, self._start, self._interval = total, start, interval
+        self._t0 = self._last = time.perf_counter()
+
+    def update(self, step: int, loss: float) -> None:
+        now = time.perf_counter()
+        if now - self._last < self._interval:
+            return
+        self._last = now
+        rate = (step - self._start) / (now - self._t0)
+        of = f"/{self._total}" if self._total is not None else ""
+        print(f"SGD step {step}{of}  loss {loss:.3e}  {rate:.0f} steps/s", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
 
 
 class _ProgressBar:

@@ -103,3 +103,19 @@ def test_flatness_with_no_solution_fails_its_claims_and_still_writes_the_report(
     assert all("nothing to check" in c["detail"] for c in summary["claims"])
     assert (tmp_path / "batch_size.png").stat().st_size > 0 and (tmp_path / "flatness.png").stat().st_size > 0
     assert "FAILED" in (tmp_path / "report.md").read_text()
+
+
+def test_polish_halves_steps_that_overshoot(monkeypatch):
+    import sgdstab.experiments.minimum as minimum
+
+    g = torch.Generator().manual_seed(0)
+    X, Y = torch.randn(10, 5, dtype=torch.float64, generator=g), torch.randn(10, 2, dtype=torch.float64, generator=g)
+    model = sgdstab.mlp((5,), 2, widths=(40,), activation="tanh", seed=0)
+    P = sgdstab.Problem(model, X, Y, dtype=torch.float64)
+    theta0 = P.theta.clone()
+    # from the initialization (L ≈ 0.9) the full Gauss–Newton step overshoots: undamped, the polish cannot start
+    monkeypatch.setattr(minimum, "_BACKTRACK", (1.0,))
+    assert polish(P, 10) == (0, 0.0) and torch.equal(P.theta, theta0)
+    monkeypatch.undo()
+    taken, _ = polish(P, 10)
+    assert taken > 0 and float(P.loss()) < 1e-28

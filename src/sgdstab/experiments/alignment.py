@@ -195,7 +195,7 @@ def body(cfg: AlignmentConfig, ctx: Context) -> Outcome:
     claims = [_bounded_claim(main, cfg.mu_floor), _slope_claim(main, cfg.slope_tolerance)]
     if sweeps:
         claims.append(_width_claim(sweeps, cfg.shrink_tolerance))
-    ctx.figure("alignment.png", _plot(main, sweeps, cfg), _CAPTION)
+    ctx.figure("alignment.png", _plot(main, sweeps, cfg, data.num_outputs), _CAPTION)
     rows = [
         {"role": "main" if runs[key] is main.get(key[0]) else "width sweep", **r} for key in runs for r in runs[key]
     ]
@@ -375,8 +375,13 @@ _CAPTION = (
 
 
 def _plot(
-    main: dict[str, list[dict[str, Any]]], sweeps: dict[str, dict[int, list[dict[str, Any]]]], cfg: AlignmentConfig
+    main: dict[str, list[dict[str, Any]]],
+    sweeps: dict[str, dict[int, list[dict[str, Any]]]],
+    cfg: AlignmentConfig,
+    k: int = 1,
 ) -> Any:
+    """The three panels; with k > 1 outputs also the level μ = 1/k, where residuals spread evenly over the k
+    outputs put Σ near 2L·G/k."""
     fig, (left, mid, right) = new_figure(1, 3, size=(17.0, 5.0))
     colors = {kind: f"C{i}" for i, kind in enumerate(KINDS)}
     for kind, rs in main.items():
@@ -390,6 +395,9 @@ def _plot(
             label=LABELS[kind],
         )
     left.axhline(1.0, color="black", linewidth=0.8, label="μ = 1")
+    if k > 1:
+        for ax in (left, right):
+            ax.axhline(1 / k, color="gray", linewidth=0.8, linestyle=":", label=f"μ = 1/k (k = {k} outputs)")
     left.axhline(cfg.mu_floor, color="tab:red", linewidth=0.8, linestyle="--", label=f"claimed floor {cfg.mu_floor:g}")
     left.set_ylim(0, None)
     left.set_xlabel(f"SGD step (B = {cfg.batch_size}, η = {cfg.lr_fraction:g}·2/λ_max(G) at init)")
@@ -399,6 +407,8 @@ def _plot(
     if values:
         lo, hi = min(values) / 2, max(values) * 2
         mid.plot([lo, hi], [lo, hi], color="black", linewidth=1.0, label="y = x (μ = 1)")
+        if k > 1:
+            mid.plot([lo, hi], [lo / k, hi / k], color="gray", linewidth=0.8, linestyle=":", label="y = x/k (μ = 1/k)")
         mid.set_xlim(lo, hi)
         mid.set_ylim(lo, hi)
     mid.set_xscale("log")
