@@ -22,6 +22,26 @@ def test_there_are_paper_configs_for_both_data_sets():
     assert {"flatness-fashion-mnist", "flatness-cifar10", "alignment-cifar10"} <= names
 
 
+def test_the_committed_paper_report_is_that_config_and_its_claims_are_as_stated():
+    """The measured Fashion-MNIST run shipped beside the configs: same grid, and the report's verdicts are the
+    summary's (what the README and the config header quote)."""
+    folder = FOLDER / "results" / "flatness-fashion-mnist"
+    summary = json.loads((folder / "summary.json").read_text())
+    shipped = read_config_file(FOLDER / "flatness-fashion-mnist.toml")
+    for key in ("dataset", "classes", "n", "subset", "widths", "activation", "lrs", "batch_sizes", "gd", "until_loss"):
+        assert summary["config"][key] == shipped[key], key
+    claims = {c["name"]: c["passed"] for c in summary["claims"]}
+    assert claims == {
+        "frobenius_bound": True,
+        "gd_bound": False,
+        "gd_edge_of_stability": False,
+        "sgd_flatter_than_gd": True,
+    }
+    report = (folder / "report.md").read_text()
+    assert "**2 of 4 claims FAILED:** gd_bound, gd_edge_of_stability" in report
+    assert all((folder / name).stat().st_size > 10_000 for name in ("flatness.png", "batch_size.png"))
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_paper_config_loads_and_documents_itself(path):
     name = read_config_file(path)["experiment"]
@@ -30,7 +50,8 @@ def test_paper_config_loads_and_documents_itself(path):
     text = path.read_text()
     keys = {line.split("=")[0].strip() for line in text.splitlines() if "=" in line and not line.startswith("#")}
     assert {f.name for f in dataclasses.fields(exp.config_type)} <= keys  # nothing left to a default
-    assert "# Run time" in text and f"sgdstab experiment {name} --config examples/experiments/paper/{path.name}" in text
+    assert "# Run time: " in text and "TO BE MEASURED" not in text  # a run time that was measured, or estimated
+    assert f"sgdstab experiment {name} --config examples/experiments/paper/{path.name}" in text
     if "fashion-mnist" in path.stem:
         assert config.dataset == "fashion-mnist" and config.n == 1000 and len(config.classes) == 10
     if path.stem == "flatness-fashion-mnist":

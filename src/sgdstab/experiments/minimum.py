@@ -14,7 +14,7 @@ off: on the 784-500-500-500-10 ReLU MLP (1000 Fashion-MNIST images) L went 9.8e-
 1.8e-11 → 1.2e-14 → 2.5e-16 → 4.5e-28 → 3.3e-32 in 10 builds of K (171 s on one thread), θ moving 1.5% of ||θ||.
 
 The step never forms J: K comes from :func:`sgdstab.ntk` (layer by layer for MLPs), ``K α = r`` is solved by
-Cholesky (an SVD-based least-squares solve if K is singular), and ``Jᵀα`` is one backward pass. That is what lets a
+Cholesky (K's pseudo-inverse if K is singular), and ``Jᵀα`` is one backward pass. That is what lets a
 784-500-500-500-10 MLP on 1000 samples (p ≈ 900k, J would be 72 GB) be polished on a laptop.
 """
 
