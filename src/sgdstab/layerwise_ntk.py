@@ -18,7 +18,7 @@ recognises is handled, whatever its parameter-free maps between the layers.
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import jacrev, vmap
 
 from sgdstab.layerwise import LayerChain, LayerChainError, _apply, _widths, layer_chain
@@ -64,32 +64,21 @@ def layerwise_ntk_memory(problem: Problem) -> int:
 
 def _memory(problem: Problem, chain: LayerChain) -> int:
     nk = problem.n * problem.k
-    held = nk * _factor_width(problem, chain) + problem.n * sum(_fan_ins(chain, problem))
+    layers = _linears(chain)
+    held = nk * sum(lin.out_features for lin in layers) + problem.n * sum(lin.in_features for lin in layers)
     return problem.itemsize * (nk * nk + held + 3 * min(_GEMM_ROWS, nk) * nk)
 
 
-def _factor_width(problem: Problem, chain: LayerChain) -> int:
-    widths = _widths(chain, problem)
-    return sum(widths[i] for i in chain.linear_indices)
+def _linears(chain: LayerChain) -> list[nn.Linear]:
+    """The chain's trained Linear layers (their in/out features are the fan-ins and the widths w_l)."""
+    return [chain.steps[i].module for i in chain.linear_indices]  # type: ignore[misc]
 
 
 def layerwise_ntk_gemm_width(problem: Problem) -> int | None:
     """Σ_l w_l (the inner dimension of the layerwise GEMMs, where the Jacobian route has p); ``None`` without a
     chain."""
     chain = layer_chain(problem)
-    return None if chain is None else _factor_width(problem, chain)
-
-
-def _fan_ins(chain: LayerChain, problem: Problem) -> list[int]:
-    params = problem.layout.unflatten(problem.theta)
-    with torch.no_grad():
-        a = chain.prefix(problem.X[:1])
-        out = []
-        for i, step in enumerate(chain.steps):
-            if i in chain.linear_indices:
-                out.append(int(a[0].numel()))
-            a = _apply(step, params, a)
-    return out
+    return None if chain is None else sum(lin.out_features for lin in _linears(chain))
 
 
 def layerwise_ntk(problem: Problem, theta: Tensor | None = None, chunk_size: int | None = None) -> Tensor:
