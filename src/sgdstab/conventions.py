@@ -13,6 +13,9 @@ import math
 import operator
 from typing import Literal
 
+import torch
+from torch import Tensor
+
 from sgdstab.errors import SgdstabError
 
 LossConvention = Literal["half_mse", "torch_mse"]
@@ -117,3 +120,38 @@ def half_mse_learning_rate(lr: float, loss: str, outputs: int) -> float:
 def loss_scale(loss: str, outputs: int) -> float:
     """The factor ``s`` with (loss in convention ``loss``) = s · L(θ)."""
     return 2.0 / check_outputs(outputs) if check_loss_convention(loss) == "torch_mse" else 1.0
+
+
+def learning_rate_in_convention(lr_on_half_mse: float, loss: str, outputs: int) -> float:
+    """The inverse of :func:`half_mse_learning_rate`: a step ``η`` on L expressed in the ``loss`` convention.
+
+    ``torch_mse`` = (2/k)·L, so a step η on L is a step k·η/2 on MSELoss (thresholds such as η* convert alike).
+    Non-finite values (an infinite bound) pass through unchanged.
+    """
+    value = float(lr_on_half_mse)
+    return value / loss_scale(loss, outputs)
+
+
+def zero_predictor_loss(Y: Tensor) -> float:
+    """L of the zero predictor f ≡ 0: ½·mean_i ||y_i||², the natural scale of the loss on these targets (n, k)."""
+    y = torch.as_tensor(Y)
+    n = y.shape[0] if y.dim() else 1
+    return 0.5 * float(y.to(torch.float64).pow(2).sum()) / max(n, 1)
+
+
+# A loss this many machine epsilons below the zero predictor's is zero to rounding: the residuals are at the noise
+# level of computing f, so H = G to the working precision (THEORY.md §1).
+GLOBAL_MINIMUM_EPS = 100.0
+
+
+def global_minimum_threshold(Y: Tensor, dtype: torch.dtype | None) -> float:
+    """The loss below which θ counts as a global minimum (interpolation) to rounding in ``dtype``:
+    ``100·eps(dtype)·½·mean||y||²`` (1e-30 absolute when the targets are all zero)."""
+    eps = torch.finfo(dtype).eps if dtype is not None else torch.finfo(torch.float64).eps
+    return GLOBAL_MINIMUM_EPS * eps * max(zero_predictor_loss(Y), 1e-30)
+
+
+def is_global_minimum(loss: float, Y: Tensor, dtype: torch.dtype | None) -> bool:
+    """Whether a loss ``loss`` on targets ``Y`` computed in ``dtype`` is zero to rounding (see
+    :func:`global_minimum_threshold`)."""
+    return math.isfinite(loss) and loss <= global_minimum_threshold(Y, dtype)
