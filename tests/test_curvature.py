@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from references import dense, tiny_model, tiny_problem
-from sgdstab import MemoryBudgetError, Problem, curvature, plan_method
+from sgdstab import MemoryBudgetError, Problem, curvature, mlp, plan_method
 from sgdstab.curvature import MethodError
 
 CASES = [(kind, k) for kind in ("mlp", "cnn") for k in (1, 3)]
@@ -80,7 +80,7 @@ def test_kernel_route_at_a_minimum_is_exact(kind, k):
 def test_kernel_route_off_a_minimum_uses_the_gauss_newton_control_variate(kind):
     P = tiny_problem(kind, 3, "near", n=9, width=100)
     ref = _reference_figures(P)
-    c = curvature(P, method="kernel", rtol=0.05, seed=4)
+    c = curvature(P, method="kernel", rtol=0.05, seed=4, at_minimum=False)
     assert "control variate" in c.hessian_route and not c.exact
     assert abs(c.trace - ref["trace"]) <= 4 * c.trace_stderr + 1e-12
     assert abs(c.hessian_frobenius - ref["hessian_frobenius"]) <= 4 * c.hessian_frobenius_stderr + 1e-12
@@ -241,3 +241,79 @@ def test_a_given_kernel_is_used_and_checked():
     moved = tiny_problem("mlp", 3, "minimum", n=9, width=8, seed=1)  # other parameters, same shapes
     with pytest.raises(MethodError, match="does not match"):
         curvature(moved, method="kernel", at_minimum=True, kernel=K)
+
+
+# ---------------------------------------------------------------------------------------------- the decided regime
+@pytest.mark.parametrize(("kind", "k"), CASES)
+def test_default_call_at_an_exact_minimum_is_exact_and_converged(kind, k):
+    P = tiny_problem(kind, k, "minimum")
+    ref = _reference_figures(P)
+    c = curvature(P, method="kernel", top=3)  # at_minimum left to the route
+    assert c.exact and c.converged and c.at_minimum and "near a minimum" in c.hessian_route
+    assert c.hessian_vector_products == 1  # one product of R settles it at a minimum
+    assert c.residual_frobenius_bound < 1e-10 * ref["hessian_frobenius"]
+    for name in EXACT_FIELDS:
+        _assert_close(getattr(c, name), ref[name], scale=ref["hessian_frobenius"])
+    assert not any("Lanczos" in note or "did not converge" in note for note in c.notes)
+
+
+@pytest.mark.parametrize(("kind", "k"), CASES)
+def test_near_a_minimum_the_hessian_is_within_the_reported_residual_bound(kind, k):
+    P = tiny_problem(kind, k, "near", n=9, width=40)
+    ref = _reference_figures(P)
+    D = dense(P)
+    R = D.H - D.G
+    c = curvature(P, method="kernel", rtol=0.05, top=3)
+    assert "near a minimum" in c.hessian_route and c.converged and not c.exact
+    # the 99% bound holds for the true ||R||_F (seeded probes: deterministic)
+    true_r = float(torch.linalg.matrix_norm(R))
+    assert true_r <= c.residual_frobenius_bound
+    assert c.residual_frobenius_bound <= 0.05 * c.sharpness
+    assert abs(c.hessian_frobenius - ref["hessian_frobenius"]) <= c.hessian_frobenius_stderr
+    assert abs(c.sharpness - ref["sharpness"]) <= c.sharpness_error_bound
+    assert abs(c.min_eigenvalue - ref["min_eigenvalue"]) <= c.min_eigenvalue_error_bound
+    assert abs(c.trace - ref["trace"]) <= 4 * c.trace_stderr
+    # G's own figures stay exact
+    for name in ("gauss_newton_frobenius", "gauss_newton_trace", "gauss_newton_sharpness", "nonuniformity"):
+        _assert_close(getattr(c, name), ref[name], scale=ref["gauss_newton_frobenius"])
+
+
+def test_far_from_a_minimum_the_route_estimates_the_hessian():
+    P = tiny_problem("mlp", 2, "off", n=9, width=40)
+    c = curvature(P, method="kernel", rtol=0.05, seed=1)
+    assert "control variate" in c.hessian_route and not c.at_minimum
+    assert np.isnan(c.residual_frobenius)
+
+
+def test_asserting_a_minimum_off_one_is_noted_not_called_exact():
+    P = tiny_problem("mlp", 1, "off", n=9, width=12)
+    assert P.loss() > 0.1
+    c = curvature(P, method="kernel", at_minimum=True)
+    assert not c.exact and c.at_minimum
+    assert any("at_minimum=True but L = " in note and "Gauss–Newton" in note for note in c.notes)
+    with pytest.raises(MethodError, match="at_minimum"):
+        curvature(P, at_minimum="yes")
+
+
+def test_default_call_on_a_float32_minimum_never_reports_nan_or_inf():
+    # the paper's central case at a small size: an exact minimum in float32, the default call
+    torch.manual_seed(0)
+    model = mlp((16,), 1, widths=(64, 64), activation="tanh", seed=0)
+    X = torch.randn(700, 16)
+    with torch.no_grad():
+        Y = model(X).clone()
+    P = Problem(model, X, Y)
+    c = curvature(P)
+    assert c.method == "kernel" and c.exact and c.converged and c.at_minimum
+    for name in ("hessian_frobenius", "trace", "sharpness", "min_eigenvalue", "nonuniformity"):
+        assert np.isfinite(getattr(c, name)), name
+    assert c.float64_check_difference is not None and 0 <= c.float64_check_difference < 1e-4
+    assert not c.notes
+    g = curvature(P, method="kernel", at_minimum=True)
+    assert c.hessian_frobenius == g.hessian_frobenius and c.sharpness == pytest.approx(g.sharpness, rel=1e-6)
+    # the same problem in float64, exact figures: float32 agrees to its rounding
+    P64 = Problem(model, X, Y, dtype=torch.float64)
+    c64 = curvature(P64, method="kernel")
+    assert c64.exact
+    for name in ("hessian_frobenius", "trace", "sharpness", "nonuniformity"):
+        assert getattr(c, name) == pytest.approx(getattr(c64, name), rel=1e-4), name

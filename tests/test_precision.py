@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 import sgdstab
@@ -36,10 +37,11 @@ def test_float32_check_measures_real_rounding_error():
     assert ntk_error / 100 < check.gauss_newton_frobenius < 100 * ntk_error
     c = sgdstab.curvature(P32, method="kernel", top=2)
     a = sgdstab.alignment(P32, hessian=False)
-    assert c.float64_check_difference == check.worst == a.float64_check_difference
-    # with μ_H the curvature's check is reused, not repeated
+    # curvature's check covers what its figures rest on (||G||_F and the loss); alignment's every figure
+    assert c.float64_check_difference == max(check.gauss_newton_frobenius, check.loss)
+    assert a.float64_check_difference == check.worst
     with_h = sgdstab.alignment(P32, curvature_result=c)
-    assert with_h.float64_check_difference == c.float64_check_difference
+    assert with_h.float64_check_difference == check.worst
     assert not any("float32 rounding" in note for note in c.notes)
 
 
@@ -49,8 +51,25 @@ def test_float32_near_a_minimum_is_flagged():
     P32 = sgdstab.Problem(P.model, P.X, P.Y + 1e-6, dtype=torch.float32)
     check = float64_check(P32)
     assert check is not None and check.worst > WARN_ABOVE
+    a = sgdstab.alignment(P32, method="kernel", hessian=False)
+    assert any("float32 rounding" in note and "float64" in note for note in a.notes)
+    # the curvature figures rest on ||G||_F and the loss, which float32 keeps (the loss against its natural scale)
     c = sgdstab.curvature(P32, method="kernel", top=2)
-    assert any("float32 rounding" in note and "float64" in note for note in c.notes)
+    assert c.float64_check_difference is not None and 0 <= c.float64_check_difference < 1e-5
+    assert not any("float32 rounding" in note for note in c.notes)
+
+
+def test_float64_check_is_finite_at_an_exact_minimum():
+    # the loss is 0 to rounding in both precisions: compared against ½·mean||y||², never 0/0 (it was inf)
+    P = tiny_problem("mlp", 1, "minimum", n=30, width=16)
+    P32 = sgdstab.Problem(P.model, P.X, P.Y, dtype=torch.float32)
+    P32.Y.copy_(P32.outputs())  # the float32 net's own outputs: L = 0 in float32
+    check = float64_check(P32)
+    assert check is not None
+    for name in ("gauss_newton_frobenius", "loss", "tr_sigma_g", "mu", "worst"):
+        value = getattr(check, name)
+        assert np.isfinite(value) and 0 <= value <= 1, (name, value)
+    assert check.loss < 1e-6 and check.gauss_newton_frobenius < 1e-5
 
 
 def test_alignment_reports_convergence():

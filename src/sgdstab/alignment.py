@@ -126,6 +126,7 @@ def alignment(
     r = problem.residuals()
     loss = float((r * r).sum()) / (2 * n)
     notes: list[str] = []
+    K = None
     if method == "kernel":
         K, eig = given_kernel(problem, kernel)
         nf = kf.noise_figures(K, r, n, k)
@@ -167,7 +168,9 @@ def alignment(
     else:
         tr_sigma_h = two_l_h = mu_h = math.nan
         two_l_h_se = mu_h_se = 0.0
-    check, precision_notes = precision_check(problem, curv if hessian else None)
+    check, precision_notes = precision_check(
+        problem, kernel=K if method == "kernel" else None, residuals=r, figures=None
+    )
     notes += precision_notes
     return Alignment(
         **figures,

@@ -9,6 +9,9 @@ divided by the true n once, so an unequal last chunk is weighted correctly.
 
 - ``H v``: forward-over-reverse, ``jvp(grad(loss_chunk), (θ,), (v,))`` per chunk, vmapped over blocks of probes;
   a single vector goes by double backward, which is faster for one vector.
+- ``R v`` with ``R = H − G = (1/n) Σ_i Σ_c r_ic ∇²f_ic``: the Hessian-vector product of ``φ(θ) = (1/n) Σ r̄_ic f_ic(θ)``
+  with the residuals ``r̄`` held fixed at θ — exact, not ``Hv − Gv``, so that at a minimum (r ≈ 0) the small R is
+  not lost to cancellation between two large products.
 - ``G v = (1/n) Jᵀ(J v)``: one JVP of the batched outputs and one VJP per chunk; J is never materialized.
 - ``Σ v = (1/n) Jᵀ(r ⊙ a) − ∇L (∇Lᵀv)``, ``a_i = r_iᵀ (J v)_i``: one JVP and one VJP per chunk. ∇Lᵀv = mean(a)
   comes for free; the vector ∇L is computed once per operator (or, in the free function, in the same pass).
@@ -53,6 +56,7 @@ __all__ = [
     "noise_covariance_matmat",
     "noise_covariance_operator",
     "noise_covariance_vector_product",
+    "residual_curvature_matmat",
     "vmap_supported",
 ]
 
@@ -222,6 +226,56 @@ def hessian_matmat(problem: Problem, V: Tensor, theta: Tensor | None = None) -> 
     if V.shape[1] == 0:
         return V.clone()
     return _hvp_rows(problem, _theta(problem, theta), V.T.contiguous()).T
+
+
+def _residual_weights(problem: Problem, th: Tensor, s: slice) -> Tensor:
+    with torch.no_grad():
+        return (problem._forward(problem.layout.unflatten(th), problem.X[s]) - problem.Y[s]).detach()
+
+
+def _rvp_single(problem: Problem, th: Tensor, w: Tensor) -> Tensor:
+    """R w by double backward (faster than forward-over-reverse for one vector, as for H)."""
+    out = torch.zeros_like(w)
+    for s in problem.chunks():
+        with torch.enable_grad():
+            t = th.detach().requires_grad_(True)
+            f = problem._forward(problem.layout.unflatten(t), problem.X[s])
+            weights = (f.detach() - problem.Y[s]).detach()
+            (g,) = torch.autograd.grad((f * weights).sum(), t, create_graph=True)
+            (rw,) = torch.autograd.grad(g @ w, t)
+        out += rw
+    return out / problem.n
+
+
+def residual_curvature_matmat(problem: Problem, V: Tensor, theta: Tensor | None = None) -> Tensor:
+    """R V with ``R = H − G = (1/n) Σ_i Σ_c r_ic ∇²f_ic(θ)``, shape (p, m) → (p, m).
+
+    R is the Hessian of ``φ(t) = (1/n) Σ_ic r̄_ic f_ic(t)`` with the residuals ``r̄ = f(θ) − y`` fixed at θ
+    (forward-over-reverse per chunk, vmapped over the columns; double backward for one column): a product costs
+    about one Hessian-vector product and scales with r, so it stays accurate at a minimum where ``Hv − Gv`` would
+    cancel to rounding noise."""
+    V = _as_block(problem, V)
+    if V.shape[1] == 0:
+        return V.clone()
+    th = _theta(problem, theta)
+    W = V.T.contiguous()
+    if W.shape[0] == 1:
+        return _rvp_single(problem, th, W[0])[:, None]
+    out = torch.zeros_like(W)
+    for s in problem.chunks():
+        f = _outputs_fn(problem, problem.X[s])
+        weights = _residual_weights(problem, th, s)
+
+        def phi(t: Tensor, f: Callable[[Tensor], Tensor] = f, weights: Tensor = weights) -> Tensor:
+            return (f(t) * weights).sum()
+
+        g = grad(phi)
+
+        def one(w: Tensor, g: Callable[[Tensor], Tensor] = g) -> Tensor:
+            return jvp(g, (th,), (w,))[1]
+
+        out += _with_vmap_fallback(problem, "rvp", vmap(one), one, W)
+    return (out / problem.n).T
 
 
 # ---------------------------------------------------------------------------------------------------- Jacobian
