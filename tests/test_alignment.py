@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import numpy as np
@@ -171,3 +172,33 @@ def test_uniform_alignment_lanczos_route_matches_the_dense_form(monkeypatch):
     # if ARPACK does not converge the dense form answers
     monkeypatch.setattr(kf, "_alignment_bottom_lanczos", lambda *args: None)
     assert kf.uniform_alignment(K, n, k, eig) == pytest.approx(dense, rel=1e-9)
+
+
+@pytest.mark.parametrize(("kind", "k"), CASES)
+def test_near_a_minimum_mu_hessian_is_within_its_bound_without_hessian_products(kind, k, monkeypatch):
+    from sgdstab import curvature
+
+    P = tiny_problem(kind, k, "near", n=9, width=40)
+    D = dense(P)
+    curv = curvature(P, method="kernel", rtol=0.05)
+    assert "near a minimum" in curv.hessian_route
+    alignment_module = importlib.import_module("sgdstab.alignment")
+
+    def no_products(*args, **kwargs):
+        raise AssertionError("μ_H near a minimum needs no Hessian-vector products")
+
+    monkeypatch.setattr(alignment_module, "hessian_matmat", no_products)
+    a = alignment(P, method="kernel", curvature_result=curv)
+    mu_h = float(torch.trace(D.Sigma @ D.H)) / (2 * D.loss * float(torch.linalg.matrix_norm(D.H) ** 2))
+    assert abs(a.mu_hessian - mu_h) <= a.mu_hessian_stderr
+    assert a.mu_hessian_stderr < 0.2 * abs(mu_h)
+
+
+def test_at_a_global_minimum_mu_is_undefined_and_mu_inf_is_not():
+    P = tiny_problem("mlp", 2, "minimum", n=9, width=12)
+    P.Y.add_(1e-15)  # residuals of a few ulps: zero to float64 rounding, but not exactly zero
+    a = alignment(P, method="kernel")
+    assert a.loss > 0 and math.isnan(a.mu) and math.isnan(a.mu_hessian)
+    assert all(math.isnan(g) for g in a.directional)
+    assert a.mu_inf > 0 and a.converged
+    assert any("global minimum to float64 rounding" in note for note in a.notes)

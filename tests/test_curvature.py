@@ -311,8 +311,9 @@ def test_default_call_on_a_float32_minimum_never_reports_nan_or_inf():
     assert not c.notes
     g = curvature(P, method="kernel", at_minimum=True)
     assert c.hessian_frobenius == g.hessian_frobenius and c.sharpness == pytest.approx(g.sharpness, rel=1e-6)
-    # the same problem in float64, exact figures: float32 agrees to its rounding
+    # the same minimum in float64 (targets: the float64 net's outputs), exact figures: float32 agrees to its rounding
     P64 = Problem(model, X, Y, dtype=torch.float64)
+    P64.Y.copy_(P64.outputs())
     c64 = curvature(P64, method="kernel")
     assert c64.exact
     for name in ("hessian_frobenius", "trace", "sharpness", "nonuniformity"):

@@ -10,7 +10,11 @@
 Routes: ``"kernel"`` (exact from K), ``"matrix_free"`` (Gauss–Newton- and noise-vector products; Tr(ΣG) exactly
 from n GGN products, ||G||_F² by Hutch++ with a standard error, μ_inf not available). ``μ_H`` needs n Hessian-
 vector products for Tr(ΣH) and the Hessian's ||H||_F² from :func:`sgdstab.curvature`.
-At zero loss μ and μ_H are undefined (0/0) and reported as NaN; μ_inf is defined there.
+At a global minimum (L at the rounding level of the problem's dtype, :func:`sgdstab.conventions.is_global_minimum`)
+μ, μ_H and the directional figures are undefined (0/0: the residuals are rounding noise) and reported as NaN with a
+note — measure them where SGD stopped, before polishing; μ_inf is defined there. Near a minimum, where
+:func:`sgdstab.curvature` takes H's figures from G's with a bound ρ on ||H − G||_F, μ_H comes without the n
+Hessian-vector products: Tr(ΣH) = Tr(ΣG) + Tr(ΣR) with |Tr(ΣR)| ≤ ρ·Tr Σ, and the bound propagates to its error.
 """
 
 from __future__ import annotations
@@ -23,7 +27,9 @@ import torch
 from torch import Tensor
 
 from sgdstab import kernel_figures as kf
+from sgdstab.conventions import is_global_minimum
 from sgdstab.curvature import (
+    CURVATURE_CHECKED,
     Curvature,
     MethodError,
     check_rtol,
@@ -150,18 +156,41 @@ def alignment(
     else:
         figures, converged = _matrix_free(problem, top, rtol, seed, loss, notes)
         exact = False
+    at_minimum = is_global_minimum(loss, problem.Y, problem.dtype)
     if loss == 0:
         notes.append("the loss is exactly zero: μ and μ_H are undefined (0/0)")
+    elif at_minimum:
+        figures["mu"] = figures["mu_stderr"] = math.nan
+        figures["directional"] = tuple(math.nan for _ in figures["directional"])
+        notes.append(
+            f"θ is a global minimum to {str(problem.dtype).removeprefix('torch.')} rounding (L = {loss:.3g}): μ, μ_H "
+            "and the directional alignments are 0/0 here (the residuals are rounding noise); measure them where SGD "
+            "stopped, before polishing. μ_inf is defined"
+        )
     if hessian:
         curv = curvature_result or curvature(problem, method="auto", rtol=rtol, seed=seed, kernel=kernel)
         if not math.isclose(curv.loss, loss, rel_tol=1e-5, abs_tol=1e-12):
             raise MethodError("curvature_result was measured at other parameters (its loss differs)")
-        centre = problem.gradient()
-        _, tr_sigma_h = _noise_traces(problem, lambda V: hessian_matmat(problem, V), centre)
         two_l_h = 2 * loss * curv.hessian_frobenius**2
-        two_l_h_se = 2 * loss * 2 * curv.hessian_frobenius * curv.hessian_frobenius_stderr
-        mu_h = tr_sigma_h / two_l_h if two_l_h > 0 else math.nan
-        mu_h_se = abs(mu_h) * two_l_h_se / two_l_h if two_l_h > 0 else 0.0
+        if at_minimum:
+            tr_sigma_h = mu_h = math.nan
+            two_l_h_se = mu_h_se = 0.0
+        elif curv.at_minimum and math.isfinite(curv.residual_frobenius_bound):
+            # H = G + R with ||R||_F ≤ ρ (curvature's near-minimum route): Tr(ΣH) = Tr(ΣG) + Tr(ΣR), |Tr(ΣR)| ≤ ρ·Tr Σ
+            rho = curv.residual_frobenius_bound
+            tr_sigma_h = figures["tr_sigma_g"]
+            two_l_h_se = 2 * loss * 2 * curv.hessian_frobenius * rho
+            mu_h = tr_sigma_h / two_l_h if two_l_h > 0 else math.nan
+            mu_h_se = (rho * figures["trace_sigma"] + abs(tr_sigma_h) * two_l_h_se / two_l_h) / two_l_h
+            notes.append(
+                f"μ_H from μ's Tr(ΣG) near a minimum: |Tr(Σ(H − G))| ≤ ||H − G||_F·Tr Σ, ||H − G||_F ≤ {rho:.2g}"
+            )
+        else:
+            centre = problem.gradient()
+            _, tr_sigma_h = _noise_traces(problem, lambda V: hessian_matmat(problem, V), centre)
+            two_l_h_se = 2 * loss * 2 * curv.hessian_frobenius * curv.hessian_frobenius_stderr
+            mu_h = tr_sigma_h / two_l_h if two_l_h > 0 else math.nan
+            mu_h_se = abs(mu_h) * two_l_h_se / two_l_h if two_l_h > 0 else 0.0
         exact = exact and curv.exact
         converged = converged and curv.converged
         notes.append(f"μ_H uses ||H||_F from the {curv.method} route")
@@ -169,7 +198,10 @@ def alignment(
         tr_sigma_h = two_l_h = mu_h = math.nan
         two_l_h_se = mu_h_se = 0.0
     check, precision_notes = precision_check(
-        problem, kernel=K if method == "kernel" else None, residuals=r, figures=None
+        problem,
+        kernel=K if method == "kernel" else None,
+        residuals=r,
+        figures=CURVATURE_CHECKED if at_minimum else None,  # μ and Tr(ΣG) are not reported at a minimum
     )
     notes += precision_notes
     return Alignment(

@@ -139,16 +139,18 @@ def zero_predictor_loss(Y: Tensor) -> float:
     return 0.5 * float(y.to(torch.float64).pow(2).sum()) / max(n, 1)
 
 
-# A loss this many machine epsilons below the zero predictor's is zero to rounding: the residuals are at the noise
-# level of computing f, so H = G to the working precision (THEORY.md §1).
+# Residuals within this many machine epsilons of the targets' size are rounding noise: computing f alone moves them
+# that much, so H = G to the working precision (THEORY.md §1). L is quadratic in r, hence the square below.
 GLOBAL_MINIMUM_EPS = 100.0
 
 
 def global_minimum_threshold(Y: Tensor, dtype: torch.dtype | None) -> float:
     """The loss below which θ counts as a global minimum (interpolation) to rounding in ``dtype``:
-    ``100·eps(dtype)·½·mean||y||²`` (1e-30 absolute when the targets are all zero)."""
+    ``(100·eps(dtype))²·½·mean||y||²``, i.e. residuals within 100 eps of the targets' size — 4.9e-28 of the zero
+    predictor's loss in float64 (the experiments' interpolation threshold is 1e-28), 1.4e-10 in float32
+    (1e-30 absolute when the targets are all zero)."""
     eps = torch.finfo(dtype).eps if dtype is not None else torch.finfo(torch.float64).eps
-    return GLOBAL_MINIMUM_EPS * eps * max(zero_predictor_loss(Y), 1e-30)
+    return (GLOBAL_MINIMUM_EPS * eps) ** 2 * max(zero_predictor_loss(Y), 1e-30)
 
 
 def is_global_minimum(loss: float, Y: Tensor, dtype: torch.dtype | None) -> bool:

@@ -90,7 +90,9 @@ def float64_check(
         if dtype == torch.float32 and kernel is not None and kernel.dtype == torch.float32 and residuals is not None:
             K, r = kernel[rows][:, rows], residuals[idx]
         else:
-            sub = Problem(copy.deepcopy(problem.model), problem.X[idx], problem.Y[idx], dtype=dtype)
+            # Problem copies the model itself when the dtype differs; float32 keeps the user's (θ is only read)
+            model = problem.model if dtype != problem.dtype else copy.deepcopy(problem.model)
+            sub = Problem(model, problem.X[idx], problem.Y[idx], dtype=dtype)
             sub.set_parameters(problem.theta.to(dtype))
             K, r = ntk(sub), sub.residuals()
         nf = kf.noise_figures(K, r, m, k)
