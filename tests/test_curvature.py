@@ -318,3 +318,14 @@ def test_default_call_on_a_float32_minimum_never_reports_nan_or_inf():
     assert c64.exact
     for name in ("hessian_frobenius", "trace", "sharpness", "nonuniformity"):
         assert getattr(c, name) == pytest.approx(getattr(c64, name), rel=1e-4), name
+
+
+def test_matrix_free_route_at_a_minimum_bounds_the_bottom_instead_of_lanczos_on_zero():
+    P = tiny_problem("mlp", 1, "minimum", n=9, width=60)
+    assert P.n * P.k < P.p
+    ref = _reference_figures(P)
+    c = curvature(P, method="matrix_free", rtol=0.05)
+    assert c.converged and c.min_eigenvalue == 0.0
+    assert abs(ref["min_eigenvalue"]) <= c.min_eigenvalue_error_bound + 1e-12
+    assert any("cluster at zero" in note for note in c.notes)
+    assert c.sharpness == pytest.approx(ref["sharpness"], rel=1e-3)

@@ -303,7 +303,10 @@ def curvature(
         rf = r.reshape(-1).to(K.dtype)
         figures["grad_norm"] = max(float(rf.double() @ (K @ rf).double()), 0.0) ** 0.5 / problem.n
     else:
-        figures = _dense(problem, top) if method == "dense" else _matrix_free(problem, top, rtol, seed, max_matvecs)
+        if method == "dense":
+            figures = _dense(problem, top)
+        else:
+            figures = _matrix_free(problem, top, rtol, seed, max_matvecs, at_minimum, loss)
         figures["grad_norm"] = float(torch.linalg.vector_norm(problem.gradient()))
     check, precision_notes = precision_check(problem, kernel=K, residuals=r)
     if precision_notes:
@@ -483,9 +486,15 @@ def _hessian_matrix_free(
     max_matvecs: int,
     control: tuple | None = None,
     exact_trace: float | None = None,
+    bottom_at_zero: bool = False,
 ) -> tuple[dict, list[str]]:
+    """H's figures from its products. ``bottom_at_zero``: near a minimum with nk < p, where λ_min(G) = 0 and
+    λ_min(H) lies within ||R||_F of it: no Lanczos on the cluster at zero (it does not converge there); the caller
+    supplies the bound."""
     op = hessian_operator(problem)
-    f = _spectral_figures(op, problem.p, top, rtol, seed, max_matvecs, "Hessian", control, exact_trace=exact_trace)
+    f = _spectral_figures(
+        op, problem.p, top, rtol, seed, max_matvecs, "Hessian", control, psd=bottom_at_zero, exact_trace=exact_trace
+    )
     notes = f.pop("notes")
     f["hessian_vector_products"] = f.pop("products")
     f["hessian_route"] = f.pop("route")
@@ -641,10 +650,23 @@ def _kernel(
     return gn | hess | {"hessian_route": route, "exact": hess.get("exact", False), "notes": tuple(notes)}
 
 
-def _matrix_free(problem: Problem, top: int, rtol: float, seed: int, max_matvecs: int) -> dict:
+def _matrix_free(
+    problem: Problem, top: int, rtol: float, seed: int, max_matvecs: int, at_minimum: bool | None, loss: float
+) -> dict:
     traces = _exact_traces(problem, rtol)
     trace_h, trace_g = traces if traces is not None else (None, None)
-    hess, notes = _hessian_matrix_free(problem, top, rtol, seed, max_matvecs, exact_trace=trace_h)
+    # at a minimum with nk < p, λ_min(H) sits in a cluster at zero where Lanczos does not converge: bound it instead
+    near = at_minimum is not False and _near_minimum(problem, at_minimum, loss) and problem.n * problem.k < problem.p
+    hess, notes = _hessian_matrix_free(problem, top, rtol, seed, max_matvecs, exact_trace=trace_h, bottom_at_zero=near)
+    if near:
+        res = None if at_minimum else _residual_probes(problem, seed, accept=0.0)
+        bound = 0.0 if res is None else res.bound
+        hess["min_eigenvalue_error_bound"] = bound
+        hess["hessian_vector_products"] += 0 if res is None else res.products
+        notes.append(
+            f"λ_min(H) = λ_min(G) = 0 (rank G ≤ nk < p) within ||H − G||_F ≤ {bound:.2g}, bounded from products of "
+            "H − G instead of Lanczos on the cluster at zero"
+        )
     g = _spectral_figures(
         gauss_newton_operator(problem),
         problem.p,
