@@ -175,7 +175,7 @@ def alignment(
         if at_minimum:
             tr_sigma_h = mu_h = math.nan
             two_l_h_se = mu_h_se = 0.0
-        elif curv.at_minimum and math.isfinite(curv.residual_frobenius_bound):
+        elif curv.at_minimum and curv.residual_frobenius_bound is not None:
             # H = G + R with ||R||_F ≤ ρ (curvature's near-minimum route): Tr(ΣH) = Tr(ΣG) + Tr(ΣR), |Tr(ΣR)| ≤ ρ·Tr Σ
             rho = curv.residual_frobenius_bound
             tr_sigma_h = figures["tr_sigma_g"]

@@ -147,7 +147,7 @@ class Curvature(ResultMixin):
     ``residual_frobenius_bound`` bounds it at 99%; ``hessian_frobenius_stderr``, ``sharpness_error_bound`` and
     ``min_eigenvalue_error_bound`` then hold that bound (|‖H‖_F − ‖G‖_F| ≤ ‖R‖_F; Weyl: |λ_i(H) − λ_i(G)| ≤ ‖R‖_F).
     ``min_eigenvalue_error_bound`` elsewhere is the Lanczos residual of the bottom eigenvalue (0 when exact).
-    ``residual_frobenius`` is NaN where R was not probed on its own."""
+    ``residual_frobenius`` and its bound are None where R was not probed on its own."""
 
     loss: float
     grad_norm: float
@@ -178,8 +178,8 @@ class Curvature(ResultMixin):
     notes: tuple[str, ...] = field(default=())
     float64_check_difference: float | None = None
     min_eigenvalue_error_bound: float = 0.0
-    residual_frobenius: float = math.nan
-    residual_frobenius_bound: float = math.nan
+    residual_frobenius: float | None = None
+    residual_frobenius_bound: float | None = None
 
 
 def check_rtol(rtol: float) -> float:

@@ -266,8 +266,11 @@ def uniform_alignment(K: Tensor, n: int, k: int, eigen: KernelEigen | None = Non
             return max(lam_min, 0.0) / frob2
     A = alignment_matrix(K64, n, k)
     Ar = U.T @ A @ U
-    # A is PSD: a negative λ_min is rounding (seen at -1e-17 with duplicate samples), and μ_inf ≥ 0 by definition
-    lam_min = max(float(torch.linalg.eigvalsh((Ar + Ar.T) / 2)[0]), 0.0)
+    eig = torch.linalg.eigvalsh((Ar + Ar.T) / 2)
+    # A is PSD: a λ_min within rounding of zero (seen at −3e-17 and at +2.7e-18 with duplicate samples, by machine)
+    # is zero, and μ_inf ≥ 0 by definition
+    rounding = Ar.shape[0] * torch.finfo(torch.float64).eps * max(float(eig.abs().max()), 1e-300)
+    lam_min = float(eig[0]) if float(eig[0]) > rounding else 0.0
     return lam_min / frob2
 
 
