@@ -218,6 +218,8 @@ def test_the_loop_is_sgdstab_train(minimum, sampling):
             replica, eta, B, sampling, steps=60, track_every=1, seed=s, divergence_factor=1e300, progress=False
         )
         assert history.diverged_at is None and history.steps == tuple(range(61))
-        # to rounding: a residual of ~1e-11 is the difference of O(1) outputs and targets (~1e-16 absolute)
-        np.testing.assert_allclose(np.log(history.losses), log_loss[:, s], rtol=0, atol=1e-4)
+        # to rounding: a residual of ~1e-11 is the difference of O(1) outputs and targets (~1e-16 absolute), i.e.
+        # 1e-5 relative, and the unstable dynamics carry that relative error along (1.3e-4 in log L seen on one
+        # machine's BLAS); another seed's run differs by O(1)
+        np.testing.assert_allclose(np.log(history.losses), log_loss[:, s], rtol=0, atol=1e-3)
     assert (log_loss[-1] - log_loss[0] > 10).all()  # and those runs did leave
