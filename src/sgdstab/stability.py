@@ -30,10 +30,15 @@ would add a spurious antisymmetric block):
 - ``lobpcg``: ρ below η*. There T̂'s top is a cluster just below 1 of slowly contracting modes (those of K's
   smallest eigenvalues), on which Lanczos and the power method crawl (~10³ products). Instead ``ρ = 1 − λ_min(Z)``,
   ``Z = I − T̂ = 2ηĈ − η²D̂``, by LOBPCG preconditioned with Ĉ⁻¹: below η*, ``2η(1 − η/η*)Ĉ ⪯ Z ⪯ 2ηĈ``.
-- ``power``: power iteration from ``M = I`` (N = Λ⁻¹), the fallback, with a convergence flag.
+- ``power``: power iteration from ``M = I`` (N = Λ⁻¹), the fallback, with a convergence flag (it may crawl on the
+  cluster below 1 below η*, and then says so).
 
 ``tol`` is the target relative accuracy of the eigenvalues; iterations stop on residuals ~ √tol, since for a
-symmetric problem the eigenvalue error is about residual²/gap (measured errors ≤ 1e-12 at tol = 1e-10).
+symmetric problem the eigenvalue error is about residual²/gap. LOBPCG, whose Rayleigh quotient is always on the low
+side of ρ, tightens its residual until residual²/gap ≤ tol·ρ, the gap read off its block (at a fixed 10·√tol it was
+off by up to 2.6e-8 relative); tests hold every route to 1e-9 of a dense operator, and the default route below η*
+to 1e-11. At c = 0 (GD) T̂ and Ĉ^{-1/2} D̂ Ĉ^{-1/2} are diagonal and every route returns the closed forms
+ρ = max_a (1 − ηλ_a/n)², η* = 2n/λ_max(K).
 
 **Cost.** One application of T̂ (or of ``Ĉ^{-1/2} D̂ Ĉ^{-1/2}``) costs one GEMM of size nk × r × r (``W = V N``)
 and one symmetric Gram matrix ``Ṽᵀ diag(e) Ṽ`` (another nk × r × r product, done by blocks at ~0.75 of a GEMM),
@@ -82,7 +87,8 @@ _POWER_MAX_MATVECS = 5_000
 _NCV = 16  # Lanczos basis size: one restart usually suffices
 # residual tolerances = factor·√tol (symmetric problems: eigenvalue error ≲ residual²/gap); set from measurements
 _RESIDUAL = 0.1  # Lanczos (ARPACK, relative to the eigenvalue)
-_RESIDUAL_LOBPCG = 10.0  # LOBPCG on Z (relative to max |diag Z|): measured ρ errors ≤ 1e-12 at tol = 1e-10
+_RESIDUAL_LOBPCG = 10.0  # LOBPCG on Z: first residual target, relative to max |diag Z| (then tightened to the gap)
+_LOBPCG_REFINEMENTS = 4
 
 
 class StabilityError(SgdstabError, ValueError):
@@ -411,6 +417,18 @@ def _power(matvec: Callable[[Tensor], Tensor], m: int, tol: float, v0: Tensor | 
     return _Eig(theta, x, False, _POWER_MAX_MATVECS, "power")
 
 
+def _diagonal_top(diag: Tensor, m: int) -> _Eig:
+    """The top eigenvalue of a diagonal operator: exact. At c = 0 (GD: B = n without replacement) T̂ = S ∘ N with
+    S_ab = p_a p_b is diagonal, and its largest eigenvalue p_a² ≥ |p_a p_b| is ρ = max_a (1 − ηλ_a/n)²; likewise
+    Ĉ^{-1/2} D̂ Ĉ^{-1/2} has diagonal 2λ_aλ_b/(n(λ_a + λ_b)), largest λ_max/n, so η* = 2n/λ_max(K) exactly."""
+    if m == 0:
+        return _Eig(0.0, None, True, 0, "diagonal")
+    i = int(torch.argmax(diag))
+    vector = torch.zeros(m, dtype=torch.float64)
+    vector[i] = 1.0
+    return _Eig(float(diag[i]), vector, True, 0, "diagonal")
+
+
 def _rho(
     form: _SymForm, eta: float, c: float, route: str, tol: float, v0: Tensor | None, eta_star: float = math.nan
 ) -> _Eig:
@@ -420,6 +438,8 @@ def _rho(
     number is at most 1/(1 − η/η*)."""
     sdiag = form.t_diag(eta, c)
     coef = eta**2 * c / form.n
+    if coef == 0:
+        return _diagonal_top(sdiag, form.m)
 
     def mv(v: Tensor) -> Tensor:
         out = sdiag * v
@@ -431,7 +451,9 @@ def _rho(
         out = torch.diag(sdiag)
         return out + coef * form.dense_bdiag() if coef else out
 
-    if route == "power" and v0 is None:
+    if route == "power":
+        # from M = I (N = Λ⁻¹), which meets every PSD matrix, hence the Perron eigenmatrix; never from the η*
+        # eigenmatrix, which may itself be an eigenvector of T̂ with a smaller eigenvalue (exactly so at c = 0)
         v0 = form.identity_start()
     if route == "lanczos" and form.m >= 16 and eta < eta_star * (1 - 1e-3):
         res = _rho_lobpcg(form, eta, c, tol, v0)
@@ -471,16 +493,29 @@ def _rho_lobpcg(form: _SymForm, eta: float, c: float, tol: float, v0: Tensor | N
     A = spla.LinearOperator((form.m, form.m), matvec=z, matmat=z, dtype=np.float64)
     M = spla.LinearOperator((form.m, form.m), matvec=p, matmat=p, dtype=np.float64)
     scale = float(zdiag.abs().max())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        vals, vecs = spla.lobpcg(A, X0, M=M, largest=False, tol=_RESIDUAL_LOBPCG * math.sqrt(tol) * scale, maxiter=400)
-    x = torch.from_numpy(np.ascontiguousarray(vecs[:, int(np.argmin(vals))]))
-    x = x / x.norm()
-    zx = torch.from_numpy(z(x.numpy()[:, None])[:, 0])
-    sigma = float(x @ zx)
-    res = float((zx - sigma * x).norm())
-    converged = res <= 1.01 * _RESIDUAL_LOBPCG * math.sqrt(tol) * max(scale, 1e-300)
-    return _Eig(1.0 - sigma, x, converged, count[0], "lobpcg")
+    # The Rayleigh quotient σ of a vector with residual ‖Zx − σx‖ = res lies above λ_min(Z) by about res²/gap: ρ
+    # comes out low by that much (2.6e-8 relative at a fixed residual of 10·√tol·scale). So the residual target is
+    # tightened until res²/gap ≤ tol·ρ, with the gap read off the block's next Ritz value.
+    target = _RESIDUAL_LOBPCG * math.sqrt(tol) * scale
+    x, sigma, res, ok = X0, math.nan, math.inf, False
+    for _ in range(_LOBPCG_REFINEMENTS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vals, vecs = spla.lobpcg(A, x, M=M, largest=False, tol=target, maxiter=400)
+        order = np.argsort(vals)
+        x = vecs[:, order]
+        best = torch.from_numpy(np.ascontiguousarray(x[:, 0]))
+        best = best / best.norm()
+        zx = torch.from_numpy(z(best.numpy()[:, None])[:, 0])
+        sigma = float(best @ zx)
+        res = float((zx - sigma * best).norm())
+        gap = float(vals[order[1]] - vals[order[0]]) if len(vals) > 1 else scale
+        needed = math.sqrt(tol * max(1.0 - sigma, 1e-300) * max(gap, 1e-300))
+        ok = res <= max(needed, 1e-300) or res <= 1e-15 * max(scale, 1e-300)
+        if ok:
+            break
+        target = min(target, 0.5 * needed) if res <= 1.01 * target else target
+    return _Eig(1.0 - sigma, best, ok, count[0], "lobpcg")
 
 
 def _critical(form: _SymForm, c: float, route: str, tol: float, v0: Tensor | None) -> _Eig:
@@ -488,6 +523,8 @@ def _critical(form: _SymForm, c: float, route: str, tol: float, v0: Tensor | Non
     s = form.c_diag().rsqrt()
     ddiag = form.d_diag(c) * s * s
     coef = c / form.n
+    if coef == 0:
+        return _diagonal_top(ddiag, form.m)
 
     def mv(v: Tensor) -> Tensor:
         out = ddiag * v
