@@ -310,3 +310,18 @@ def test_analyze_under_a_memory_limit_refuses_before_building(checkpoint, capsys
     monkeypatch.setenv("SGDSTAB_MEMORY_LIMIT", "1K")
     rc, err = run(analyze(checkpoint[1]), capsys)
     assert rc == 2 and "the mlp model (6289 float32 numbers) needs about 24.6 KiB" in one_error_line(err)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["analyze", "--program", "m.pt2", "--checkpoint", "m.pt"], "give either --program FILE, or --checkpoint"),
+        (["analyze", "--program", "m.pt2", "--model", SPEC], "give either --program FILE, or --checkpoint"),
+        (["analyze", "--checkpoint", "m.pt"], "a model is needed: --checkpoint FILE with --model SPEC, or --program"),
+        (["analyze"], "a model is needed: --checkpoint FILE with --model SPEC, or --program"),
+    ],
+    ids=["program and checkpoint", "program and spec", "checkpoint without spec", "no model"],
+)
+def test_analyze_needs_exactly_one_model(capsys, args, message):
+    rc, err = run(args, capsys)
+    assert rc == 2 and err.count("\n") == 1 and message in err, err

@@ -163,3 +163,24 @@ def test_bad_input_raises_one_line_errors(kwargs, error):
 def test_zero_kernel_has_no_diagram():
     with pytest.raises(StabilityError, match="K = 0"):
         stability_diagram(torch.zeros(4, 4))
+
+
+def test_markdown_ratios_keep_their_significant_figures_and_plot_labels_are_mathtext(tmp_path):
+    """Every ratio cell is bound/η* to 3 significant figures with the zeros kept (GD's 2/λ_max at B = n, which
+    equals η* to rounding, reads 1.00×, not 1×); the figure's labels are mathtext, and they parse (savefig)."""
+    from sgdstab.experiments.report import fmt
+
+    _, d = diagram(24, 2, "without_replacement", 1)
+    md = d.to_markdown()
+    rows = [line for line in md.splitlines() if line.startswith("| ") and line[2].isdigit()]
+    for line, row in zip(rows, d.table(), strict=True):
+        cells = [c.strip() for c in line.strip("| ").split(" | ")]
+        for name, cell in zip(d.bounds, cells[3:], strict=True):
+            ratio = row[f"{name}/critical_lr"]
+            assert cell == f"{fmt(row[name])} ({fmt(ratio, 3)}×)"
+            if math.isfinite(ratio) and ratio != float(f"{ratio:.3g}"):
+                assert len(cell.split("(")[1].rstrip("×)").replace(".", "").replace("-", "").lstrip("0")) >= 3
+    fig = d.plot(tmp_path / "d.png")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert r"GD: $2/\lambda_{\max}(H)$" in labels and r"Frobenius (WWS22, $\mu_{\inf}$)" in labels
+    assert r"$\lambda_{\max}(H)$" in fig.axes[0].get_title()

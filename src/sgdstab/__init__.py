@@ -40,6 +40,7 @@ from sgdstab.models import (
     random_features,
 )
 from sgdstab.ntk import NtkError, ntk
+from sgdstab.polish import PolishError, PolishResult, polish_to_minimum
 from sgdstab.problem import Problem
 from sgdstab.stability import (
     Kernel,
@@ -71,6 +72,8 @@ __all__ = [
     "ModelSpecError",
     "NotBuiltError",
     "NtkError",
+    "PolishError",
+    "PolishResult",
     "Problem",
     "ProblemError",
     "SgdstabError",
@@ -100,6 +103,7 @@ __all__ = [
     "noise_scale",
     "ntk",
     "plan_method",
+    "polish_to_minimum",
     "random_features",
     "simulate_linearized",
     "stability",

@@ -97,9 +97,16 @@ def experiment(
 
 @cli.command()
 @click.option(
-    "--checkpoint", "checkpoint", metavar="FILE", required=True, help="state_dict (torch.save or safetensors)."
+    "--checkpoint",
+    "checkpoint",
+    metavar="FILE",
+    default=None,
+    help="state_dict (torch.save or safetensors); with --model.",
 )
-@click.option("--model", "spec", metavar="SPEC", required=True, help="ModelSpec as a JSON object or a JSON file.")
+@click.option("--model", "spec", metavar="SPEC", default=None, help="ModelSpec as a JSON object or a JSON file.")
+@click.option(
+    "--program", metavar="FILE", default=None, help="A .pt2 program saved with torch.export.save (no --model needed)."
+)
 @click.option("--data", "dataset", metavar="NAME", default="fashion-mnist-small", show_default=True)
 @click.option("--data-dir", metavar="DIR", default=None, help="Folder of the data files (fashion-mnist, cifar10).")
 @click.option("--n", "n", type=click.IntRange(min=1), default=200, show_default=True, help="Number of samples.")
@@ -114,15 +121,26 @@ def experiment(
     default="with_replacement",
     show_default=True,
 )
-@click.option("--loss", type=click.Choice(["half_mse", "torch_mse"]), default="half_mse", show_default=True)
+@click.option(
+    "--loss",
+    type=click.Choice(["half_mse", "torch_mse"]),
+    default="half_mse",
+    show_default=True,
+    help="torch_mse: your lr is on nn.MSELoss; learning-rate figures are shown in it and on L.",
+)
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None, help="Default: the checkpoint's.")
 @click.option("--rtol", type=float, default=1e-2, show_default=True, help="Relative error of estimated figures.")
-@click.option("--at-minimum", is_flag=True, help="Assert θ is a global minimum (H = G: exact kernel figures).")
+@click.option(
+    "--at-minimum/--not-at-minimum",
+    default=None,
+    help="Assert θ is (or is not) a global minimum; default: decided from the loss and H − G.",
+)
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Data subset and estimators.")
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of a table.")
 def analyze(
-    checkpoint: str,
-    spec: str,
+    checkpoint: str | None,
+    spec: str | None,
+    program: str | None,
     dataset: str,
     data_dir: str | None,
     n: int,
@@ -135,60 +153,68 @@ def analyze(
     loss: str,
     dtype: str | None,
     rtol: float,
-    at_minimum: bool,
+    at_minimum: bool | None,
     seed: int,
     as_json: bool,
 ) -> None:
-    """Curvature, alignment and stability of a saved model on a data set (Python: sgdstab.analysis.analyze).
+    """Curvature, alignment and stability of a saved model on a data set (Python: sgdstab.analyze).
 
-    The checkpoint is read with torch.load(weights_only=True) or safetensors: code in a file never runs.
+    The model is a state dict (--checkpoint) with its architecture (--model), or a torch.export program
+    (--program). Files are read with torch.load(weights_only=True), safetensors, or a guarded torch.export.load:
+    code in a file never runs.
     """
+    import warnings
+
     import torch
 
+    from sgdstab.analysis import AnalysisError, check_analysis_arguments
     from sgdstab.analysis import analyze as run_analysis
     from sgdstab.data import load_dataset
-    from sgdstab.model_files import ModelFileError, load_model
+    from sgdstab.data.registry import check_dataset_name
+    from sgdstab.model_files import ModelFileError, fit_inputs, load_model, load_program
 
+    # every argument is checked before anything is loaded or computed
+    if program is not None and (checkpoint is not None or spec is not None):
+        raise AnalysisError("give either --program FILE, or --checkpoint FILE with --model SPEC, not both")
+    if program is None and (checkpoint is None or spec is None):
+        raise AnalysisError("a model is needed: --checkpoint FILE with --model SPEC, or --program FILE (torch.export)")
+    check_analysis_arguments(lr, batch_size, sampling, loss, rtol, seed, at_minimum, n=n)
+    check_dataset_name(dataset)
     ids = None
     if classes is not None:
         try:
             ids = tuple(int(c) for c in classes.replace(" ", "").split(","))
         except ValueError:
             raise ModelFileError(f"--classes must be comma-separated class ids such as 0,6; got {classes!r}") from None
-    model = load_model(spec, checkpoint)
+    model = load_program(program) if program is not None else load_model(spec, checkpoint)  # type: ignore[arg-type]
     data = load_dataset(dataset, n=n, classes=ids, seed=seed, data_dir=data_dir, split=split, subset=subset)
-    result = run_analysis(
-        model,
-        data.X,
-        data.Y,
-        lr=lr,
-        batch_size=batch_size,
-        sampling=sampling,
-        loss=loss,
-        dtype=None if dtype is None else getattr(torch, dtype),
-        rtol=rtol,
-        at_minimum=at_minimum,
-        seed=seed,
-    )
+    check_analysis_arguments(lr, batch_size, sampling, loss, rtol, seed, at_minimum, n=len(data.X))
+    X, reshaped = fit_inputs(model, data.X)
+    with warnings.catch_warnings():  # torch 2.13 warns about its own pytree code when an exported module is copied
+        warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+        result = run_analysis(
+            model,
+            X,
+            data.Y,
+            lr=lr,
+            batch_size=batch_size,
+            sampling=sampling,
+            loss=loss,
+            dtype=None if dtype is None else getattr(torch, dtype),
+            rtol=rtol,
+            at_minimum=at_minimum,
+            seed=seed,
+        )
     if as_json:
         from sgdstab.experiments.io import to_json_text
 
-        click.echo(to_json_text({"data": data.description, **result.to_dict()}), nl=False)
+        click.echo(to_json_text({"data": data.description, "inputs": reshaped, **result.to_dict()}), nl=False)
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=f"sgdstab analyze: {checkpoint}", caption=data.description, show_lines=False)
-    for name in ("section", "figure", "value"):
-        table.add_column(name)
-    section = ""
-    for part, figure, value in result.summary_rows():
-        table.add_row(part if part != section else "", figure, value)
-        section = part
-    console = Console()
-    console.print(table)
-    for note in result.notes:
-        console.print(f"note: {note}", highlight=False, markup=False)
+    # the table is the result's own str(), as print(sgdstab.analyze(...)) shows it in Python
+    click.echo(f"sgdstab analyze: {program or checkpoint} on {data.description}")
+    click.echo(str(result))
+    if reshaped:
+        click.echo(f"note: {reshaped}")
 
 
 @cli.command()

@@ -34,10 +34,18 @@ DEFAULT_NUM_LRS = 40
 VERIFY_BATCH_SIZES = 3  # batch sizes (first, middle, last) whose boundary is checked with stability()
 _BOUNDARY_RTOL = 1e-6  # grid points this close to η* are not used for verification (ρ ≈ 1 within solver tolerance)
 
-LABELS: dict[str, str] = {
+LABELS: dict[str, str] = {  # plain text, for reports and tables
     "frobenius_mu_inf": "Frobenius (WWS22, μ_inf)",
     "frobenius_mu": "Frobenius (WWS22, measured μ)",
     "gd": "GD: 2/λ_max(H)",
+    "wu_ma_e": "Wu–Ma–E box",
+    "mulayoff_michaeli": "Mulayoff–Michaeli",
+    "trace": "trace",
+}
+PLOT_LABELS: dict[str, str] = {  # the same in matplotlib mathtext, for figure legends
+    "frobenius_mu_inf": r"Frobenius (WWS22, $\mu_{\inf}$)",
+    "frobenius_mu": r"Frobenius (WWS22, measured $\mu$)",
+    "gd": r"GD: $2/\lambda_{\max}(H)$",
     "wu_ma_e": "Wu–Ma–E box",
     "mulayoff_michaeli": "Mulayoff–Michaeli",
     "trace": "trace",
@@ -96,18 +104,20 @@ class StabilityDiagram(ResultMixin):
 
     def to_markdown(self) -> str:
         """The table as Markdown: bounds and, in brackets, their ratio to η* (not-necessary ones marked †)."""
+        from sgdstab.experiments.report import fmt  # here: the experiments package imports this module
+
         names = list(self.bounds)
         head = ["B", "c", "η*"] + [f"{name}{'' if self.necessary[name] else ' †'}" for name in names]
         lines = [
             f"Stability diagram: n = {self.n}, k = {self.k}, sampling = {self.sampling}, "
-            f"λ_max(H) = {self.lambda_max:.4g}; η on L = (1/2n) Σ ||r||²; entries: bound (bound/η*)",
+            f"λ_max(H) = {fmt(self.lambda_max)}; η on L = (1/2n) Σ ||r||²; entries: bound (bound/η*)",
             "",
             "| " + " | ".join(head) + " |",
             "|" + "|".join("---:" for _ in head) + "|",
         ]
         for row in self.table():
-            cells = [str(row["B"]), f"{row['c']:.4g}", f"{row['critical_lr']:.4g}"]
-            cells += [f"{row[name]:.4g} ({row[f'{name}/critical_lr']:.3g}×)" for name in names]
+            cells = [str(row["B"]), fmt(row["c"]), fmt(row["critical_lr"])]
+            cells += [f"{fmt(row[name])} ({fmt(row[f'{name}/critical_lr'], 3)}×)" for name in names]
             lines.append("| " + " | ".join(cells) + " |")
         if not all(self.necessary.values()):
             lines += ["", "† not a necessary condition for mean-square stability: it may lie below η*."]
@@ -149,7 +159,7 @@ class StabilityDiagram(ResultMixin):
             if np.all(np.isnan(y)):
                 continue
             color, style = styles.get(name, (next(colors), "-"))
-            label = LABELS.get(name, name)
+            label = PLOT_LABELS.get(name, name)
             if not self.necessary[name]:
                 style = "--" if style == "-" else style
                 label += " (not necessary)"
@@ -166,8 +176,10 @@ class StabilityDiagram(ResultMixin):
         ax.set_xticks([], minor=True)
         cdesc = "c = 1/B" if self.sampling == "with_replacement" else "c = (n−B)/(B(n−1))"
         ax.set_xlabel(f"batch size B ({self.sampling.replace('_', ' ')}, {cdesc})")
-        ax.set_ylabel("learning rate η on L = (1/2n) Σ ||r_i||²")
-        ax.set_title(f"Stability diagram: n = {self.n}, k = {self.k}, λ_max(H) = {self.lambda_max:.3g}")
+        ax.set_ylabel(r"learning rate η on $L = \frac{1}{2n}\sum_i \|r_i\|^2$")
+        ax.set_title(
+            f"Stability diagram: n = {self.n}, k = {self.k}, " + r"$\lambda_{\max}(H)$ = " + f"{self.lambda_max:.3g}"
+        )
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, framealpha=0.9, borderaxespad=0.0)
         if path is not None:
@@ -297,4 +309,4 @@ def stability_diagram(
     )
 
 
-__all__ = ["LABELS", "StabilityDiagram", "default_batch_sizes", "stability_diagram"]
+__all__ = ["LABELS", "PLOT_LABELS", "StabilityDiagram", "default_batch_sizes", "stability_diagram"]

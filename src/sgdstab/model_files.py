@@ -10,16 +10,34 @@ Checkpoint formats (the state_dict of a model, or just its parameters):
 - safetensors (``safetensors.torch.save_file``), recognised by its header (an 8-byte little-endian length followed
   by a JSON object); needs the ``safetensors`` package.
 
-Every problem (missing or truncated file, a pickle carrying code, a state dict of another architecture) raises
-:class:`ModelFileError` with a one-line message.
+A state dict saved from the bare layers (``nn.Sequential(nn.Linear(784, 64), nn.Tanh(), nn.Linear(64, 1))``: keys
+``0.weight``, …) fits the spec's model although that wraps them (``net.0.weight``): names are matched up to a
+common prefix (also ``module.`` from DataParallel and ``_orig_mod.`` from ``torch.compile``).
+
+A program saved with ``torch.export.save`` (``.pt2``) carries its own architecture: :func:`load_program` reads it
+without a spec. A plain ``torch.export.load`` runs code from the file (pickles loaded with ``weights_only=False``,
+objects unpickled, symbolic shapes evaluated by ``sympy.sympify``, guard code compiled by ``ep.module()``, compiled
+libraries), so the archive is checked first and the load runs under a guard (the comment above
+:func:`load_program`'s helpers lists each route and how it is closed): no code from the file runs.
+
+Every problem (missing or truncated file, a pickle carrying code, a program that would run code, a state dict of
+another architecture) raises :class:`ModelFileError` with a one-line message.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
+import pickle
+import re
 import struct
-from collections.abc import Mapping
+import threading
+import tokenize
+import zipfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,17 +138,64 @@ def _read_safetensors(path: Path) -> dict[str, Tensor]:
         raise ModelFileError(f"cannot read safetensors checkpoint {str(path)!r}: {_one_line(str(exc))[:200]}") from None
 
 
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
+
+
+def _common_prefix(names: list[str]) -> str:
+    """The longest dotted prefix (ending in '.') shared by every name, '' if none."""
+    parts = [name.split(".")[:-1] for name in names]
+    prefix: list[str] = []
+    for segment in zip(*parts, strict=False):
+        if len(set(segment)) != 1:
+            break
+        prefix.append(segment[0])
+    return "".join(p + "." for p in prefix)
+
+
+def _align_names(state: Mapping[str, Tensor], expected: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with its names mapped onto the model's when they differ only by a common prefix: wrapper prefixes
+    stripped, then the state's common prefix replaced by the model's (``0.weight`` → ``net.0.weight``)."""
+    if set(state) <= set(expected):
+        return dict(state)
+    renamed = dict(state)
+    for wrapper in _WRAPPER_PREFIXES:
+        if renamed and all(k.startswith(wrapper) for k in renamed):
+            renamed = {k[len(wrapper) :]: v for k, v in renamed.items()}
+    if set(renamed) <= set(expected):
+        return renamed
+    theirs, ours = _common_prefix(list(renamed)), _common_prefix(list(expected))
+    moved = {ours + k[len(theirs) :]: v for k, v in renamed.items()}
+    return moved if set(moved) <= set(expected) else dict(state)
+
+
+def _expected_names(model: nn.Module, limit: int = 6) -> str:
+    names = [name for name, _ in model.named_parameters()]
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+
 def load_weights(model: nn.Module, state: Mapping[str, Tensor], source: str = "checkpoint") -> nn.Module:
     """Load ``state`` into ``model`` (strictly: every parameter present with its shape, nothing unknown) and return
-    it, converted to the checkpoint's floating dtype. Buffers the checkpoint lacks (e.g. the frozen features of
-    ``random_features``, rebuilt from the spec's seed) keep the model's values."""
+    it, converted to the checkpoint's floating dtype. Names may differ by a common prefix (module docstring).
+    Buffers the checkpoint lacks (e.g. the frozen features of ``random_features``, rebuilt from the spec's seed)
+    keep the model's values.
+
+    Raises:
+        ModelFileError: a name the model has not, a missing parameter (both name the expected ones), a shape or
+            dtype that does not fit, non-finite values.
+    """
     expected = model.state_dict()
+    state = _align_names(state, expected)
     params = [name for name, _ in model.named_parameters()]  # in module order: the first missing one is named
     unknown = [k for k in state if k not in expected]
     missing = [k for k in params if k not in state]
     if unknown or missing:
         what = f"has {unknown[0]!r}, which the model has not" if unknown else f"lacks the parameter {missing[0]!r}"
-        raise ModelFileError(f"{source} does not fit the model spec: it {what} (another architecture?)")
+        raise ModelFileError(
+            f"{source} does not fit the model spec: it {what}; the spec's model has {_expected_names(model)}. "
+            "Save the state dict of the model the spec builds (sgdstab.build_model), or check the spec's widths "
+            "and kind; a program saved with torch.export needs no spec (--program)"
+        )
     for name, value in state.items():
         if value.shape != expected[name].shape:
             raise ModelFileError(
@@ -148,6 +213,203 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], source: str = "c
     return model
 
 
+# --------------------------------------------------------------------------------------- torch.export programs
+# torch.export.load (torch 2.13) runs code from the file on five routes, each closed here:
+# 1. torch.load(weights_only=False) on weights/constants flagged use_pickle and, as a fallback, on the sample inputs;
+# 2. pickle.loads / torch._C._pickle_load_obj on opaque_obj_* / custom_obj_* constants;
+# 3. sympy.sympify (an eval) on every symbolic-shape string ("expr_str") of the program's JSON;
+# 4. exec of the program's "guards_code" strings when ep.module() builds its guard function (check_guards=True);
+# 5. a compiled AOTInductor library (data/aotinductor/) loaded next to the program.
+# So: only known members (5), use_pickle false and tensor payloads only (1, 2), every string of the JSON checked by
+# its field (3; names are plain identifiers, so none can reach FX's generated code), module(check_guards=False) (4),
+# and during the load torch.load is forced to weights_only=True, raw unpickling raises and sympify checks its input.
+_MEMBER = re.compile(
+    r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|models/\w+\.json"
+    r"|data/weights/(weight_\d+|\w+_weights_config\.json)|data/constants/(tensor_\d+|\w+_constants_config\.json)"
+    r"|data/sample_inputs/\w+\.pt|extra/[\w.\-]+)",
+    re.ASCII,
+)
+_NAME = re.compile(r"[\w.\-+:]*", re.ASCII)  # names, targets, dtypes, versions: no quote, bracket or space
+_META = re.compile(r"[\w .,;:\-+\[\](){}\"'=]*", re.ASCII)  # metadata stored on nodes, never compiled
+_META_FIELDS = frozenset(
+    {"nn_module_stack", "torch_fn", "source_fn_stack", "custom", "from_node", "in_spec", "out_spec"}
+)
+_FREE_FIELDS = frozenset({"stack_trace", "guards_code"})  # shown in messages only / never compiled (check 4)
+_SYM_NAMES = frozenset(
+    {"Symbol", "Integer", "Float", "Rational", "True", "False", "positive", "integer", "real", "nonnegative"}
+    | {"negative", "finite", "zero", "oo", "Max", "Min", "Abs", "floor", "ceiling", "sqrt", "Eq", "Ne", "Lt"}
+    | {"Le", "Gt", "Ge", "And", "Or", "Not", "Piecewise"}
+)
+_SYM_OPS = frozenset(["(", ")", ",", "=", "+", "-", "*", "/", "//", "%", "**", "<", ">", "<=", ">=", "==", "!="])
+_SYMBOL = re.compile(r"[a-z]+\d+", re.ASCII)  # torch's shape symbols: s0, u3, zf1, ...
+_MAX_JSON_BYTES = 256 << 20  # a program's JSON is KiB to MiB; more is refused unread
+_PROGRAM_LOCK = threading.Lock()  # the guard patches module attributes: one load at a time
+
+
+def _sympy_names() -> frozenset[str]:
+    """The names a symbolic-shape string may use: sympy's constructors above and torch's shape functions."""
+    import torch.utils._sympy.functions as functions
+
+    return _SYM_NAMES | {name for name, value in vars(functions).items() if isinstance(value, type)}
+
+
+def _check_sym_expr(text: str) -> None:
+    """Refuse a symbolic-shape string that is more than sympy constructors, shape symbols and arithmetic (sympify
+    evaluates it as Python: no attribute, call of a builtin, or string beyond a symbol name may pass)."""
+    if len(text) > 4096:
+        raise ValueError(f"symbolic expression {text[:60]!r}… is longer than 4096 characters")
+    names = _sympy_names()
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError, IndentationError):
+        raise ValueError(f"unreadable symbolic expression {text[:60]!r}") from None
+    for token in tokens:
+        kind, value = token.type, token.string
+        ok = (
+            kind in (tokenize.NUMBER, tokenize.NEWLINE, tokenize.NL, tokenize.ENDMARKER)
+            or (kind == tokenize.NAME and (value in names or _SYMBOL.fullmatch(value) is not None))
+            or (kind == tokenize.OP and value in _SYM_OPS)
+            or (kind == tokenize.STRING and value[:1] in "'\"" and _SYMBOL.fullmatch(value[1:-1]) is not None)
+        )
+        if not ok:
+            raise ValueError(f"symbolic expression {text[:60]!r} holds {value[:30]!r}, which is not shape arithmetic")
+
+
+def _check_strings(node: Any, field: str = "") -> None:
+    """Every string (and key) of a program's JSON against the rule of its field (module comment above)."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if not isinstance(key, str) or _NAME.fullmatch(key) is None:
+                raise ValueError(f"the name {str(key)[:60]!r} under {field or 'the top'!r} is not a plain identifier")
+            _check_strings(value, key)
+    elif isinstance(node, list):
+        for value in node:
+            _check_strings(value, field)
+    elif isinstance(node, str) and field not in _FREE_FIELDS:
+        if field == "expr_str":
+            _check_sym_expr(node)
+        elif _META.fullmatch(node) is None if field in _META_FIELDS else _NAME.fullmatch(node) is None:
+            raise ValueError(f"field {field!r} holds {node[:60]!r}, which is not a plain name")
+
+
+def _check_payloads(source: str, name: str, raw: bytes) -> None:
+    """A weights/constants config: every entry a raw tensor (no pickle, no object)."""
+    try:
+        config = json.loads(raw).get("config", {})
+    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        raise ModelFileError(f"{source}: {name!r} is not a valid payload config") from None
+    if not isinstance(config, dict):
+        raise ModelFileError(f"{source}: {name!r} is not a valid payload config")
+    for fqn, meta in config.items():
+        if not isinstance(meta, dict):
+            raise ModelFileError(f"{source}: {name!r} has a malformed entry for {str(fqn)[:60]!r}")
+        if meta.get("use_pickle") or not re.fullmatch(r"(weight|tensor)_\d+", str(meta.get("path_name", ""))):
+            raise ModelFileError(
+                f"{source}: {str(fqn)[:60]!r} is stored as a pickled object, which would run code on loading; "
+                "only tensors are accepted"
+            )
+
+
+def _check_archive(path: Path) -> None:
+    """Refuse a .pt2 archive holding anything ``torch.export.load`` would run as code (comment above)."""
+    source = f"program {str(path)!r}"
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"{source} is not a torch.export archive (a .pt2 zip file from torch.export.save)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            root = names[0].split("/", 1)[0] + "/" if names and "/" in names[0] else ""
+            members = [n[len(root) :] if n.startswith(root) else n for n in names]
+            unknown = [n for n in members if _MEMBER.fullmatch(n) is None]
+            if unknown:
+                raise ModelFileError(
+                    f"{source} holds {unknown[0][:80]!r}, which is not part of an exported program (a legacy "
+                    "pickled payload, a compiled library or a pickled object): export it again with "
+                    "torch.export.save from a plain nn.Module"
+                )
+            infos = {m: archive.getinfo(n) for m, n in zip(members, names, strict=True) if m.endswith(".json")}
+            large = [m for m, info in infos.items() if info.file_size > _MAX_JSON_BYTES]
+            if large:
+                raise ModelFileError(f"{source}: {large[0]!r} is larger than {_MAX_JSON_BYTES >> 20} MiB of JSON")
+            texts = {m: archive.read(info) for m, info in infos.items()}
+    except (zipfile.BadZipFile, OSError, KeyError, EOFError) as exc:
+        raise ModelFileError(f"cannot read {source}: {_one_line(str(exc))[:200]}") from None
+    if not any(m.startswith("models/") for m in texts):
+        raise ModelFileError(f"{source} holds no exported program (no models/*.json); save it with torch.export.save")
+    for name, raw in texts.items():
+        if name.endswith(("_weights_config.json", "_constants_config.json")):
+            _check_payloads(source, name, raw)
+        try:
+            _check_strings(json.loads(raw))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            raise ModelFileError(f"{source}: {name!r} is not valid JSON") from None
+        except ValueError as exc:
+            raise ModelFileError(f"{source}: {name!r}: {exc}; refused, as loading could run it as code") from None
+
+
+@contextlib.contextmanager
+def _no_code_from_the_file() -> Iterator[None]:
+    """Within: every ``torch.load`` is ``weights_only=True``, raw unpickling of objects raises, ``sympy.sympify``
+    takes only shape arithmetic, and torch.export's logged tracebacks are silenced (the error says it in one line)."""
+    import sympy
+
+    originals = (torch.load, pickle.loads, getattr(torch._C, "_pickle_load_obj", None), sympy.sympify)
+    logger = logging.getLogger("torch.export")
+    level = logger.level
+
+    def safe_load(*args: Any, **kwargs: Any) -> Any:
+        kwargs["weights_only"] = True
+        return originals[0](*args, **kwargs)
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise pickle.UnpicklingError("refused: the archive asks to unpickle an arbitrary object")
+
+    def safe_sympify(value: Any, *args: Any, **kwargs: Any) -> Any:
+        if isinstance(value, str):
+            _check_sym_expr(value)
+        return originals[3](value, *args, **kwargs)
+
+    with _PROGRAM_LOCK:
+        torch.load, pickle.loads, sympy.sympify = safe_load, refuse, safe_sympify  # type: ignore[assignment]
+        if originals[2] is not None:
+            torch._C._pickle_load_obj = refuse  # type: ignore[attr-defined]
+        logger.setLevel(logging.CRITICAL)
+        try:
+            yield
+        finally:
+            torch.load, pickle.loads, sympy.sympify = originals[0], originals[1], originals[3]  # type: ignore[assignment]
+            if originals[2] is not None:
+                torch._C._pickle_load_obj = originals[2]  # type: ignore[attr-defined]
+            logger.setLevel(level)
+
+
+def load_program(path: str | os.PathLike[str]) -> nn.Module:
+    """The model of a program saved with ``torch.export.save`` (``.pt2``), as an ``nn.Module`` whose parameters are
+    the exported ones; no spec needed and no code from the file runs (module docstring). Export it with a dynamic
+    batch dimension, ``dynamic_shapes=({0: torch.export.Dim("batch")},)``, so that it runs on any number of samples.
+
+    Raises:
+        ModelFileError: not a file, not a torch.export archive, anything that would run as code (a pickled payload,
+            a compiled library, a symbolic shape or name that is not plain), or an archive torch cannot read.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"program {str(path)!r} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise ModelFileError(f"program {str(path)!r} is not readable (permission denied)")
+    _check_archive(path)
+    try:
+        with _no_code_from_the_file():
+            module = torch.export.load(path).module(check_guards=False)  # guards_code is never compiled
+    except Exception as exc:  # a refusal of the guard, or an archive torch cannot read
+        first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
+        raise ModelFileError(
+            f"cannot load program {str(path)!r}: {type(exc).__name__}: {first[:200]} (only tensor payloads and plain "
+            "shape arithmetic load)"
+        ) from None
+    return module
+
+
 def load_model(
     spec: str | os.PathLike[str] | Mapping[str, Any] | ModelSpec, checkpoint: str | os.PathLike[str]
 ) -> nn.Module:
@@ -159,10 +421,40 @@ def load_model(
     return model.eval()
 
 
+def program_input_shape(module: nn.Module) -> tuple[int | None, ...] | None:
+    """The shape one input of an exported program's module takes, symbolic sizes as None (its first placeholder's
+    recorded value); None when the module is not from torch.export or has no such record."""
+    graph = getattr(module, "graph", None)
+    for node in getattr(graph, "nodes", ()):
+        if node.op == "placeholder":
+            value = node.meta.get("val")
+            shape = getattr(value, "shape", None)
+            if shape is None:
+                return None
+            return tuple(d if isinstance(d, int) else None for d in shape)
+    return None
+
+
+def fit_inputs(module: nn.Module, X: Tensor) -> tuple[Tensor, str | None]:
+    """X reshaped to what an exported program takes, when it takes flat samples of X's size ((n, 1, 28, 28) images
+    for a program exported on (n, 784) inputs); returns (X, a note saying so, or None)."""
+    shape = program_input_shape(module)
+    if shape is None or len(shape) != 2 or X.ndim <= 2:
+        return X, None
+    width = 1
+    for d in X.shape[1:]:
+        width *= int(d)
+    if shape[1] is not None and shape[1] != width:
+        return X, None
+    return X.reshape(len(X), -1), f"inputs flattened from {tuple(X.shape[1:])} to ({width},), as the program takes"
+
+
 __all__ = [
     "TRAIN_CHECKPOINT_FORMAT",
     "ModelFileError",
+    "fit_inputs",
     "load_model",
+    "load_program",
     "load_spec",
     "load_weights",
     "read_state_dict",

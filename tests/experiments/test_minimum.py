@@ -106,7 +106,7 @@ def test_flatness_with_no_solution_fails_its_claims_and_still_writes_the_report(
 
 
 def test_polish_halves_steps_that_overshoot(monkeypatch):
-    import sgdstab.experiments.minimum as minimum
+    import sgdstab.polish as polishing
 
     g = torch.Generator().manual_seed(0)
     X, Y = torch.randn(10, 5, dtype=torch.float64, generator=g), torch.randn(10, 2, dtype=torch.float64, generator=g)
@@ -114,7 +114,7 @@ def test_polish_halves_steps_that_overshoot(monkeypatch):
     P = sgdstab.Problem(model, X, Y, dtype=torch.float64)
     theta0 = P.theta.clone()
     # from the initialization (L ≈ 0.9) the full Gauss–Newton step overshoots: undamped, the polish cannot start
-    monkeypatch.setattr(minimum, "_BACKTRACK", (1.0,))
+    monkeypatch.setattr(polishing, "_BACKTRACK", (1.0,))
     assert polish(P, 10) == (0, 0.0) and torch.equal(P.theta, theta0)
     monkeypatch.undo()
     taken, _ = polish(P, 10)

@@ -56,14 +56,15 @@ def test_sweep_records_good_runs_and_the_failure_without_stopping(swept):
         assert r.results["diverged"] == 0 and r.results["steps_done"] == 60
         assert r.results["final_loss"] < 0.5 and r.results["hessian_frobenius"] > 0 and r.results["mu"] > 0
         assert r.results["curvature_exact"] == 1  # p = 529: the dense route
-        assert set(r.timings) == {"data", "train", "measure", "total"} and r.seconds == r.timings["total"]
+        assert set(r.timings) == {"data", "train", "polish", "measure", "total"} and r.seconds == r.timings["total"]
         files = run_dir(out, r.run_id)
         assert sorted(p.name for p in files.iterdir()) == ["config.json", "history.json", "params.pt"]
     assert not run_dir(out, failed.run_id).exists()
     assert_artifacts_complete(out)
     assert json.loads((out / "config.json").read_text())["experiment"] == "sweep"
     report = (out / "report.md").read_text()
-    assert "4/5 runs done" in report and "**FAILED** — every run of the sweep finished" in report
+    assert "4/5 runs converged" in report
+    assert "**FAILED** — every run of the sweep ran to its end without failing or diverging" in report
     assert all(r.short_id in report for r in records) and "## Failed runs" in report
     with open(out / "results.csv", newline="") as fh:
         assert [row["run_id"] for row in csv.DictReader(fh)] == [r.run_id for r in records]

@@ -106,7 +106,7 @@ def test_cli_sweep_killed_with_sigkill_at_a_random_point_and_resumed(tmp_path):
     assert_artifacts_complete(out)
     assert not [p for p in out.rglob(".*.tmp")]  # the killed writer's temporaries were cleaned up
     report = (out / "report.md").read_text()
-    assert f"{TOTAL}/{TOTAL} runs done" in report
+    assert f"{TOTAL}/{TOTAL} runs converged" in report
 
 
 def test_two_cli_sweeps_on_one_directory_at_once(tmp_path):

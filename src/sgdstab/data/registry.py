@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -97,6 +98,16 @@ def _raw_images(name: str, split: str, data_dir: str | os.PathLike[str] | None) 
     return cifar.load(split, data_dir)
 
 
+def check_dataset_name(name: object) -> str:
+    """``name`` if it is a known data set, else :class:`~sgdstab.errors.DataError` naming the closest known name
+    and all of them (the CLI checks ``--data`` with it before loading anything)."""
+    if not isinstance(name, str) or name not in DATASETS:
+        close = difflib.get_close_matches(str(name), list(DATASETS), n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise DataError(f"unknown dataset {name!r}{guess}; known: {', '.join(DATASETS)}")
+    return name
+
+
 def load_dataset(
     name: str,
     n: int | None = None,
@@ -127,9 +138,7 @@ def load_dataset(
     ``(p/255 - mean[c])/std[c]`` with mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616);
     synthetic data are not normalized. Every problem raises :class:`~sgdstab.errors.DataError`.
     """
-    if not isinstance(name, str) or name not in DATASETS:
-        raise DataError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    spec = DATASETS[name]
+    spec = DATASETS[check_dataset_name(name)]
     if split not in spec.splits:
         if name == "digits" and split == "test":
             digits.load(split)  # raises the explanatory error

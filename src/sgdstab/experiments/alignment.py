@@ -232,7 +232,7 @@ def _model_text(kind: str, cfg: AlignmentConfig) -> str:
 
 
 def _first_last(rows: list[dict[str, Any]]) -> str:
-    return f"{rows[0]['loss']:.3g} → {rows[-1]['loss']:.3g}" if rows else "—"
+    return f"{fmt(rows[0]['loss'], 3)} → {fmt(rows[-1]['loss'], 3)}" if rows else "—"
 
 
 def _range(rows: list[dict[str, Any]]) -> list[float]:
@@ -289,7 +289,7 @@ def _width_claim(sweeps: dict[str, dict[int, list[dict[str, Any]]]], tol: float)
         ratios[kind] = hi / lo
         parts.append(
             f"{LABELS[kind]}: median μ {fmt(lo, 3)} at width {ws[0]}, {fmt(hi, 3)} at width {ws[-1]} "
-            f"({ws[-1] / ws[0]:.3g}× wider)"
+            f"({fmt(ws[-1] / ws[0], 3)}× wider)"
         )
     claim = count_claim(
         "width_no_shrink",
@@ -400,8 +400,8 @@ def _plot(
             ax.axhline(1 / k, color="gray", linewidth=0.8, linestyle=":", label=f"μ = 1/k (k = {k} outputs)")
     left.axhline(cfg.mu_floor, color="tab:red", linewidth=0.8, linestyle="--", label=f"claimed floor {cfg.mu_floor:g}")
     left.set_ylim(0, None)
-    left.set_xlabel(f"SGD step (B = {cfg.batch_size}, η = {cfg.lr_fraction:g}·2/λ_max(G) at init)")
-    left.set_ylabel("μ = Tr(ΣG) / (2L ||G||_F²)")
+    left.set_xlabel(f"SGD step (B = {cfg.batch_size}, η = {cfg.lr_fraction:g}·" + r"$2/\lambda_{\max}(G)$ at init)")
+    left.set_ylabel(r"$\mu = \mathrm{Tr}(\Sigma G) / (2L\,\|G\|_F^2)$")
     left.set_title("Alignment along training")
     values = [v for rs in main.values() for r in rs for v in (r["two_loss_gn_frob2"], r["tr_sigma_g"]) if v > 0]
     if values:
@@ -413,8 +413,8 @@ def _plot(
         mid.set_ylim(lo, hi)
     mid.set_xscale("log")
     mid.set_yscale("log")
-    mid.set_xlabel("2L ||G||_F²  (L = (1/2n) Σ ||r_i||², G = JᵀJ/n)")
-    mid.set_ylabel("Tr(ΣG)  (Σ: per-sample gradient covariance)")
+    mid.set_xlabel(r"$2L\,\|G\|_F^2$  ($L = \frac{1}{2n}\sum_i \|r_i\|^2$, $G = J^\top J/n$)")
+    mid.set_ylabel(r"$\mathrm{Tr}(\Sigma G)$  (Σ: per-sample gradient covariance)")
     mid.set_title("Noise against loss × curvature")
     for kind, by in sweeps.items():
         ws = sorted(by)

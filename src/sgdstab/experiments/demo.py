@@ -13,11 +13,14 @@ It runs, each into its own subdirectory of the output directory and each through
 4. ``escape`` — one sharp minimum, SGD restarts on both sides of the exact η*;
 5. ``diagram`` — the exact stable region of one minimum in the (η, B) plane.
 
-The top-level ``report.md`` repeats every claim with its verdict and links each experiment's report and figures;
-``summary.json`` holds the same claims machine-readable (``claims``: one entry per claim with its experiment), the
-three checks of the original demo (``headline``: Frobenius certificate, linear stability, GD bound / edge of
-stability, taken from ``flatness``), each experiment's run time, and the machine's load average. Every file is
-written atomically; a failed claim is reported as FAILED, never dropped.
+The top-level ``report.md`` repeats every claim with its verdict and links each experiment's report and figures,
+and says which certificate binds at the diagram's minimum (:func:`sgdstab.experiments.diagram.which_binds`, from
+that experiment's numbers: each bound as a multiple of η*(B), the tightest necessary one by B, and why the headline
+uses the measured μ). ``summary.json`` keeps those numbers under ``certificates`` and holds the same claims
+machine-readable (``claims``: one entry per claim with its experiment), the three checks of the original demo
+(``headline``: Frobenius certificate, linear stability, GD bound / edge of stability, taken from ``flatness``), each
+experiment's run time, and the machine's load average. Every file is written atomically; a failed claim is reported
+as FAILED, never dropped.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from sgdstab._version import __version__
 from sgdstab.data import DEFAULT_DATASET, load_dataset
 from sgdstab.experiments.base import REPORT_FILE
 from sgdstab.experiments.config import ConfigError, build_config
+from sgdstab.experiments.diagram import which_binds
 from sgdstab.experiments.io import atomic_write_json, atomic_write_text, prepare_output_dir
 from sgdstab.experiments.registry import get_experiment
 from sgdstab.experiments.report import fmt
@@ -219,6 +223,7 @@ def _summary(results: dict[str, dict[str, Any]], description: str, n: int | None
         }
         for name, s in results.items()
     ]
+    diagram = results["diagram"]["numbers"]
     return {
         "experiment": "demo",
         "title": "sgdstab demo: why SGD ends up at flat minima",
@@ -229,19 +234,36 @@ def _summary(results: dict[str, dict[str, Any]], description: str, n: int | None
         "quick": quick,
         "passed": all(c["passed"] for c in claims),
         "headline": headline,
+        # the diagram minimum's certificates, per scheme and B: which one binds (the report's section comes from it)
+        "certificates": {key: diagram[key] for key in _BINDING_KEYS if key in diagram},
         "experiments": experiments,
         "claims": claims,
     }
 
+
+_BINDING_KEYS = ("n", "lambda_max", "hessian_frobenius", "mu_inf", "mu_measured", "certificates")
+_BINDING_SCHEME = "with_replacement"  # the flatness grid's scheme; the diagram report has both
 
 _INTRO = """\
 **The claim.** At a global minimum of the square loss that SGD with learning rate η and batch size B can stay in,
 ||H||_F ≤ sqrt(1/(cμ))/η = sqrt(B/μ)/η (c = 1/B with replacement), where μ = Tr(ΣG)/(2L||G||_F²) measures how
 well the SGD noise Σ is aligned with the curvature G — and GD only has λ_max(H) ≤ 2/η (THEORY.md §5). Below, five
 compact experiments on the built-in Fashion-MNIST subset check it: the flatness of the minima SGD reaches, the
-alignment μ along training, its independence of n and width, the escape from a sharp minimum at the predicted rate,
-and the exact stable region of one minimum. Every figure is computed exactly through the NTK K = JJᵀ (built once per
-measured point); η is on L = (1/2n) Σ ||f(x_i) − y_i||²."""
+alignment μ along training, its independence of n and width, the escape from a sharp minimum (SGD above the exact
+η* leaves, below it stays) and the exact stable region of one minimum. Every figure is computed exactly through
+the NTK K = JJᵀ (built once per measured point); η is on L = (1/2n) Σ ||f(x_i) − y_i||²."""
+
+
+def _binding_section(numbers: dict[str, Any] | None) -> list[str]:
+    """Which certificate binds at the diagram's minimum, generated from the diagram experiment's numbers."""
+    if not numbers or _BINDING_SCHEME not in numbers.get("certificates", {}):
+        return []
+    text = which_binds(
+        numbers,
+        heading="## Which certificate binds, at the diagram's minimum (section 5)",
+        schemes=(_BINDING_SCHEME,),
+    )
+    return [text, "", "(Without replacement, and every bound itself: [diagram/report.md](diagram/report.md).)", ""]
 
 
 def _report(summary: dict[str, Any]) -> str:
@@ -257,7 +279,8 @@ def _report(summary: dict[str, Any]) -> str:
     lines = [f"# {summary['title']}", "", _INTRO, "", f"Data: {summary['data']}.", "", verdict, ""]
     lines += ["## The main result, on the flatness grid", ""]
     words = {
-        "frobenius_certificate": "Frobenius certificate ||H||_F ≤ sqrt(1/(cμ))/η at every SGD solution",
+        "frobenius_certificate": "Frobenius bound ||H||_F ≤ sqrt(1/(cμ))/η at every SGD solution, μ measured there "
+        "(why measured μ, and how loose μ_inf makes it: next section)",
         "linear_stability": "linear stability where SGD settled: η ≤ η*(B), the exact threshold of ρ(T) ≤ 1 (2% slack "
         "for a run that stops near, not at, the minimum)",
         "gd_bound": "GD bound λ_max(H) ≤ 2/η at every solution (2% slack), GD at the edge of stability",
@@ -265,6 +288,7 @@ def _report(summary: dict[str, Any]) -> str:
     for key, h in summary["headline"].items():
         lines.append(f"- **{'holds' if h['holds'] else 'FAILS'}** — {words[key]}: {h['detail']}")
     lines += ["", "(Figures in section 1.)", ""]
+    lines += _binding_section(summary.get("certificates"))
     by_name = {}
     for c in claims:
         by_name.setdefault(c["experiment"], []).append(c)

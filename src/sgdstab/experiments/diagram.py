@@ -36,7 +36,7 @@ import numpy as np
 from sgdstab.alignment import alignment
 from sgdstab.certificates import kernel_curvature
 from sgdstab.conventions import SAMPLING_SCHEMES
-from sgdstab.diagram import LABELS, StabilityDiagram, default_batch_sizes, stability_diagram
+from sgdstab.diagram import LABELS, PLOT_LABELS, StabilityDiagram, default_batch_sizes, stability_diagram
 from sgdstab.experiments.base import Context, Experiment, Outcome
 from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure
@@ -186,23 +186,194 @@ def body(cfg: DiagramConfig, ctx: Context) -> Outcome:
             s: [min(_finite(d.ratio("frobenius_mu_inf"))), max(_finite(d.ratio("frobenius_mu_inf")))]
             for s, d in diagrams.items()
         },
+        "certificates": {s: certificate_rows(d) for s, d in diagrams.items()},
     }
     intro = (
         f"Data: {data.description}.\n\n"
         f"Model: {describe_network(cfg, data, problem)}, p = {problem.p} parameters, "
         f"float64, square loss L = (1/2n) Σ ||f(x_i) − y_i||².\n\n"
-        f"Minimum: GD at η = {cfg.gd_lr} for {minimum.gd_steps} steps to L = {minimum.gd_loss:.3g}, then {taken} "
-        f"Gauss–Newton steps (θ moved by {fmt(numbers['polish_relative_distance'], 2)} of ||θ||) to "
-        f"L = {loss:.3g}. At this point λ_max(H) = {kc.lambda_max:.4g} (2/λ_max = {2 / kc.lambda_max:.4g}), "
-        f"||H||_F = {kc.frobenius:.4g}, Tr H = {kc.trace:.4g}, μ_inf = {kc.mu_inf:.3g}"
-        + (f"; μ measured at the GD point before polishing = {mu:.3g}" if mu is not None else "")
+        f"Minimum: GD at η = {cfg.gd_lr} for {minimum.gd_steps} steps to L = {fmt(minimum.gd_loss, 3)}, then "
+        f"{taken} Gauss–Newton steps (θ moved by {_moved(moved, minimum.polish_relative)}) to "
+        f"L = {fmt(loss, 3)}. At this point λ_max(H) = {fmt(kc.lambda_max)} (2/λ_max = {fmt(2 / kc.lambda_max)}), "
+        f"||H||_F = {fmt(kc.frobenius)}, Tr H = {fmt(kc.trace)}, μ_inf = {fmt(kc.mu_inf, 3)}"
+        + (f"; μ measured at the GD point before polishing = {fmt(mu, 3)}" if mu is not None else "")
         + ".\n\n"
         "η*(B) is the exact mean-square critical learning rate (ρ(T) = 1, THEORY.md §4); η is on L; c = 1/B with "
         "replacement, (n − B)/(B(n − 1)) without."
     )
-    sections = ["## Tables\n\n" + "\n\n".join(d.to_markdown() for d in diagrams.values())]
+    sections = [which_binds(numbers, heading="## Which certificate binds")]
+    sections.append("## Tables\n\n" + "\n\n".join(d.to_markdown() for d in diagrams.values()))
     sections.append(_checks_section(checks))
     return Outcome(rows=rows, claims=claims, numbers=numbers, intro=intro, sections=sections)
+
+
+def _moved(distance: float, relative: float) -> str:
+    """How far polishing moved θ, with its unit: absolute (Euclidean, in parameter space) and relative to ||θ||."""
+    norm = distance / relative if relative > 0 else math.nan
+    return f"{fmt(distance, 2)} in Euclidean norm, {fmt(100 * relative, 2)}% of ||θ|| = {fmt(norm, 3)}"
+
+
+def certificate_rows(diag: StabilityDiagram) -> list[dict[str, Any]]:
+    """Per batch size: η*(B), each certificate's bound and its ratio bound/η*, and the tightest necessary one.
+
+    A necessary certificate's bound is ≥ η* (THEORY.md §5), so the one with the smallest ratio bound/η* (≥ 1) is
+    the tightest: it binds first as η grows. Bounds that allow every η (``inf``, e.g. Frobenius and trace at c = 0)
+    never bind. ``tightest`` is None when no necessary certificate is finite there."""
+    rows = []
+    for j, b in enumerate(diag.batch_sizes):
+        bounds = {name: float(values[j]) for name, values in diag.bounds.items()}
+        ratios = {name: _ratio(bounds[name], diag.critical_lr[j]) for name in bounds}
+        finite = {name: r for name, r in ratios.items() if diag.necessary[name] and math.isfinite(r)}
+        tightest = min(finite, key=finite.__getitem__) if finite else None
+        rows.append(
+            {
+                "B": b,
+                "c": diag.c[j],
+                "critical_lr": diag.critical_lr[j],
+                "bounds": bounds,
+                "ratios": ratios,
+                "necessary": dict(diag.necessary),
+                "tightest": tightest,
+                "tightest_ratio": finite[tightest] if tightest else math.nan,
+            }
+        )
+    return rows
+
+
+def _ratio(bound: float, eta: float) -> float:
+    return bound / eta if eta > 0 and math.isfinite(eta) else math.nan
+
+
+def _num(value: Any) -> float:
+    """A number from summary.json (where inf and nan are strings) or from memory."""
+    return float(value) if value is not None else math.nan
+
+
+def _b_set(bs: list[int]) -> str:
+    return f"B = {bs[0]}" if len(bs) == 1 else f"B ∈ {{{', '.join(map(str, bs))}}}"
+
+
+def _span(values: list[float]) -> str:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return "—"
+    lo, hi = min(finite), max(finite)
+    return f"{fmt(lo, 3)}×" if fmt(lo, 3) == fmt(hi, 3) else f"{fmt(lo, 3)}–{fmt(hi, 3)}×"
+
+
+def _tightest_sentence(rows: list[dict[str, Any]]) -> str:
+    """'Mulayoff–Michaeli at B ∈ {1, 2} (1.29–1.36×), GD at B ∈ {6, …} (…)': runs of batch sizes, in B order."""
+    groups: list[tuple[str | None, list[dict[str, Any]]]] = []
+    for row in rows:
+        if groups and groups[-1][0] == row["tightest"]:
+            groups[-1][1].append(row)
+        else:
+            groups.append((row["tightest"], [row]))
+    parts = []
+    for name, members in groups:
+        where = _b_set([r["B"] for r in members])
+        if name is None:
+            parts.append(f"none finite at {where}")
+        else:
+            parts.append(f"{LABELS.get(name, name)} at {where} ({_span([_num(r['tightest_ratio']) for r in members])})")
+    return "; ".join(parts)
+
+
+def which_binds(
+    numbers: dict[str, Any], heading: str = "## Which certificate binds", schemes: tuple[str, ...] | None = None
+) -> str:
+    """Markdown: which certificate binds at this minimum, generated from the experiment's ``numbers``
+    (``certificates``: :func:`certificate_rows` per scheme; ``mu_inf``, ``mu_measured``, ``lambda_max``,
+    ``hessian_frobenius``).
+
+    One table per scheme (each bound as a multiple of η*(B); † not necessary), the tightest necessary certificate by
+    batch size, where the Frobenius certificate with μ_inf stands against η* and GD's 2/λ_max, where a
+    not-necessary bound falls below η*, and why the headline check uses the measured μ. ``schemes``: only these
+    (default: every scheme drawn)."""
+    per_scheme: dict[str, list[dict[str, Any]]] = {
+        s: rows for s, rows in numbers["certificates"].items() if schemes is None or s in schemes
+    }
+    blocks = [
+        heading,
+        "",
+        f"At this minimum (n = {numbers['n']}, λ_max(H) = {fmt(_num(numbers['lambda_max']))}, "
+        f"||H||_F = {fmt(_num(numbers['hessian_frobenius']))}, μ_inf = {fmt(_num(numbers['mu_inf']), 3)}"
+        + (f", μ measured = {fmt(_num(numbers['mu_measured']), 3)}" if numbers.get("mu_measured") is not None else "")
+        + "), each certificate's largest allowed η as a multiple of the exact η*(B). A necessary certificate is "
+        "≥ 1× (it never rejects a stable η); the smallest one is the tightest — it binds first as η grows. "
+        "† not necessary: it may lie below η*.",
+    ]
+    for scheme, rows in per_scheme.items():
+        blocks += ["", *_scheme_block(scheme, rows)]
+    blocks += ["", _why_measured_mu(per_scheme)]
+    return "\n".join(blocks)
+
+
+def _scheme_block(scheme: str, rows: list[dict[str, Any]]) -> list[str]:
+    names = list(rows[0]["bounds"])
+    necessary = rows[0]["necessary"]
+    head = ["B", "η*(B)"] + [LABELS.get(x, x) + ("" if necessary[x] else " †") for x in names] + ["tightest"]
+    lines = [
+        f"{scheme.replace('_', ' ').capitalize()}:",
+        "",
+        "| " + " | ".join(h.replace("|", "\\|") for h in head) + " |",
+        "|" + "|".join("---:" for _ in head) + "|",
+    ]
+    for r in rows:
+        cells = [str(r["B"]), fmt(_num(r["critical_lr"]), 4)]
+        cells += [_times(_num(r["ratios"][x])) for x in names]
+        cells.append(LABELS.get(r["tightest"], "—") if r["tightest"] else "—")
+        lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    lines += ["", f"Tightest necessary certificate: {_tightest_sentence(rows)}."]
+    lines += _frobenius_lines(rows)
+    for name in names:
+        if necessary[name]:
+            continue
+        below = [r for r in rows if _num(r["ratios"][name]) < 1 - _REL]
+        if below:
+            lines.append(
+                f"{LABELS.get(name, name)} lies below η* at {_b_set([r['B'] for r in below])} "
+                f"({_span([_num(r['ratios'][name]) for r in below])}): it is not a necessary condition, so it "
+                "certifies nothing there."
+            )
+    return lines
+
+
+def _times(ratio: float) -> str:
+    return "∞ (no bound)" if math.isinf(ratio) else f"{fmt(ratio, 3)}×"
+
+
+def _frobenius_lines(rows: list[dict[str, Any]]) -> list[str]:
+    """Where the paper's certificate (μ_inf) stands: its slack, and how often GD's line is tighter."""
+    if "frobenius_mu_inf" not in rows[0]["bounds"]:
+        return []
+    finite = [r for r in rows if math.isfinite(_num(r["ratios"]["frobenius_mu_inf"]))]
+    if not finite:
+        return []
+    looser = [r for r in finite if _num(r["bounds"]["frobenius_mu_inf"]) > _num(r["bounds"]["gd"])]
+    slack = _span([_num(r["ratios"]["frobenius_mu_inf"]) for r in finite])
+    text = (
+        f"The paper's Frobenius certificate with μ_inf allows {slack} "
+        f"the exact η*, and is looser than GD's 2/λ_max at {len(looser)}/{len(finite)} batch sizes where it is finite"
+    )
+    if "frobenius_mu" in rows[0]["bounds"]:
+        mu_ratios = [_num(r["ratios"]["frobenius_mu"]) for r in rows]
+        text += f"; with the measured μ it allows {_span(mu_ratios)}"
+    return [text + "."]
+
+
+def _why_measured_mu(per_scheme: dict[str, list[dict[str, Any]]]) -> str:
+    """Why the headline uses the measured μ, with the μ_inf slack of the first scheme as the number."""
+    scheme, rows = next(iter(per_scheme.items()))
+    slack = _span([_num(r["ratios"].get("frobenius_mu_inf", math.nan)) for r in rows])
+    return (
+        "Why the headline check uses the measured μ: it tests the paper's bound ||H||_F ≤ sqrt(1/(cμ))/η at the "
+        "solutions SGD actually reaches, as a relation between observed quantities (μ is the alignment measured "
+        "there). With μ_inf — the smallest alignment over all residual directions — the same inequality becomes a "
+        "certificate, necessary at every minimum SGD can stay in, but a loose one: here it allows "
+        f"{slack} the exact η* ({scheme.replace('_', ' ')}). The exact test of stability is η ≤ η*(B), which "
+        "the linear-stability check applies."
+    )
 
 
 def _finite(values: Any) -> list[float]:
@@ -227,8 +398,8 @@ def _claims(
             "global_minimum",
             "the minimum interpolates (L ≤ 1e-20 · ½ mean ||y||², so H = G and the analysis is exact)",
             bool(loss <= _INTERPOLATION * scale),
-            f"L = {loss:.3g} after GD ({minimum.gd_steps} steps to {minimum.gd_loss:.3g}) and {taken} Gauss–Newton "
-            f"steps moving θ by {moved:.3g}",
+            f"L = {fmt(loss, 3)} after GD ({minimum.gd_steps} steps to {fmt(minimum.gd_loss, 3)}) and {taken} "
+            f"Gauss–Newton steps moving θ by {_moved(moved, minimum.polish_relative)}",
             {"loss": loss, "threshold": _INTERPOLATION * scale, "gd_loss": minimum.gd_loss, "polish_steps": taken},
         )
     ]
@@ -257,7 +428,7 @@ def _claims(
                 oks += [x >= 1 - _REL or not math.isfinite(x) for x in r]
                 ratios += [x for x in r if math.isfinite(x)]
             else:
-                below = sum(x < 1 for x in r)
+                below = sum(x < 1 - _REL for x in r)
                 informative.append(
                     f"{LABELS.get(name, name)} ({scheme.replace('_', ' ')}) lies below η* at {below}/{len(r)} batch "
                     f"sizes, smallest ratio {fmt(min(_finite(r)), 3)}"
@@ -297,7 +468,7 @@ def _claims(
                 "gd_endpoint",
                 "without replacement, η*(B = n) equals GD's 2/λ_max(H) (c = 0)",
                 bool(err <= 1e-8),
-                f"η*(n) = {eta_n:.10g}, 2/λ_max(H) = {gd:.10g}, relative difference {err:.2g}",
+                f"η*(n) = {fmt(eta_n, 10)}, 2/λ_max(H) = {fmt(gd, 10)}, relative difference {fmt(err, 2)}",
                 {"critical_lr_at_n": eta_n, "gd_bound": gd, "relative_difference": err},
             )
         )
@@ -315,7 +486,7 @@ def _claims(
             ratio_name="largest ratio η*_without/η*_with",
             extra={"relative_difference_at_B1": at_one},
         )
-        claims.append(dataclasses.replace(claim, detail=claim.detail + f"; |ratio − 1| at B = 1: {at_one:.2g}"))
+        claims.append(dataclasses.replace(claim, detail=claim.detail + f"; |ratio − 1| at B = 1: {fmt(at_one, 2)}"))
     return claims
 
 
@@ -365,7 +536,7 @@ def _plot_slack(diagrams: dict[str, StabilityDiagram]) -> Any:
             if np.all(np.isnan(y)):
                 continue
             ratios += [float(v) for v in y if np.isfinite(v)]
-            label = LABELS.get(name, name) + ("" if d.necessary[name] else " (not necessary)")
+            label = PLOT_LABELS.get(name, name) + ("" if d.necessary[name] else " (not necessary)")
             style = "-" if d.necessary[name] else "--"
             ax.plot(bs, y, style, marker="o", markersize=3, color=colors.get(name), label=label)
         ax.axhline(1.0, color="black", linewidth=1.5, label="exact η*(B) (ratio 1)")
@@ -403,4 +574,4 @@ def run(config: DiagramConfig, out_dir: str | Path, quiet: bool = True) -> dict[
     return EXPERIMENT.run(config, out_dir, quiet=quiet)
 
 
-__all__ = ["EXPERIMENT", "DiagramConfig", "body", "quick_config", "run"]
+__all__ = ["EXPERIMENT", "DiagramConfig", "body", "certificate_rows", "quick_config", "run", "which_binds"]

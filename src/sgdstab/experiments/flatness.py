@@ -164,9 +164,9 @@ def solve(
         row["status"] = f"diverged at step {hist.diverged_at}"
         return row
     if not hist.final_loss <= until_loss:
-        row["status"] = f"did not reach L ≤ {until_loss:g} in {max_steps} steps (L = {hist.final_loss:.3g})"
+        row["status"] = f"did not reach L ≤ {until_loss:g} in {max_steps} steps (L = {fmt(hist.final_loss, 3)})"
         return row
-    say(f"  trained: {hist.steps[-1]} steps to L = {hist.final_loss:.3g}; μ, then Gauss–Newton polishing")
+    say(f"  trained: {hist.steps[-1]} steps to L = {fmt(hist.final_loss, 3)}; μ, then Gauss–Newton polishing")
     # exact μ from K and r alone (no eigendecomposition: at n·k = 10⁴ that would be minutes)
     K_stop = ntk(problem)
     row["mu"] = noise_figures(K_stop, problem.residuals(), problem.n, problem.k).mu
@@ -182,9 +182,9 @@ def solve(
     row["polish_relative"] = moved / norm if norm > 0 else nan
     row["min_loss"] = loss
     if not loss <= INTERPOLATION * scale:
-        row["status"] = f"Gauss–Newton polishing stopped at L = {loss:.3g}, not an interpolating minimum"
+        row["status"] = f"Gauss–Newton polishing stopped at L = {fmt(loss, 3)}, not an interpolating minimum"
         return row
-    say(f"  polished: L = {loss:.3g}, θ moved by {row['polish_relative']:.2g} of ||θ||; measuring the minimum")
+    say(f"  polished: L = {fmt(loss, 3)}, θ moved by {fmt(row['polish_relative'], 2)} of ||θ||; measuring the minimum")
     K = ntk(problem)
     if not exact_stability:
         row |= {
@@ -253,7 +253,8 @@ def body(cfg: FlatnessConfig, ctx: Context) -> Outcome:
     claims = flatness_claims(rows, cfg.tolerance, cfg.edge_band, cfg.exact_stability)
     claims += [sgd_flatter_claim(rows)] if cfg.gd else []
     ctx.figure("flatness.png", plot_certificates(rows, "(η, B) grid"), CERTIFICATES_CAPTION)
-    ctx.figure("batch_size.png", _plot_batch(rows, cfg.n), _BATCH_CAPTION)
+    slopes = batch_slopes(rows)
+    ctx.figure("batch_size.png", _plot_batch(rows, cfg.n, slopes), batch_caption(slopes))
     ok = [r for r in rows if r["status"] == "ok"]
     numbers = {
         "n": problem.n,
@@ -266,6 +267,7 @@ def body(cfg: FlatnessConfig, ctx: Context) -> Outcome:
             if r["status"] != "ok"
         ],
         "largest_frobenius_ratio": max((r["frobenius_ratio"] for r in ok if r["method"] == "SGD"), default=math.nan),
+        "batch_slopes": slopes,
     }
     intro = (
         f"Data: {data.description}.\n\n"
@@ -283,7 +285,7 @@ def body(cfg: FlatnessConfig, ctx: Context) -> Outcome:
             "comes from Lanczos on K), so it checks no linear-stability claim."
         )
     )
-    sections = [solutions_section(rows)]
+    sections = [_batch_section(slopes), solutions_section(rows)]
     return Outcome(rows=rows, claims=claims, numbers=numbers, intro=intro, sections=sections)
 
 
@@ -297,15 +299,92 @@ CERTIFICATES_CAPTION = (
     "Left: ||H||_F of each SGD solution against its Frobenius bound sqrt(1/(cμ))/η (below the line y = x: the "
     "bound holds). Right: λ_max(H) against 2/η for SGD and GD (GD sits on the line: the edge of stability)"
 )
-_BATCH_CAPTION = "η·||H||_F against the batch size: SGD's flatness tracks sqrt(B) (dashed: slope ½); GD at B = n"
+
+
+def loglog_slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of log y on log x (NaN with fewer than two distinct x): y ∝ x^slope."""
+    if len(set(xs)) < 2:
+        return math.nan
+    lx, ly = np.log(np.asarray(xs, dtype=float)), np.log(np.asarray(ys, dtype=float))
+    lx = lx - lx.mean()
+    return float((lx * (ly - ly.mean())).sum() / (lx * lx).sum())
+
+
+def batch_slopes(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per η with SGD solutions at two or more B: the log-log slope of η||H||_F on B (least squares, and between
+    consecutive B, where bending shows) and the slope of the Frobenius bound η·sqrt(1/(cμ))/η = sqrt(1/(cμ)),
+    which is ½ exactly when μ does not change with B (c = 1/B). ||H||_F ∝ sqrt(B) is what the bound allows, not a
+    prediction for ||H||_F (THEORY.md §6 item 2): the slope is measured and stated, not claimed."""
+    ok = [r for r in rows if r["status"] == "ok" and r["method"] == "SGD"]
+    out = []
+    for lr in sorted({r["lr"] for r in ok}):
+        mine = sorted((r for r in ok if r["lr"] == lr), key=lambda r: r["batch_size"])
+        bs = [float(r["batch_size"]) for r in mine]
+        if len(set(bs)) < 2:
+            continue
+        flat = [lr * r["hessian_frobenius"] for r in mine]
+        out.append(
+            {
+                "lr": lr,
+                "batch_sizes": [r["batch_size"] for r in mine],
+                "slope": loglog_slope(bs, flat),
+                "pairwise": [
+                    loglog_slope(bs[i : i + 2], flat[i : i + 2]) for i in range(len(bs) - 1) if bs[i] != bs[i + 1]
+                ],
+                "bound_slope": loglog_slope(bs, [lr * r["frobenius_bound"] for r in mine]),
+            }
+        )
+    return out
+
+
+def _slope_text(s: dict[str, Any]) -> str:
+    pair = s["pairwise"]
+    bend = f" (between consecutive B: {', '.join(fmt(x, 2) for x in pair)})" if len(pair) > 1 else ""
+    return f"η = {s['lr']:g}: {fmt(s['slope'], 2)}{bend}"
+
+
+def batch_caption(slopes: list[dict[str, Any]]) -> str:
+    """The batch-size figure's caption, with the slopes measured in this run."""
+    text = (
+        "η·||H||_F at the minimum reached against the batch size B (solid; GD at B = n: stars), and the Frobenius "
+        "bound times η, sqrt(1/(cμ)) (dashed)."
+    )
+    if not slopes:
+        return text + " Fewer than two batch sizes per η: no slope measured."
+    bound = [s["bound_slope"] for s in slopes]
+    return (
+        f"{text} Measured log-log slopes of η·||H||_F on B: {'; '.join(_slope_text(s) for s in slopes)}. "
+        f"The bound's slopes: {fmt(min(bound), 2)}–{fmt(max(bound), 2)}; ∝ sqrt(B) would be 0.5"
+    )
+
+
+def _batch_section(slopes: list[dict[str, Any]]) -> str:
+    if not slopes:
+        return "## Flatness against batch size\n\nFewer than two batch sizes per η: no slope measured."
+    lines = [
+        "## Flatness against batch size",
+        "",
+        "Log-log slope of η·||H||_F on B at each η (least squares over the SGD solutions, and between consecutive "
+        "batch sizes in B order, where bending shows), against that of the Frobenius bound η·sqrt(1/(cμ))/η, which "
+        "is ½ with replacement where μ does not change with B. Measured, not claimed: the bound allows "
+        "||H||_F ∝ sqrt(B)/η, it does not predict it.",
+        "",
+        "| η | batch sizes | slope of η·\\|\\|H\\|\\|_F | between consecutive B | slope of the bound |",
+        "|---|---|---|---|---|",
+    ]
+    for s in slopes:
+        pair = ", ".join(fmt(x, 2) for x in s["pairwise"])
+        sizes = ", ".join(map(str, s["batch_sizes"]))
+        lines.append(f"| {s['lr']:g} | {sizes} | {fmt(s['slope'], 3)} | {pair} | {fmt(s['bound_slope'], 3)} |")
+    return "\n".join(lines)
 
 
 def _progress(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return f"excluded ({row['status']})"
-    text = f"{row['steps']} steps, ||H||_F = {row['hessian_frobenius']:.4g}, λ_max = {row['lambda_max']:.4g}"
+    text = f"{row['steps']} steps, ||H||_F = {fmt(row['hessian_frobenius'], 4)}, λ_max = {fmt(row['lambda_max'], 4)}"
     if row["method"] == "SGD":
-        text += f", bound {row['frobenius_bound']:.4g} (μ = {row['mu']:.3g})"
+        text += f", bound {fmt(row['frobenius_bound'], 4)} (μ = {fmt(row['mu'], 3)})"
     return text
 
 
@@ -383,7 +462,7 @@ def sgd_flatter_claim(rows: list[dict[str, Any]]) -> Claim:
         ratio = sgd[0]["hessian_frobenius"] / gd[0]["hessian_frobenius"]
         oks.append(ratio < 1)
         ratios.append(ratio)
-        parts.append(f"η = {lr:g}: B = {sgd[0]['batch_size']} {ratio:.3g}")
+        parts.append(f"η = {lr:g}: B = {sgd[0]['batch_size']} {fmt(ratio, 3)}")
     claim = count_claim(
         "sgd_flatter_than_gd",
         "at every η, the SGD solution with the smallest batch is flatter than GD's (smaller ||H||_F)",
@@ -482,13 +561,13 @@ def plot_certificates(
         plain_log_ticks(ax)
         ax.grid(True, which="major", alpha=0.25)
         ax.legend(fontsize=8, loc="upper left", ncol=2 if ax is left else 1)
-    left.set_xlabel("Frobenius bound sqrt(1/(cμ))/η  (c = 1/B with replacement; μ measured)")
-    left.set_ylabel("||H||_F at the minimum SGD reached (exact, H = G)")
+    left.set_xlabel(r"Frobenius bound $\sqrt{1/(c\mu)}/\eta$  (c = 1/B with replacement; μ measured)")
+    left.set_ylabel(r"$\|H\|_F$ at the minimum SGD reached (exact, H = G)")
     left.set_title(f"Frobenius certificate, SGD solutions over the {what}")
     if right is not None:
-        right.set_xlabel("2/η  (η on L = (1/2n) Σ ||r_i||²)")
-        right.set_ylabel("λ_max(H) at the minimum reached (exact)")
-        right.set_title("GD bound λ_max ≤ 2/η (GD on the line: edge of stability)")
+        right.set_xlabel(r"$2/\eta$  (η on $L = \frac{1}{2n}\sum_i \|r_i\|^2$)")
+        right.set_ylabel(r"$\lambda_{\max}(H)$ at the minimum reached (exact)")
+        right.set_title(r"GD bound $\lambda_{\max} \leq 2/\eta$ (GD on the line: edge of stability)")
     fig.tight_layout()
     return fig
 
@@ -500,40 +579,32 @@ def _colors(count: int) -> list[Any]:
     return [cmap(x) for x in np.linspace(0.0, 0.85, max(count, 1))][:count]
 
 
-def _plot_batch(rows: list[dict[str, Any]], n: int) -> Any:
+def _plot_batch(rows: list[dict[str, Any]], n: int, slopes: list[dict[str, Any]]) -> Any:
     ok = [r for r in rows if r["status"] == "ok"]
     fig, ax = new_figure(1, 1, size=(7.0, 4.8))
     if not ok:  # nothing to draw on log axes: say so in the figure rather than fail the whole run
         ax.text(0.5, 0.5, "no run reached a solution\n(see the excluded runs in report.md)", ha="center", va="center")
         ax.set_axis_off()
         return fig
-    lrs = sorted({r["lr"] for r in ok})
-    for i, lr in enumerate(lrs):
+    slope_of = {s["lr"]: s["slope"] for s in slopes}
+    for i, lr in enumerate(sorted({r["lr"] for r in ok})):
         color = f"C{i % 10}"
         sgd = sorted((r for r in ok if r["lr"] == lr and r["method"] == "SGD"), key=lambda r: r["batch_size"])
-        gd = [r for r in ok if r["lr"] == lr and r["method"] == "GD"]
         if sgd:
-            ax.plot(
-                [r["batch_size"] for r in sgd],
-                [lr * r["hessian_frobenius"] for r in sgd],
-                "o-",
-                color=color,
-                label=f"SGD η = {lr:g}",
-            )
-        for r in gd:
+            slope = f" (slope {fmt(slope_of[lr], 2)})" if lr in slope_of else ""
+            bs = [r["batch_size"] for r in sgd]
+            ax.plot(bs, [lr * r["hessian_frobenius"] for r in sgd], "o-", color=color, label=f"SGD η = {lr:g}{slope}")
+            ax.plot(bs, [lr * r["frobenius_bound"] for r in sgd], "--", color=color, linewidth=0.9)
+        for r in (r for r in ok if r["lr"] == lr and r["method"] == "GD"):
             ax.scatter([n], [lr * r["hessian_frobenius"]], color=color, marker="*", s=120, zorder=3)
-        if sgd:
-            b0, y0 = sgd[0]["batch_size"], lr * sgd[0]["hessian_frobenius"]
-            bs = np.array([b0, n], dtype=float)
-            ax.plot(bs, y0 * np.sqrt(bs / b0), "--", color=color, linewidth=0.8)
     ax.scatter([], [], color="gray", marker="*", s=120, label=f"GD (B = n = {n})")
-    ax.plot([], [], "--", color="gray", linewidth=0.8, label="∝ sqrt(B) (slope ½)")
+    ax.plot([], [], "--", color="gray", linewidth=0.9, label=r"Frobenius bound × η: $\sqrt{1/(c\mu)}$")
     ax.set_xscale("log")
     ax.set_yscale("log")
     plain_log_ticks(ax)
     ax.set_xlabel("batch size B (with replacement; GD: B = n)")
-    ax.set_ylabel("η·||H||_F at the minimum reached")
-    ax.set_title("Flatness against batch size")
+    ax.set_ylabel(r"$\eta\,\|H\|_F$ at the minimum reached")
+    ax.set_title("Flatness against batch size (slopes: log-log least squares)")
     ax.grid(True, which="both", alpha=0.25)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
@@ -559,9 +630,12 @@ def run(config: FlatnessConfig, out_dir: str | Path, quiet: bool = True) -> dict
 __all__ = [
     "EXPERIMENT",
     "FlatnessConfig",
+    "batch_caption",
+    "batch_slopes",
     "body",
     "derived",
     "flatness_claims",
+    "loglog_slope",
     "plot_certificates",
     "quick_config",
     "run",

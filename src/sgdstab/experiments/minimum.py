@@ -4,18 +4,9 @@
 inherits them). :func:`build_problem` turns them into a float64 :class:`~sgdstab.problem.Problem`;
 :func:`find_minimum` trains it with GD to a small loss and then *polishes* the point with Gauss–Newton steps.
 
-**Why polish.** The stability analysis of THEORY.md §4 is exact at a global minimum (r = 0, so H = G = JᵀJ/n).
-GD only approaches one linearly, slowly along K's small eigen-directions. When the net interpolates (p ≫ nk and
-K = JJᵀ non-singular), the minimum-norm Gauss–Newton step ``δ = −Jᵀ K⁻¹ r`` moves θ to the nearest point with
-f(x_i) = y_i to first order and converges quadratically: from L ≈ 1e-5 three steps reach L ≈ 1e-31 (float64
-rounding), moving θ by about 1e-4 of its norm, so the curvature of the point GD found is
-kept. Steps that do not lower L are rejected. ReLU nets converge more slowly while the step still flips units on or
-off: on the 784-500-500-500-10 ReLU MLP (1000 Fashion-MNIST images) L went 9.8e-6 → 2.8e-6 → 1.7e-7 → 3.4e-9 →
-1.8e-11 → 1.2e-14 → 2.5e-16 → 4.5e-28 → 3.3e-32 in 10 builds of K (171 s on one thread), θ moving 1.5% of ||θ||.
-
-The step never forms J: K comes from :func:`sgdstab.ntk` (layer by layer for MLPs), ``K α = r`` is solved by
-Cholesky (K's pseudo-inverse if K is singular), and ``Jᵀα`` is one backward pass. That is what lets a
-784-500-500-500-10 MLP on 1000 samples (p ≈ 900k, J would be 72 GB) be polished on a laptop.
+**Why polish.** The stability analysis of THEORY.md §4 is exact at a global minimum (r = 0, so H = G = JᵀJ/n),
+which GD only approaches. The Gauss–Newton polishing (:func:`polish`, :func:`gauss_newton_step`) lives in the public
+module :mod:`sgdstab.polish` (with :func:`sgdstab.polish_to_minimum`); the names stay importable from here.
 """
 
 from __future__ import annotations
@@ -26,14 +17,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from sgdstab.data import DATASETS, DEFAULT_DATASET, load_dataset
 from sgdstab.data.dataset import Dataset
 from sgdstab.experiments.config import param
 from sgdstab.models import ACTIVATIONS, cnn, mlp
-from sgdstab.ntk import ntk
-from sgdstab.operators import jacobian_transpose_vector_product, jacobian_vector_product
+from sgdstab.operators import jacobian_vector_product
+from sgdstab.polish import _KernelSolver, gauss_newton_step, polish  # noqa: F401 (their old import path)
 from sgdstab.problem import Problem
 from sgdstab.results import ResultMixin
 from sgdstab.training import History, train
@@ -104,78 +94,6 @@ class Minimum(ResultMixin):
     polish_relative: float
     loss: float
     seconds: float
-
-
-_BACKTRACK = tuple(0.5**i for i in range(8))  # fractions of a step on a fresh K tried in turn (Armijo-style)
-_CHORD_STEPS = 30  # most steps on one K before it is rebuilt
-_CHORD_STALL = 0.25  # a step on an old K that does not cut L at least 4× triggers a fresh K
-
-
-class _KernelSolver:
-    """``α = K⁻¹ r`` for the NTK K at the θ it was built at: Cholesky when K is positive definite, else the
-    pseudo-inverse from its eigendecomposition (eigenvalues below nk·eps·λ_max count as zero, as in gelsd)."""
-
-    def __init__(self, problem: Problem) -> None:
-        K = ntk(problem)
-        factor, info = torch.linalg.cholesky_ex(K)
-        self.factor: Tensor | None = factor if int(info) == 0 else None
-        if self.factor is None:
-            del factor
-            values, vectors = torch.linalg.eigh(K)
-            cutoff = K.shape[0] * torch.finfo(K.dtype).eps * float(values[-1].clamp(min=0))
-            keep = values > cutoff
-            self.vectors, self.inverse = vectors[:, keep], 1 / values[keep]
-
-    def step(self, problem: Problem) -> Tensor:
-        """δ = Jᵀα with Kα = r at the problem's current θ (J of the current θ, K of the build)."""
-        r = problem.residuals().reshape(-1, 1)
-        if self.factor is not None:
-            alpha = torch.cholesky_solve(r, self.factor)
-        else:
-            alpha = self.vectors @ (self.inverse[:, None] * (self.vectors.T @ r))
-        return jacobian_transpose_vector_product(problem, alpha.reshape(-1))
-
-
-def polish(problem: Problem, steps: int, target: float = 0.0) -> tuple[int, float]:
-    """Gauss–Newton steps θ ← θ − Jᵀ K⁻¹ r with at most ``steps`` builds of K; returns (steps taken, distance moved).
-
-    After each build, further steps reuse K (a chord method: each costs one forward and one backward pass
-    instead of a new K) while every one cuts L at least 4×: smooth nets then converge on one or two builds. A step
-    on a fresh K that does not lower L is halved up to 7 times (far from the minimum — a ReLU CNN at L ≈ 1e-4 —
-    the full step overshoots); a step on an old K that does not lower L triggers a fresh K. The polish ends when
-    even the halved steps of a fresh K fail, after ``steps`` builds, or at L ≤ ``target``."""
-    start = problem.theta.clone()
-    loss = float(problem.loss())
-    taken = 0
-    for _ in range(steps):
-        if loss <= target:
-            break
-        solver = _KernelSolver(problem)
-        fresh = True
-        for _ in range(_CHORD_STEPS):
-            delta = solver.step(problem)
-            accepted = None
-            for fraction in _BACKTRACK if fresh else (1.0,):
-                trial = problem.theta - fraction * delta
-                new = float(problem.loss(trial)) if bool(torch.isfinite(trial).all()) else math.inf
-                if new < loss:
-                    accepted = trial
-                    break
-            if accepted is None:
-                break
-            problem.set_parameters(accepted)
-            ratio, loss, taken, fresh = new / loss, new, taken + 1, False
-            if loss <= target or ratio > _CHORD_STALL:
-                break
-        if fresh:  # even the step on a fresh K failed: Gauss–Newton cannot lower L from here
-            break
-    return taken, float(torch.linalg.vector_norm(problem.theta - start))
-
-
-def gauss_newton_step(problem: Problem) -> Tensor:
-    """The minimum-norm solution δ of Jδ = r: δ = Jᵀα with Kα = r, K = JJᵀ (J never formed; see the module
-    docstring). Cholesky when K is positive definite, else K's pseudo-inverse."""
-    return _KernelSolver(problem).step(problem)
 
 
 def find_minimum(

@@ -6,6 +6,7 @@ and ``run(config, out_dir, quiet=True)``. To add an experiment, write its module
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,11 @@ def experiment_names() -> tuple[str, ...]:
 def get_experiment(name: str) -> Experiment:
     """The experiment called ``name``; raises :class:`UnknownExperimentError` naming the valid ones."""
     if not isinstance(name, str) or name not in MODULES:
-        raise UnknownExperimentError(f"unknown experiment {name!r}; choose one of {', '.join(experiment_names())}")
+        close = difflib.get_close_matches(str(name), experiment_names(), n=1)
+        guess = f" (did you mean {close[0]!r}?)" if close else ""
+        raise UnknownExperimentError(
+            f"unknown experiment {name!r}{guess}; choose one of {', '.join(experiment_names())}"
+        )
     experiment = importlib.import_module(MODULES[name][0]).EXPERIMENT
     if experiment.name != name:  # pragma: no cover - a registry typo
         raise RuntimeError(f"module {MODULES[name][0]} defines experiment {experiment.name!r}, registered as {name!r}")

@@ -167,8 +167,9 @@ def body(cfg: ScalingConfig, ctx: Context) -> Outcome:
 
 
 _SCALING_CAPTION = (
-    "||H||_F at the minimum reached against n (left) and the parameter count p (right): SGD (filled) below its "
-    "bound sqrt(1/(cμ))/η (dashed, same colour), GD (hollow) at the edge of stability"
+    "Top: ||H||_F at the minimum reached against n (left) and the parameter count p (right), SGD (filled) with its "
+    "Frobenius bound sqrt(1/(cμ))/η (dashed, same colour) and GD (hollow), which that bound does not constrain. "
+    "Bottom: λ_max(H) of the same minima against GD's bound 2/η (the only bound GD obeys; GD sits at it)"
 )
 
 
@@ -180,9 +181,9 @@ def _range(values: list[float]) -> list[float]:
 def _progress(row: dict[str, Any]) -> str:
     if row["status"] != "ok":
         return f"excluded ({row['status']})"
-    text = f"{row['steps']} steps, ||H||_F = {row['hessian_frobenius']:.4g}, λ_max = {row['lambda_max']:.4g}"
+    text = f"{row['steps']} steps, ||H||_F = {fmt(row['hessian_frobenius'], 4)}, λ_max = {fmt(row['lambda_max'], 4)}"
     if row["method"] == "SGD":
-        text += f", bound {row['frobenius_bound']:.4g} (μ = {row['mu']:.3g})"
+        text += f", bound {fmt(row['frobenius_bound'], 4)} (μ = {fmt(row['mu'], 3)})"
     return text
 
 
@@ -191,9 +192,9 @@ def _growth_claim(rows: list[dict[str, Any]], ns: list[int], widths: list[int], 
     pairs = [((ns[0], w), (ns[-1], w)) for w in widths] + [((n, widths[0]), (n, widths[-1])) for n in ns]
     ratios = [bound[b] / bound[a] for a, b in pairs if a in bound and b in bound]
     parts = [
-        f"n {a[0]}→{b[0]} at width {a[1]}: {bound[b] / bound[a]:.3g}"
+        f"n {a[0]}→{b[0]} at width {a[1]}: {fmt(bound[b] / bound[a], 3)}"
         if a[1] == b[1]
-        else f"width {a[1]}→{b[1]} at n = {a[0]}: {bound[b] / bound[a]:.3g}"
+        else f"width {a[1]}→{b[1]} at n = {a[0]}: {fmt(bound[b] / bound[a], 3)}"
         for a, b in pairs
         if a in bound and b in bound
     ]
@@ -224,11 +225,23 @@ def _gd_section(rows: list[dict[str, Any]], sgd: list[dict[str, Any]], gd: list[
     )
 
 
+_FROB = r"$\|H\|_F$"
+_LMAX = r"$\lambda_{\max}(H)$"
+
+
 def _panel(
-    ax: Any, ok: list[dict[str, Any]], group: str, values: list[int], x: str, marker: str, label: str, offset: int
+    ax: Any,
+    ok: list[dict[str, Any]],
+    group: str,
+    values: list[int],
+    x: str,
+    y: str,
+    marker: str,
+    label: str,
+    offset: int,
 ) -> None:
-    """||H||_F of SGD (solid) and GD (dotted) against ``x``, one colour per ``group`` value, with SGD's
-    Frobenius bound dashed."""
+    """``y`` of SGD (solid) and GD (dotted) against ``x``, one colour per ``group`` value; on the ||H||_F panels
+    also SGD's Frobenius bound (dashed, same colour)."""
     for i, value in enumerate(values):
         color = f"C{(i + offset) % 10}"
         for method, face in (("SGD", color), ("GD", "none")):
@@ -236,7 +249,7 @@ def _panel(
             if mine:
                 ax.plot(
                     [r[x] for r in mine],
-                    [r["hessian_frobenius"] for r in mine],
+                    [r[y] for r in mine],
                     "-" if method == "SGD" else ":",
                     color=color,
                     marker=marker,
@@ -244,30 +257,42 @@ def _panel(
                     label=f"{method}, {label.format(value)}",
                 )
         mine = sorted((r for r in ok if r[group] == value and r["method"] == "SGD"), key=lambda r: r[x])
-        if mine:
+        if mine and y == "hessian_frobenius":
             ax.plot([r[x] for r in mine], [r["frobenius_bound"] for r in mine], "--", color=color, linewidth=1.0)
 
 
 def _plot_scaling(rows: list[dict[str, Any]], ns: list[int], widths: list[int], cfg: ScalingConfig) -> Any:
+    """Top: ||H||_F with SGD's Frobenius bound (the bound that constrains ||H||_F). Bottom: λ_max(H) with GD's
+    bound 2/η (the bound that constrains λ_max) — each bound only on the axis of the quantity it bounds."""
     ok = [r for r in rows if r["status"] == "ok"]
-    fig, (left, right) = new_figure(1, 2, size=(13.0, 5.0))
-    _panel(left, ok, "width", widths, "n", "o", "width {}", 0)
-    _panel(right, ok, "n", ns, "p", "s", "n = {}", len(widths))
-    for ax in (left, right):
-        ax.axhline(2 / cfg.lr, color="black", linewidth=0.8, alpha=0.6, label="2/η (GD's λ_max bound)")
-        ax.plot([], [], "--", color="gray", linewidth=1.0, label="SGD bound sqrt(1/(cμ))/η")
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        plain_log_ticks(ax)
-        ax.grid(True, which="major", alpha=0.25)
-        ax.set_ylabel("||H||_F at the minimum reached (exact)")
-        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
-    left.set_xticks(ns, [str(n) for n in ns])
-    left.set_xticks([], minor=True)
-    left.set_xlabel("number of samples n")
-    left.set_title(f"Against n (SGD η = {cfg.lr:g}, B = {cfg.batch_size}; GD same η)")
-    right.set_xlabel("number of parameters p (width varied)")
-    right.set_title("Against the model size")
+    fig, axes = new_figure(2, 2, size=(13.0, 9.6))
+    (top_n, top_p), (low_n, low_p) = axes
+    for y, row_axes in (("hessian_frobenius", (top_n, top_p)), ("lambda_max", (low_n, low_p))):
+        left, right = row_axes
+        _panel(left, ok, "width", widths, "n", y, "o", "width {}", 0)
+        _panel(right, ok, "n", ns, "p", y, "s", "n = {}", len(widths))
+        for ax in row_axes:
+            if y == "lambda_max":
+                ax.axhline(2 / cfg.lr, color="black", linewidth=1.4, label=r"GD's bound $2/\eta$")
+                lo, hi = ax.get_ylim()  # headroom: GD sits on the line, which must not hide under the frame
+                ax.set_ylim(lo, max(hi, 2 / cfg.lr) * 1.15)
+                ax.set_ylabel(_LMAX + " at the minimum reached (exact)")
+            else:
+                ax.plot([], [], "--", color="gray", linewidth=1.0, label=r"SGD bound $\sqrt{1/(c\mu)}/\eta$")
+                ax.set_ylabel(_FROB + " at the minimum reached (exact)")
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            plain_log_ticks(ax)
+            ax.grid(True, which="major", alpha=0.25)
+            ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
+        left.set_xticks(ns, [str(n) for n in ns])
+        left.set_xticks([], minor=True)
+        left.set_xlabel("number of samples n")
+        right.set_xlabel("number of parameters p (width varied)")
+    top_n.set_title(f"{_FROB} against n (SGD η = {cfg.lr:g}, B = {cfg.batch_size}; GD same η)")
+    top_p.set_title(f"{_FROB} against the model size")
+    low_n.set_title(f"{_LMAX} against n: GD's bound $2/\\eta$ = {2 / cfg.lr:g}")
+    low_p.set_title(f"{_LMAX} against the model size")
     fig.tight_layout()
     return fig
 

@@ -10,8 +10,10 @@ Modules, one job each:
 
 - :mod:`~sgdstab.sweep.config` — :class:`RunConfig` (one run's fields: data and model, SGD, measurements) and the
   sweep file (``[base]``, ``[grid]``, ``[[runs]]``), validated with the experiments' rules; :func:`run_hash`;
-- :mod:`~sgdstab.sweep.run` — one run: build the problem, :func:`sgdstab.train`, :func:`sgdstab.curvature`,
-  :func:`sgdstab.alignment` (and :func:`sgdstab.stability`); its figures;
+- :mod:`~sgdstab.sweep.run` — one run: build the problem, :func:`sgdstab.train`, :func:`sgdstab.alignment` where
+  SGD stopped, :func:`sgdstab.polish_to_minimum`, then :func:`sgdstab.curvature` (and :func:`sgdstab.stability`)
+  at the global minimum; its figures; :mod:`~sgdstab.sweep.outcome` — converged / diverged, and whether the
+  Frobenius bound applies to a run;
 - :mod:`~sgdstab.sweep.store` — the SQLite store (runs, metrics, results; claims and leases for several drivers);
 - :mod:`~sgdstab.sweep.executors` — serial, local process pool (spawn), Ray;
 - :mod:`~sgdstab.sweep.driver` — claim, execute, record, resume; :mod:`~sgdstab.sweep.progress` — progress;

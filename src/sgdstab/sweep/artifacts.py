@@ -2,8 +2,10 @@
 
 - ``config.json``: the run's resolved config and its full id;
 - ``history.json``: the per-step columns (``step``, ``loss``), the final figures and the timings;
-- ``params.pt``: the final flat parameter vector θ (float64), ``{"format", "run_id", "theta"}`` by
-  ``torch.save``; read it back with :func:`load_params` (``torch.load(..., weights_only=True)``: no code runs).
+- ``params.pt``: the flat parameter vector θ (float64) of the measured point, ``{"format", "run_id", "theta"}``
+  by ``torch.save`` — the polished global minimum when the run reached one, and then also ``"endpoint_theta"``,
+  where SGD stopped; read them back with :func:`load_params` (``torch.load(..., weights_only=True)``: no code
+  runs).
 
 Each file is written to a hidden temporary name in the same folder and renamed into place
 (:func:`sgdstab.experiments.io.atomic_write`), and all of them before the run's completion is committed to the
@@ -44,6 +46,7 @@ def write_artifacts(
     results: Mapping[str, Any],
     timings: Mapping[str, float],
     theta: np.ndarray,
+    endpoint_theta: np.ndarray | None = None,
 ) -> Path:
     """Write the three files of a finished run (each atomically); returns the run's folder."""
     folder = run_dir(out, run_id)
@@ -54,12 +57,18 @@ def write_artifacts(
         {"run_id": run_id, "columns": dict(history), "results": dict(results), "timings": dict(timings)},
     )
     payload = {"format": PARAMS_FORMAT, "run_id": run_id, "theta": torch.from_numpy(np.array(theta, dtype=np.float64))}
+    if endpoint_theta is not None:
+        payload["endpoint_theta"] = torch.from_numpy(np.array(endpoint_theta, dtype=np.float64))
     atomic_write(folder / "params.pt", lambda p: torch.save(payload, p))
     return folder
 
 
-def load_params(path: str | os.PathLike[str]) -> torch.Tensor:
-    """θ of a run from its ``params.pt`` (weights only: nothing in the file is executed)."""
+def load_params(path: str | os.PathLike[str], which: str = "theta") -> torch.Tensor:
+    """θ of a run from its ``params.pt`` (weights only: nothing in the file is executed): ``which = "theta"``, the
+    measured point (the polished minimum when reached), or ``"endpoint_theta"``, where SGD stopped (the same θ
+    when the run was measured there, and in files written before polishing existed)."""
+    if which not in ("theta", "endpoint_theta"):
+        raise ArtifactError(f"unknown parameter vector {which!r}; use 'theta' or 'endpoint_theta'")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
@@ -74,6 +83,8 @@ def load_params(path: str | os.PathLike[str]) -> torch.Tensor:
         or not isinstance(data.get("theta"), torch.Tensor)
     ):
         raise ArtifactError(f"{str(path)!r} is not an sgdstab sweep parameter file")
+    if which == "endpoint_theta" and isinstance(data.get("endpoint_theta"), torch.Tensor):
+        return data["endpoint_theta"]
     return data["theta"]
 
 

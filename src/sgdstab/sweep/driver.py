@@ -181,7 +181,16 @@ def _drive(
                 label = run_label(cfg, varying, rid)
                 if isinstance(result, RunOutput):
                     try:
-                        write_artifacts(folder, rid, cfg, result.history, result.results, result.timings, result.theta)
+                        write_artifacts(
+                            folder,
+                            rid,
+                            cfg,
+                            result.history,
+                            result.results,
+                            result.timings,
+                            result.theta,
+                            result.endpoint_theta,
+                        )
                     except OSError as exc:
                         kept = store.fail(rid, owner, f"ArtifactError: cannot write the run's files: {exc}")
                         ok = False

@@ -1,4 +1,8 @@
-"""What ``sgdstab runs list`` and ``sgdstab runs show`` print: a rich table of runs, and one run in full."""
+"""What ``sgdstab runs list`` and ``sgdstab runs show`` print: a rich table of runs, and one run in full.
+
+A diverged run is shown as such (``done (diverged at step N)``), never as a plain ``done``; the Frobenius ratio
+only where the theorem applies (:mod:`sgdstab.sweep.outcome`), ``n/a`` elsewhere.
+"""
 
 from __future__ import annotations
 
@@ -13,13 +17,21 @@ from rich.table import Table
 from sgdstab.experiments.report import fmt
 from sgdstab.sweep.artifacts import run_dir
 from sgdstab.sweep.config import RUN_FIELDS
+from sgdstab.sweep.outcome import bound_applies, bound_note, counts_line, diverged, status_label
 from sgdstab.sweep.store import RunRecord, Store
 
 LIST_RESULTS = (
     ("final_loss", "final L"),
+    ("minimum_loss", "L polished"),
     ("hessian_frobenius", "‖H‖_F"),
     ("mu", "μ"),
     ("bound_ratio", "‖H‖_F/bound"),
+)
+LIST_CAPTION = (
+    "final L: where SGD stopped; L polished: after Gauss–Newton polishing to the minimum next to it; ‖H‖_F at that "
+    "minimum (at the SGD endpoint where none was reached); μ at the SGD endpoint; ‖H‖_F/bound: ‖H‖_F over "
+    "sqrt(1/(cμ))/η, only where the theorem applies (n/a: not a global minimum, or ρ(T) > 1 there; see `runs "
+    "show`); seconds: wall time of the run. "
 )
 
 
@@ -34,10 +46,18 @@ def _value(value: Any) -> str:
     return fmt(value, 4)
 
 
+def _ratio_cell(record: RunRecord) -> str:
+    if record.status != "done" or diverged(record):
+        return "—"
+    return _value(record.results.get("bound_ratio")) if bound_applies(record) else "n/a"
+
+
 def runs_table(records: Sequence[RunRecord], title: str) -> Table:
-    """One row per run: id, status, attempts, the varying config fields, key results, seconds, error."""
+    """One row per run: id, status, attempts, the varying config fields, key results, seconds, error; the caption
+    says what the columns are and how many runs converged, diverged and failed."""
     fields = varying_fields(records)
-    table = Table(title=escape(title), title_justify="left")
+    table = Table(title=escape(title), title_justify="left", caption_justify="left")
+    table.caption = escape(LIST_CAPTION + f"Runs: {counts_line(records)}.")
     table.add_column("run")
     table.add_column("status")
     table.add_column("tries", justify="right")
@@ -45,18 +65,18 @@ def runs_table(records: Sequence[RunRecord], title: str) -> Table:
         table.add_column(name, justify="right")
     for _, header in LIST_RESULTS:
         table.add_column(header, justify="right")
-    table.add_column("s", justify="right")
+    table.add_column("seconds", justify="right")
     table.add_column("error", overflow="fold")
     style = {"done": "green", "failed": "red", "running": "yellow", "pending": "dim"}
     for r in records:
-        diverged = r.results.get("diverged")
-        status = f"[{style[r.status]}]{r.status}[/]" + (" (diverged)" if diverged else "")
+        color = "magenta" if diverged(r) else style[r.status]
         table.add_row(
             r.short_id,
-            status,
+            f"[{color}]{escape(status_label(r))}[/]",
             str(r.attempts),
             *[escape(_value(r.config.get(n))) for n in fields],
-            *[_value(r.results.get(key)) for key, _ in LIST_RESULTS],
+            *[_value(r.results.get(key)) for key, _ in LIST_RESULTS[:-1]],
+            _ratio_cell(r),
             fmt(r.seconds, 3),
             escape((r.error or "")[:120]),
         )
@@ -66,7 +86,9 @@ def runs_table(records: Sequence[RunRecord], title: str) -> Table:
 def run_text(store: Store, record: RunRecord) -> str:
     """Everything about one run, as plain text: status, timings, config, results, history, files, error."""
     r = record
-    lines = [f"run {r.run_id}", f"  status    {r.status} (attempts: {r.attempts})"]
+    lines = [f"run {r.run_id}", f"  status    {status_label(r)} (attempts: {r.attempts})"]
+    if r.status == "done":
+        lines.append(f"  bound     {bound_note(r)}")
     if r.worker:
         lines.append(f"  worker    {r.worker}")
     if r.sgdstab_version:
@@ -100,4 +122,4 @@ def run_text(store: Store, record: RunRecord) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["run_text", "runs_table", "varying_fields"]
+__all__ = ["LIST_CAPTION", "run_text", "runs_table", "varying_fields"]
