@@ -273,13 +273,13 @@ def runs_list(directory: str, status: str | None) -> None:
     """One line per run: id, status, the fields that vary, key results."""
     from rich.console import Console
 
+    from sgdstab.sweep.outcome import counts_line
     from sgdstab.sweep.show import runs_table
     from sgdstab.sweep.store import Store
 
     with Store.open(directory) as store:
         records = store.runs(status=status)
-        counts = store.counts()
-        title = f"sweep {store.name}: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+        title = f"sweep {store.name}: {counts_line(store.runs())}"
     console = Console()
     if not console.is_terminal:
         console = Console(width=max(console.width, 200))

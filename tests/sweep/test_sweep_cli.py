@@ -107,7 +107,7 @@ def test_runs_list_show_and_export(swept, capsys, tmp_path):
     capsys.readouterr()
     assert main(["runs", "list", str(out)]) == 0
     listing = capsys.readouterr().out
-    assert all(r.short_id in listing for r in records) and "4 done, 1 failed" in listing
+    assert all(r.short_id in listing for r in records) and "4 converged, 1 failed" in listing
     assert main(["runs", "list", str(out), "--status", "failed"]) == 0
     listing = capsys.readouterr().out
     assert records[4].short_id in listing and records[0].short_id not in listing

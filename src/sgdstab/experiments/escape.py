@@ -685,7 +685,7 @@ EXPERIMENT = Experiment(
         "Escape: SGD runs above η* left the sharp minimum and runs below stayed; single-run slopes inside the "
         "linearized band; the escaped runs settled in flatter minima"
     ),
-    summary="SGD leaves a sharp minimum at the predicted rate and settles in a flatter one",
+    summary="SGD above the exact η* leaves a sharp minimum for a flatter one; below η* it stays",
     config_type=EscapeConfig,
     quick=quick_config,
     body=body,

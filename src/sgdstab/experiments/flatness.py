@@ -606,7 +606,7 @@ def _plot_batch(rows: list[dict[str, Any]], n: int, slopes: list[dict[str, Any]]
     ax.set_ylabel(r"$\eta\,\|H\|_F$ at the minimum reached")
     ax.set_title("Flatness against batch size (slopes: log-log least squares)")
     ax.grid(True, which="both", alpha=0.25)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
     return fig
 

@@ -29,7 +29,7 @@ MODULES: dict[str, tuple[str, str]] = {  # name → (module, one-line summary sh
     ),
     "escape": (
         "sgdstab.experiments.escape",
-        "SGD leaves a sharp minimum at the predicted rate and settles in a flatter one",
+        "SGD above the exact η* leaves a sharp minimum for a flatter one; below η* it stays",
     ),
     "diagram": (
         "sgdstab.experiments.diagram",
