@@ -13,6 +13,7 @@ import click
 
 from sgdstab import __version__
 from sgdstab.errors import SgdstabError
+from sgdstab.text import printable
 
 
 class _Context:
@@ -334,17 +335,17 @@ def main(argv: list[str] | None = None) -> int:
     except click.UsageError as exc:
         # one line, as for every other error: what is wrong and where the help is
         command = exc.ctx.command_path if exc.ctx is not None else "sgdstab"
-        click.echo(f"error: {exc.format_message()} (see `{command} --help`)", err=True)
+        click.echo(f"error: {printable(exc.format_message())} (see `{command} --help`)", err=True)
         return exc.exit_code
     except click.ClickException as exc:
-        click.echo(f"error: {exc.format_message()}", err=True)
+        click.echo(f"error: {printable(exc.format_message())}", err=True)
         return exc.exit_code
     except click.exceptions.Exit as exc:
         return exc.exit_code
     except SgdstabError as exc:
         if debug:
             traceback.print_exc()
-        click.echo(f"error: {exc}", err=True)
+        click.echo(f"error: {printable(str(exc))}", err=True)
         return 2
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)

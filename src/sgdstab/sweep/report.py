@@ -26,7 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from sgdstab._version import __version__
-from sgdstab.experiments.io import atomic_write_csv, atomic_write_text, new_figure, plain_log_ticks, save_figure
+from sgdstab.errors import SgdstabError
+from sgdstab.experiments.io import (
+    OutputError,
+    atomic_write_csv,
+    atomic_write_text,
+    new_figure,
+    plain_log_ticks,
+    save_figure,
+)
 from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table, render_report
 from sgdstab.sweep.config import SweepConfig
 from sgdstab.sweep.export import run_table
@@ -370,7 +378,28 @@ def _with(claim: Claim, more: str) -> Claim:
 def write_report(
     folder: Path, store: Store, sweep: SweepConfig, run_ids: list[str], seconds: float | None = None
 ) -> Path:
-    """Write ``results.csv``, the figures and ``report.md`` for the runs ``run_ids`` of the store."""
+    """Write ``results.csv``, the figures and ``report.md`` for the runs ``run_ids`` of the store.
+
+    A store found damaged now (:meth:`Store.verify`; it was checked when opened, but a sweep runs for long) is
+    refused before anything is written: a report is never drawn from cut data. A file that cannot be written (a
+    full disk) raises :class:`OutputError` in one line; each file is written whole or not at all, and the runs
+    stay in the store, so rerunning the sweep redraws the report."""
+    store.verify()
+    try:
+        return _write_report(folder, store, sweep, run_ids, seconds)
+    except SgdstabError:
+        raise
+    except OSError as exc:
+        where = exc.filename or folder
+        raise OutputError(
+            f"cannot write the sweep report {str(where)!r}: {exc.strerror or exc}; the runs are kept in the store: "
+            "free space (or fix the directory) and rerun the same command to redraw the report"
+        ) from None
+
+
+def _write_report(
+    folder: Path, store: Store, sweep: SweepConfig, run_ids: list[str], seconds: float | None = None
+) -> Path:
     records = store.runs(run_ids=run_ids)
     atomic_write_csv(folder / RESULTS_FILE, run_table(records))
     done = [r for r in records if r.status == "done"]

@@ -2,6 +2,10 @@
 
 A diverged run is shown as such (``done (diverged at step N)``), never as a plain ``done``; the Frobenius ratio
 only where the theorem applies (:mod:`sgdstab.sweep.outcome`), ``n/a`` elsewhere.
+
+Everything printed from the store goes through :func:`sgdstab.text.printable` (an escape sequence stored in an
+error or a worker name is shown as ``\x1b[…``, never sent to the terminal), and the table's cells are rich
+:class:`~rich.text.Text`, so stored text such as ``[bold]`` is shown as written, never read as rich markup.
 """
 
 from __future__ import annotations
@@ -11,14 +15,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from sgdstab.experiments.report import fmt
 from sgdstab.sweep.artifacts import run_dir
 from sgdstab.sweep.config import RUN_FIELDS
 from sgdstab.sweep.outcome import bound_applies, bound_note, counts_line, diverged, status_label
 from sgdstab.sweep.store import RunRecord, Store
+from sgdstab.text import printable
 
 LIST_RESULTS = (
     ("final_loss", "final L"),
@@ -52,12 +57,18 @@ def _ratio_cell(record: RunRecord) -> str:
     return _value(record.results.get("bound_ratio")) if bound_applies(record) else "n/a"
 
 
+def _cell(text: str, style: str = "") -> Text:
+    """A table cell shown exactly as written: control characters escaped, no rich markup read."""
+    return Text(printable(text), style=style)
+
+
 def runs_table(records: Sequence[RunRecord], title: str) -> Table:
     """One row per run: id, status, attempts, the varying config fields, key results, seconds, error; the caption
-    says what the columns are and how many runs converged, diverged and failed."""
+    says what the columns are and how many runs converged, diverged and failed. Every cell, the title included,
+    is literal text (see the module docstring)."""
     fields = varying_fields(records)
-    table = Table(title=escape(title), title_justify="left", caption_justify="left")
-    table.caption = escape(LIST_CAPTION + f"Runs: {counts_line(records)}.")
+    table = Table(title=_cell(title), title_justify="left", caption_justify="left")
+    table.caption = _cell(LIST_CAPTION + f"Runs: {counts_line(records)}.")
     table.add_column("run")
     table.add_column("status")
     table.add_column("tries", justify="right")
@@ -71,20 +82,32 @@ def runs_table(records: Sequence[RunRecord], title: str) -> Table:
     for r in records:
         color = "magenta" if diverged(r) else style[r.status]
         table.add_row(
-            r.short_id,
-            f"[{color}]{escape(status_label(r))}[/]",
-            str(r.attempts),
-            *[escape(_value(r.config.get(n))) for n in fields],
-            *[_value(r.results.get(key)) for key, _ in LIST_RESULTS[:-1]],
-            _ratio_cell(r),
-            fmt(r.seconds, 3),
-            escape((r.error or "")[:120]),
+            _cell(r.short_id),
+            _cell(status_label(r), style=color),
+            _cell(str(r.attempts)),
+            *[_cell(_value(r.config.get(n))) for n in fields],
+            *[_cell(_value(r.results.get(key))) for key, _ in LIST_RESULTS[:-1]],
+            _cell(_ratio_cell(r)),
+            _cell(fmt(r.seconds, 3)),
+            _cell((r.error or "")[:120]),
         )
     return table
 
 
+def _history_line(history: dict[str, list[float]]) -> str:
+    """``history   301 points, steps 0–3000, loss 1.2 → 0.003 (min 0.002)``; the other metrics by name when a
+    store holds no loss."""
+    steps, losses = history["step"], history.get("loss", [])
+    line = f"history   {len(steps)} points, steps {int(steps[0])}–{int(steps[-1])}"
+    if not losses:
+        return line + f", no loss (metrics: {', '.join(k for k in history if k != 'step')})"
+    finite = [v for v in losses if math.isfinite(v)]
+    return line + f", loss {fmt(losses[0])} → {fmt(losses[-1])}" + (f" (min {fmt(min(finite))})" if finite else "")
+
+
 def run_text(store: Store, record: RunRecord) -> str:
-    """Everything about one run, as plain text: status, timings, config, results, history, files, error."""
+    """Everything about one run, as plain text: status, timings, config, results, history, files, error, the
+    traceback; each line with its control characters escaped (:func:`sgdstab.text.printable`)."""
     r = record
     lines = [f"run {r.run_id}", f"  status    {status_label(r)} (attempts: {r.attempts})"]
     if r.status == "done":
@@ -97,20 +120,15 @@ def run_text(store: Store, record: RunRecord) -> str:
         parts = ", ".join(f"{k} {v:.3g} s" for k, v in r.timings.items()) or f"{r.seconds:.3g} s"
         lines.append(f"  seconds   {parts}")
     lines.append("config")
-    width = max(len(k) for k in r.config)
+    width = max((len(k) for k in r.config), default=0)
     lines += [f"  {k.ljust(width)}  {_value(v)}" for k, v in r.config.items()]
     if r.results:
         lines.append("results")
         width = max(len(k) for k in r.results)
         lines += [f"  {k.ljust(width)}  {_value(v)}" for k, v in r.results.items()]
     history = store.history(r.run_id)
-    steps, losses = history.get("step", []), history.get("loss", [])
-    if steps:
-        finite = [v for v in losses if math.isfinite(v)]
-        lines.append(
-            f"history   {len(steps)} points, steps {int(steps[0])}–{int(steps[-1])}, loss {fmt(losses[0])} → "
-            f"{fmt(losses[-1])}" + (f" (min {fmt(min(finite))})" if finite else "")
-        )
+    if history.get("step"):
+        lines.append(_history_line(history))
     folder = run_dir(Path(store.path).parent, r.run_id)
     if folder.is_dir():
         files = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
@@ -118,8 +136,9 @@ def run_text(store: Store, record: RunRecord) -> str:
     if r.error:
         lines.append(f"error     {r.error}")
     if r.traceback:
-        lines += ["traceback", *("  " + line for line in r.traceback.rstrip().splitlines())]
-    return "\n".join(lines)
+        lines += ["traceback", *("  " + line for line in r.traceback.rstrip().split("\n"))]
+    # a stored line break inside a field (an error, a config value) is escaped too: only these lines break
+    return "\n".join(printable(line) for line in lines)
 
 
 __all__ = ["LIST_CAPTION", "run_text", "runs_table", "varying_fields"]
