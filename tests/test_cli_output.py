@@ -26,3 +26,19 @@ def test_error_text_from_files_is_shown_not_obeyed(monkeypatch, capsys, hostile,
     assert main(["runs", "list", "somewhere"]) == 2
     err = capsys.readouterr().err
     assert err == f"error: stored field {shown} is bad\n"
+
+
+def test_sigterm_ends_the_command_with_the_shells_code_and_one_line(monkeypatch, capsys, tmp_path):
+    import signal
+
+    import sgdstab.sweep.driver as driver
+    from sgdstab import signals
+
+    def terminated(*args, **kwargs):
+        raise signals.Terminated(signal.SIGTERM)
+
+    monkeypatch.setattr(driver, "run_sweep", terminated)
+    config = tmp_path / "sweep.toml"
+    config.write_text('name = "t"\n[[runs]]\nlr = 0.2\n')
+    assert main(["sweep", str(config), "--out", str(tmp_path / "out")]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "terminated by SIGTERM"

@@ -13,6 +13,7 @@ import click
 
 from sgdstab import __version__
 from sgdstab.errors import SgdstabError
+from sgdstab.signals import Terminated
 from sgdstab.text import printable
 
 
@@ -51,6 +52,8 @@ def demo(out: str | None, n: int | None, seed: int, quick: bool, workers: int | 
     Prints the path of report.md (default sgdstab-demo/report.md)."""
     from sgdstab.experiments.demo import run_demo
 
+    if not 0 <= seed < 2**63:  # checked here, not by an IntRange, to keep click's "not a valid integer" wording
+        raise click.BadParameter(f"{seed} is not in the range 0<=x<=9223372036854775807.", param_hint="'--seed'")
     run_demo(out=out, n=n, seed=seed, quick=quick, workers=workers, quiet=quiet)
 
 
@@ -136,7 +139,9 @@ def experiment(
     default=None,
     help="Assert θ is (or is not) a global minimum; default: decided from the loss and H − G.",
 )
-@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Data subset and estimators.")
+@click.option(
+    "--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True, help="Data subset and estimators."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print every figure as JSON instead of a table.")
 def analyze(
     checkpoint: str | None,
@@ -329,7 +334,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # without standalone mode, click returns the code of a `click.exceptions.Exit` raised by a command
         code = cli.main(args=argv, prog_name="sgdstab", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, Terminated):  # SIGTERM or SIGHUP (sgdstab.signals): the shell's code, 128 + N
+            click.echo(str(exc.__cause__), err=True)
+            return exc.__cause__.exit_code
         click.echo("aborted", err=True)
         return 130
     except click.UsageError as exc:
@@ -347,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         click.echo(f"error: {printable(str(exc))}", err=True)
         return 2
+    except Terminated as exc:
+        click.echo(str(exc), err=True)
+        return exc.exit_code
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         return 130

@@ -182,15 +182,23 @@ class Curvature(ResultMixin):
     residual_frobenius_bound: float | None = None
 
 
+# below this no estimate is more accurate than float64's rounding of the figures, and 1/rtol² (the probe count)
+# underflowed: --rtol 1e-300 divided by zero
+MIN_RTOL = 1e-12
+
+
 def check_rtol(rtol: float) -> float:
     if isinstance(rtol, bool) or not (isinstance(rtol, int | float) and math.isfinite(rtol) and 0 < rtol < 1):
         raise MethodError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    if rtol < MIN_RTOL:
+        raise MethodError(f"rtol must be at least {MIN_RTOL:g} (float64 rounding), got {rtol!r}")
     return float(rtol)
 
 
 def check_seed(seed: int) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**62:
-        raise MethodError(f"seed must be a non-negative integer, got {seed!r}")
+    # torch and numpy take 64-bit seeds; the offsets added here (seed + 7 at most) stay below 2**64
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise MethodError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     return seed
 
 

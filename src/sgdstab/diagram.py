@@ -17,13 +17,13 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from sgdstab import files
 from sgdstab.certificates import certificate_grid
 from sgdstab.conventions import check_batch_size, check_learning_rate, check_sampling, noise_scale
 from sgdstab.results import ResultMixin
@@ -182,18 +182,8 @@ class StabilityDiagram(ResultMixin):
         )
         ax.grid(True, which="major", alpha=0.3)
         ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, framealpha=0.9, borderaxespad=0.0)
-        if path is not None:
-            target = os.fspath(path)
-            folder = os.path.dirname(os.path.abspath(target))
-            fd, tmp = tempfile.mkstemp(prefix=".diagram-", suffix=".png.tmp", dir=folder)
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    fig.savefig(handle, format="png", bbox_inches="tight")
-                os.replace(tmp, target)
-            except BaseException:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-                raise
+        if path is not None:  # atomic and durable, only over a regular file (sgdstab.files)
+            files.write_stream(path, lambda handle: fig.savefig(handle, format="png", bbox_inches="tight"))
         return fig
 
 

@@ -11,13 +11,14 @@ import json
 import math
 import os
 import struct
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from sgdstab import files
 from sgdstab.errors import SgdstabError
+from sgdstab.parsing import ParseError, load_json_text
 from sgdstab.results import ResultMixin
 
 _HISTORY_FORMAT = "sgdstab-history"
@@ -178,24 +179,19 @@ class History(ResultMixin):
         """Read a history written by :meth:`save`."""
         path = Path(path)
         try:
-            data = json.loads(path.read_text())
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
             raise HistoryError(f"cannot read history {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+        try:  # sgdstab wrote it, but a damaged or hostile file must not end in a RecursionError traceback
+            data = load_json_text(text, f"history {str(path)!r}", max_depth=None, int64=False, max_chars=None)
+        except ParseError as exc:
+            raise HistoryError(f"cannot read {exc}") from None
         return cls.from_file_dict(data, source=repr(str(path)))
 
 
 def _atomic_write(path: Path, write: Callable[[Any], object]) -> Path:
-    """Write through a temporary file in ``path``'s folder, flushed to disk, then renamed over ``path``: a reader
-    (or a crash) never sees a half-written file."""
+    """Create ``path``'s folder if needed, then write it through :func:`sgdstab.files.write_stream`: ``write(f)``
+    fills a binary handle of a temporary file in that folder, which is ``fsync``-ed and renamed over ``path``
+    (a reader, a kill or an OS crash never sees a half-written file; only a regular file is ever replaced)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return files.write_stream(path, write)

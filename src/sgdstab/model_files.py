@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import pickle
@@ -36,6 +35,7 @@ import re
 import struct
 import threading
 import tokenize
+import warnings
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from sgdstab.errors import SgdstabError
 from sgdstab.models import ModelSpec, build_model
+from sgdstab.parsing import MAX_TEXT_CHARS, ParseError, load_json_text
 
 TRAIN_CHECKPOINT_FORMAT = "sgdstab-train-checkpoint"  # sgdstab.training's checkpoint files
 
@@ -58,31 +59,65 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+def _short(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text)} characters)"
+
+
 def load_spec(spec: str | os.PathLike[str] | Mapping[str, Any]) -> ModelSpec:
     """A :class:`ModelSpec` from a dict, a JSON object string or a JSON file holding one."""
     if isinstance(spec, Mapping):
         return ModelSpec.from_dict(spec)
     text = os.fspath(spec)
     source = "--model"
-    if not text.lstrip().startswith("{"):
+    if not text.lstrip().startswith(("{", "[")):  # a JSON value, else the path of a file holding one
         path = Path(text)
-        if not path.is_file():
+        try:
+            is_file = path.is_file()
+        except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+            is_file = False
+        if not is_file:
             raise ModelFileError(
-                f"model spec {text!r} is neither a JSON object nor an existing JSON file; pass e.g. "
+                f"model spec {_short(text)!r} is neither a JSON object nor an existing JSON file; pass e.g. "
                 '\'{"kind": "mlp", "input_shape": [784], "outputs": 1, "widths": [64]}\''
             )
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ModelFileError(f"cannot read model spec file {str(path)!r}: {_one_line(str(exc))}") from None
         source = f"model spec file {str(path)!r}"
+        text = _read_text(path, source)
     try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ModelFileError(f"{source} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+        data = load_json_text(text, source)
+    except ParseError as exc:
+        raise ModelFileError(str(exc)) from None
     if not isinstance(data, dict):
         raise ModelFileError(f"{source} must hold a JSON object (the ModelSpec fields), got {type(data).__name__}")
     return ModelSpec.from_dict(data)
+
+
+def _unreadable(source: str, exc: OSError) -> ModelFileError:
+    """The one-line error for a file the OS will not let us read (permission, a directory, an I/O error)."""
+    if isinstance(exc, PermissionError):
+        return ModelFileError(f"cannot read {source}: permission denied; check the file's permissions (chmod u+r)")
+    return ModelFileError(f"cannot read {source}: {_one_line(exc.strerror or str(exc))}")
+
+
+def _read_text(path: Path, source: str) -> str:
+    """A small UTF-8 file (a spec), refused unread when larger than a spec can be."""
+    try:
+        if path.stat().st_size > 4 * MAX_TEXT_CHARS:
+            raise ModelFileError(f"{source} is larger than {4 * MAX_TEXT_CHARS >> 20} MiB; it is not a model spec")
+        return path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise _unreadable(source, exc) from None
+    except UnicodeDecodeError:
+        raise ModelFileError(f"cannot read {source}: it is not UTF-8 text (a JSON object is)") from None
+
+
+def _read_head(path: Path, source: str, count: int) -> bytes:
+    """The first ``count`` bytes of ``path``: opening it here turns a permission error into one line before any
+    loader (torch.load, zipfile) sees the file."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(count)
+    except OSError as exc:
+        raise _unreadable(source, exc) from None
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
@@ -98,13 +133,16 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
     if not path.is_file():
         raise ModelFileError(f"checkpoint {str(path)!r} does not exist or is not a file")
     size = path.stat().st_size
-    with path.open("rb") as handle:
-        head = handle.read(9)
+    head = _read_head(path, f"checkpoint {str(path)!r}", 9)
     if _is_safetensors(head, size):
         state: Any = _read_safetensors(path)
     else:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's own deprecation notes (quantized storages) are not ours to print
+                warnings.simplefilter("ignore")
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except PermissionError as exc:  # the permission changed after the head was read
+            raise _unreadable(f"checkpoint {str(path)!r}", exc) from None
         except Exception as exc:  # truncated zip, a pickle with code (refused unrun), anything else unreadable
             first = _one_line(str(exc).strip().splitlines()[0]) if str(exc).strip() else ""
             raise ModelFileError(
@@ -119,8 +157,41 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, Tensor]:
         raise ModelFileError(f"checkpoint {str(path)!r} holds no state dict (a mapping of names to tensors)")
     bad = [str(k) for k, v in state.items() if not isinstance(k, str) or not isinstance(v, Tensor)]
     if bad:
-        raise ModelFileError(f"checkpoint {str(path)!r}: entry {bad[0]!r} is not a named tensor")
+        kind = type(state[bad[0]]).__name__ if bad[0] in state else "a key that is not a string"
+        raise ModelFileError(
+            f"checkpoint {str(path)!r}: entry {bad[0][:80]!r} is not a named tensor ({kind}); save a flat "
+            "state dict of tensors"
+        )
+    for name, value in state.items():
+        check_weight_tensor(f"checkpoint {str(path)!r}", name, value)
     return dict(state)
+
+
+# the dtypes a weight may have: a real float the model can be converted to (float16/bfloat16 are then refused by
+# the Problem with their own message), or an integer/bool buffer; complex (analysed as its real part), float8 and
+# the quantized/bit dtypes are not model weights sgdstab can use
+_WEIGHT_DTYPES = frozenset(
+    {torch.float16, torch.bfloat16, torch.float32, torch.float64, torch.bool}
+    | {torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64}
+)
+
+
+def check_weight_tensor(source: str, name: str, value: Tensor) -> None:
+    """Refuse (:class:`ModelFileError`, naming ``name`` and what it is) a tensor that is not dense real data in
+    memory: a meta tensor (no data), a sparse one (COO, CSR, …), a quantized one, or a dtype outside
+    :data:`_WEIGHT_DTYPES` (complex, float8, …)."""
+    shown = f"{source}: {name[:80]!r}"
+    if value.is_meta:
+        raise ModelFileError(f"{shown} is a meta tensor (a shape without data); save the model's real weights")
+    if value.layout != torch.strided:
+        raise ModelFileError(f"{shown} has layout {value.layout} (sparse); save dense tensors (tensor.to_dense())")
+    if value.is_quantized:
+        raise ModelFileError(f"{shown} is quantized ({value.dtype}); save the float weights (tensor.dequantize())")
+    if value.dtype not in _WEIGHT_DTYPES:
+        raise ModelFileError(
+            f"{shown} has dtype {value.dtype}, which is not a real float32/float64 weight; save the model in "
+            "float32 or float64"
+        )
 
 
 def _read_safetensors(path: Path) -> dict[str, Tensor]:
@@ -197,10 +268,18 @@ def load_weights(model: nn.Module, state: Mapping[str, Tensor], source: str = "c
             "and kind; a program saved with torch.export needs no spec (--program)"
         )
     for name, value in state.items():
+        if not isinstance(value, Tensor):
+            raise ModelFileError(f"{source}: entry {str(name)[:80]!r} is not a tensor ({type(value).__name__})")
+        check_weight_tensor(source, name, value)
         if value.shape != expected[name].shape:
             raise ModelFileError(
                 f"{source} does not fit the model spec: {name!r} has shape {tuple(value.shape)}, the model's is "
                 f"{tuple(expected[name].shape)}"
+            )
+        if expected[name].is_floating_point() and not value.is_floating_point():
+            # load_state_dict would cast it (0.7 saved as int is 0): a silently different model
+            raise ModelFileError(
+                f"{source}: {name!r} has dtype {value.dtype}, but the model's is floating point; save float weights"
             )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ModelFileError(f"{source}: {name!r} holds non-finite values")
@@ -295,8 +374,8 @@ def _check_strings(node: Any, field: str = "") -> None:
 def _check_payloads(source: str, name: str, raw: bytes) -> None:
     """A weights/constants config: every entry a raw tensor (no pickle, no object)."""
     try:
-        config = json.loads(raw).get("config", {})
-    except (json.JSONDecodeError, AttributeError, UnicodeDecodeError):
+        config = _program_json(raw, f"{source}: {name!r}").get("config", {})
+    except (ParseError, AttributeError, UnicodeDecodeError):
         raise ModelFileError(f"{source}: {name!r} is not a valid payload config") from None
     if not isinstance(config, dict):
         raise ModelFileError(f"{source}: {name!r} is not a valid payload config")
@@ -308,6 +387,12 @@ def _check_payloads(source: str, name: str, raw: bytes) -> None:
                 f"{source}: {str(fqn)[:60]!r} is stored as a pickled object, which would run code on loading; "
                 "only tensors are accepted"
             )
+
+
+def _program_json(raw: bytes, source: str) -> Any:
+    """A program's JSON member, parsed with the shared guards but no depth or 64-bit limit (torch writes it; the
+    guards keep its nesting and digits from raising anything but ParseError)."""
+    return load_json_text(raw.decode("utf-8"), source, max_depth=None, int64=False)
 
 
 def _check_archive(path: Path) -> None:
@@ -340,8 +425,8 @@ def _check_archive(path: Path) -> None:
         if name.endswith(("_weights_config.json", "_constants_config.json")):
             _check_payloads(source, name, raw)
         try:
-            _check_strings(json.loads(raw))
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+            _check_strings(_program_json(raw, f"{source}: {name!r}"))
+        except (ParseError, UnicodeDecodeError, RecursionError):
             raise ModelFileError(f"{source}: {name!r} is not valid JSON") from None
         except ValueError as exc:
             raise ModelFileError(f"{source}: {name!r}: {exc}; refused, as loading could run it as code") from None
@@ -395,8 +480,7 @@ def load_program(path: str | os.PathLike[str]) -> nn.Module:
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"program {str(path)!r} does not exist or is not a file")
-    if not os.access(path, os.R_OK):
-        raise ModelFileError(f"program {str(path)!r} is not readable (permission denied)")
+    _read_head(path, f"program {str(path)!r}", 4)  # permission: one line (root passes os.access, not the open)
     _check_archive(path)
     try:
         with _no_code_from_the_file():
@@ -452,6 +536,7 @@ def fit_inputs(module: nn.Module, X: Tensor) -> tuple[Tensor, str | None]:
 __all__ = [
     "TRAIN_CHECKPOINT_FORMAT",
     "ModelFileError",
+    "check_weight_tensor",
     "fit_inputs",
     "load_model",
     "load_program",

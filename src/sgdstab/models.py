@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -31,6 +32,8 @@ from sgdstab.memory import check_allocation
 
 __all__ = [
     "ACTIVATIONS",
+    "MAX_INPUT_DIMS",
+    "MAX_LAYERS",
     "MODEL_KINDS",
     "ModelSpec",
     "build_model",
@@ -43,6 +46,12 @@ __all__ = [
 ]
 
 MODEL_KINDS: tuple[str, ...] = ("mlp", "cnn", "linear_net", "random_features")
+# Limits on a spec's lists, refused before anything is built: 5 million widths (a few MiB of JSON) made a model
+# of 5 million layers and ran on for minutes. Sizes need no limit of their own: the memory check refuses a model
+# that cannot fit before it is allocated.
+MAX_LAYERS = 64  # hidden layers (widths) and conv blocks (channels): deeper nets are beyond these measurements
+MAX_INPUT_DIMS = 8  # per-sample input dimensions
+MAX_SIZE = 2**31 - 1  # one width, channel count, input size or output count (beyond: bignum arithmetic, no model)
 
 _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -55,19 +64,31 @@ _ACTIVATION_MODULES: dict[str, type[nn.Module]] = {
 ACTIVATIONS: tuple[str, ...] = tuple(_ACTIVATION_MODULES)
 
 
+def _shown(value: object, limit: int = 120) -> str:
+    """``repr(value)`` cut to ``limit`` characters (an int of thousands of digits cannot even be repr'd)."""
+    try:
+        text = repr(value)
+    except ValueError:  # Python's limit on int → str conversion
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _int_tuple(name: str, value: object, *, allow_empty: bool) -> tuple[int, ...]:
-    """Normalise ``value`` (int or sequence of ints) to a tuple of positive ints, else raise for ``name``."""
+def _int_tuple(name: str, value: object, *, allow_empty: bool, max_len: int = MAX_LAYERS) -> tuple[int, ...]:
+    """Normalise ``value`` (int or sequence of ints) to a tuple of at most ``max_len`` positive ints, else raise
+    for ``name``."""
     if _is_int(value):
         value = (value,)
     if isinstance(value, str | bytes) or not isinstance(value, Iterable):
-        raise ModelSpecError(f"{name} must be a sequence of positive ints, got {value!r}")
-    out = tuple(value)
-    if not all(_is_int(v) and v >= 1 for v in out):
-        raise ModelSpecError(f"{name} must contain only positive ints (>= 1), got {list(out)!r}")
+        raise ModelSpecError(f"{name} must be a sequence of positive ints, got {_shown(value)}")
+    out = tuple(itertools.islice(value, max_len + 1))  # a generator of millions is not drained to say so
+    if len(out) > max_len:
+        raise ModelSpecError(f"{name} holds more than {max_len} values; at most {max_len} are supported")
+    if not all(_is_int(v) and 1 <= v <= MAX_SIZE for v in out):
+        raise ModelSpecError(f"{name} must contain only positive ints (>= 1) up to 2**31 - 1, got {_shown(list(out))}")
     if not out and not allow_empty:
         raise ModelSpecError(f"{name} must not be empty; give at least one positive int")
     return out
@@ -101,25 +122,27 @@ class ModelSpec:
             object.__setattr__(self, name, value)
 
         if not isinstance(self.kind, str) or self.kind not in MODEL_KINDS:
-            raise ModelSpecError(f"kind must be one of {', '.join(MODEL_KINDS)}; got {self.kind!r}")
-        put("input_shape", _int_tuple("input_shape", self.input_shape, allow_empty=False))
+            raise ModelSpecError(f"kind must be one of {', '.join(MODEL_KINDS)}; got {_shown(self.kind)}")
+        put("input_shape", _int_tuple("input_shape", self.input_shape, allow_empty=False, max_len=MAX_INPUT_DIMS))
         put("widths", _int_tuple("widths", self.widths, allow_empty=True))
         put("channels", _int_tuple("channels", self.channels, allow_empty=True))
-        if not _is_int(self.outputs) or self.outputs < 1:
-            raise ModelSpecError(f"outputs must be an int >= 1, got {self.outputs!r}")
+        if not _is_int(self.outputs) or not 1 <= self.outputs <= MAX_SIZE:
+            raise ModelSpecError(f"outputs must be an int >= 1 (up to 2**31 - 1), got {_shown(self.outputs)}")
         if not isinstance(self.activation, str) or self.activation not in ACTIVATIONS:
             valid = ", ".join(ACTIVATIONS)
-            raise ModelSpecError(f"activation must be one of {valid}; got {self.activation!r}")
+            raise ModelSpecError(f"activation must be one of {valid}; got {_shown(self.activation)}")
         if not isinstance(self.bias, bool):
-            raise ModelSpecError(f"bias must be true or false, got {self.bias!r}")
+            raise ModelSpecError(f"bias must be true or false, got {_shown(self.bias)}")
         if not _is_int(self.seed) or not 0 <= self.seed < 2**63:
-            raise ModelSpecError(f"seed must be an int in [0, 2**63), got {self.seed!r}")
+            raise ModelSpecError(f"seed must be an int in [0, 2**63), got {_shown(self.seed)}")
         if not _is_int(self.kernel_size) or self.kernel_size < 1 or self.kernel_size % 2 == 0:
-            raise ModelSpecError(f"kernel_size must be an odd int >= 1, got {self.kernel_size!r}")
+            raise ModelSpecError(f"kernel_size must be an odd int >= 1, got {_shown(self.kernel_size)}")
         scale = self.init_scale
         is_number = isinstance(scale, int | float) and not isinstance(scale, bool)
-        if not (is_number and math.isfinite(scale) and scale > 0):
-            raise ModelSpecError(f"init_scale must be a finite number > 0, got {scale!r}")
+        # an int of 309+ digits overflows math.isfinite (OverflowError): compare it as an int instead
+        finite = is_number and (math.isfinite(scale) if isinstance(scale, float) else abs(scale) < 2**1023)
+        if not (finite and scale > 0):
+            raise ModelSpecError(f"init_scale must be a finite number > 0, got {_shown(scale)}")
         put("init_scale", float(scale))
 
         if self.kind == "cnn":
@@ -137,7 +160,7 @@ class ModelSpec:
         if self.kind == "random_features" and len(self.widths) != 1:
             raise ModelSpecError(f"widths must hold exactly one width for kind='random_features', got {self.widths!r}")
         if self.kind == "linear_net" and self.activation != "identity":
-            raise ModelSpecError(f"activation must be 'identity' for kind='linear_net', got {self.activation!r}")
+            raise ModelSpecError(f"activation must be 'identity' for kind='linear_net', got {_shown(self.activation)}")
 
     def to_dict(self) -> dict[str, Any]:
         """Return a JSON-able dict (tuples become lists) that :meth:`from_dict` turns back into this spec."""

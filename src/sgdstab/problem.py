@@ -59,15 +59,55 @@ class ParameterLayout:
 def _refuse_stochastic_modules(model: nn.Module) -> None:
     for name, module in model.named_modules():
         label = name or type(model).__name__
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training:
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and (module.training or module.running_mean is None):
+            # without running statistics (track_running_stats=False) BatchNorm normalizes by the batch even in
+            # eval mode: torch then failed on a single sample with an untyped error
+            why = "in training mode" if module.training else "without running statistics (track_running_stats=False)"
+            fix = (
+                "call model.eval() to measure with its running statistics"
+                if module.running_mean is not None
+                else "use a BatchNorm with running statistics, or fold it into the layer before"
+            )
             raise ProblemError(
-                f"module {label!r} is BatchNorm in training mode, which couples the samples of a batch and breaks "
-                "the finite-sum structure; call model.eval() to measure with its running statistics"
+                f"module {label!r} is BatchNorm {why}, which couples the samples of a batch and breaks the "
+                f"finite-sum structure; {fix}"
             )
         if isinstance(module, nn.modules.dropout._DropoutNd) and module.training and module.p > 0:
             raise ProblemError(
                 f"module {label!r} is dropout in training mode, which makes the loss random; call model.eval()"
             )
+
+
+def _refuse_tensors_without_data(model: nn.Module) -> None:
+    """Meta parameters or buffers (a model built under ``torch.device("meta")``) have a shape but no values:
+    torch failed on them later with an untyped error."""
+    for kind, named in (("parameter", model.named_parameters()), ("buffer", model.named_buffers())):
+        for name, t in named:
+            if t.is_meta:
+                raise ProblemError(
+                    f"model {kind} {name!r} is a meta tensor (a shape without values); load real weights first "
+                    "(model.to_empty(device='cpu') then load_state_dict)"
+                )
+            if t.layout != torch.strided:
+                raise ProblemError(f"model {kind} {name!r} has layout {t.layout}; use dense tensors (to_dense())")
+
+
+def _check_exact_integers(t: Tensor, name: str, dtype: torch.dtype) -> None:
+    """Integer data converted to ``dtype`` must keep their values: float32 holds every integer only up to 2**24,
+    float64 up to 2**53 (a larger one was silently rounded)."""
+    if t.dtype not in (torch.int32, torch.int64) or t.numel() == 0:
+        return  # uint8, int8 and int16 values are exact in either dtype
+    bits = 24 if dtype == torch.float32 else 53
+    beyond = (t > 2**53) | (t < -(2**53))  # compared as integers: converting first would round them
+    if not bool(beyond.any()):
+        wide = t.to(torch.float64)  # exact below 2**53
+        beyond = wide.to(dtype).to(torch.float64) != wide
+    if bool(beyond.any()):
+        example = int(t[beyond].reshape(-1)[0])
+        raise ProblemError(
+            f"{name} holds integers that {dtype} cannot represent exactly (e.g. {example}; beyond 2**{bits} they "
+            "are rounded); pass dtype=torch.float64 or rescale the data"
+        )
 
 
 def check_chunk_size(chunk_size: object) -> int:
@@ -117,6 +157,7 @@ class Problem:
             raise ProblemError("X and Y must be torch tensors (use torch.as_tensor on arrays)")
         self.loss_convention = check_loss_convention(loss)
         _refuse_stochastic_modules(model)
+        _refuse_tensors_without_data(model)
 
         trainable = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         if not trainable:
@@ -155,6 +196,10 @@ class Problem:
             # complex values would lose their imaginary part and bools are flags, not data
             if not (t.is_floating_point() or t.dtype in _INT_DTYPES):
                 raise ProblemError(f"{name} must hold real numbers, got dtype {t.dtype}")
+            if t.is_meta or t.layout != torch.strided:
+                what = "a meta tensor (no values)" if t.is_meta else f"a tensor of layout {t.layout}"
+                raise ProblemError(f"{name} is {what}; pass a dense tensor of values")
+            _check_exact_integers(t, name, dtype)
         self.X = X.to(device=self.device, dtype=dtype)
         self.Y = Y.to(device=self.device, dtype=dtype)
         _check_finite(self.X, "X")
@@ -164,6 +209,7 @@ class Problem:
         self.p = self.layout.size
         self._check_model_output()
         self.chunk_size = check_chunk_size(chunk_size) if chunk_size is not None else self._default_chunk_size()
+        self._check_independent_samples()
 
     # ------------------------------------------------------------------ the functional model
     def _forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -174,27 +220,32 @@ class Problem:
         """f(x; θ) ∈ R^k for one sample x (no batch dimension)."""
         return self._forward(self.layout.unflatten(theta), x.unsqueeze(0))[0]
 
+    def _probe(self, x: Tensor) -> Tensor:
+        """The model's outputs on a copy of ``x``, refusing (one line) a model that fails or writes into its
+        input (in place, it would change X itself and then break the derivatives)."""
+        params = self.layout.unflatten(self.theta)
+        copy_ = x.clone()
+        try:
+            out = self._forward(params, copy_)
+        except Exception as exc:  # the model cannot run on these inputs: say so in one line
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise ProblemError(f"model failed on X of shape {tuple(self.X.shape)}: {message}") from exc
+        if not torch.equal(copy_, x):
+            raise ProblemError(
+                "the model modifies its input in place (e.g. x.mul_() or x += …, in-place activations on x); "
+                "make the first operation on x out of place"
+            )
+        return out
+
     def _check_model_output(self) -> None:
         m = min(self.n, 8)
         with torch.no_grad():
-            try:
-                out = self._forward(self.layout.unflatten(self.theta), self.X[:m])
-            except Exception as exc:  # the model cannot run on these inputs: say so in one line
-                raise ProblemError(
-                    f"model failed on X of shape {tuple(self.X.shape)}: {type(exc).__name__}: {exc}"
-                ) from exc
+            out = self._probe(self.X[:m])
             if out.shape[1] != self.k:
                 raise ProblemError(f"model outputs {out.shape[1]} value(s) per sample but Y has k = {self.k} column(s)")
-            again = self._forward(self.layout.unflatten(self.theta), self.X[:m])
-            single = self._forward(self.layout.unflatten(self.theta), self.X[:1])
+            again = self._probe(self.X[:m])
         if not torch.equal(out, again):
             raise ProblemError("model is not deterministic (two forward passes differ); disable randomness")
-        tol = 1e-4 if self.dtype == torch.float32 else 1e-10
-        if not torch.allclose(single, out[:1], rtol=tol, atol=tol * float(out.abs().max().clamp(min=1))):
-            raise ProblemError(
-                "a sample's output depends on the other samples in its batch (batch statistics?); "
-                "the finite-sum structure needs per-sample outputs"
-            )
         _check_finite(out, "model output")
         # L sums squared residuals: |r| beyond ~1e19 (float32) or ~1e154 (float64) makes L, ∇L and every figure
         # built on them inf; refuse here rather than report inf figures
@@ -204,6 +255,55 @@ class Problem:
                     f"the squared {what} overflow {self.dtype} (largest |value| {float(r.abs().max()):.3g}); "
                     "rescale the data or use dtype=torch.float64"
                 )
+
+    def _close(self, a: Tensor, b: Tensor) -> bool:
+        tol = 1e-4 if self.dtype == torch.float32 else 1e-10
+        return a.shape == b.shape and torch.allclose(a, b, rtol=tol, atol=tol * float(b.abs().max().clamp(min=1)))
+
+    def _check_independent_samples(self) -> None:
+        """Every sample's output in the batches that L and ∇L use (:meth:`chunks`) must equal its output alone,
+        which the per-sample derivatives compute (``vmap`` over single samples): a model that couples the samples
+        of a batch (batch statistics, mixing rows) breaks the finite-sum structure.
+
+        Checked over all n samples, chunk by chunk, at the cost of two forward passes over the data: ``vmap``
+        runs the single-sample model on a whole chunk at once. A model ``vmap`` cannot run (data-dependent
+        control flow, ``.item()``) is spot-checked instead: the first, last and 14 seeded random samples of each
+        chunk, each run alone."""
+        alone = vmap(self._f_single, in_dims=(None, 0))
+        with torch.no_grad():
+            for s in self.chunks():
+                batched = self._probe(self.X[s])  # also: no failure or in-place write on a whole chunk
+                try:
+                    rows, single = list(range(s.start, s.stop)), alone(self.theta, self.X[s].clone())
+                except Exception:  # not vmappable: compare a few samples run one at a time
+                    rows = self._spot_rows(s)
+                    single = torch.cat([self._alone(i) for i in rows])
+                    batched = batched[[i - s.start for i in rows]]
+                if not self._close(batched, single):
+                    diff = (batched - single).abs().amax(dim=1)
+                    worst = rows[int(diff.argmax())]
+                    raise ProblemError(
+                        f"a sample's output depends on the other samples in its batch (sample {worst}: "
+                        f"{float(diff.max()):.3g} from its output alone; batch statistics?); the finite-sum "
+                        "structure needs per-sample outputs"
+                    )
+
+    def _alone(self, i: int) -> Tensor:
+        """The output of sample ``i`` run as a batch of one (the per-sample derivatives need the model to run so)."""
+        try:
+            return self._forward(self.layout.unflatten(self.theta), self.X[i : i + 1].clone())
+        except Exception as exc:
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise ProblemError(
+                f"model failed on the single sample X[{i}] (per-sample derivatives run each sample alone): {message}"
+            ) from exc
+
+    def _spot_rows(self, s: slice) -> list[int]:
+        """The first, last and 14 seeded random samples of the chunk ``s``, in order."""
+        size = s.stop - s.start
+        gen = torch.Generator().manual_seed(size)  # the same data are always checked on the same samples
+        inner = (torch.randperm(size, generator=gen)[:14] + s.start).tolist()
+        return sorted({s.start, s.stop - 1, *inner})
 
     def _default_chunk_size(self) -> int:
         # Per-sample derivatives of a chunk of m samples hold about m·k·p numbers for the Jacobian, plus the

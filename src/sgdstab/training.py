@@ -338,8 +338,8 @@ def train(
         raise ConventionError(f"unknown sampling scheme {sampling!r}; use one of {', '.join(TRAIN_SAMPLING)}")
     b = check_batch_size(batch_size, problem.n)
     eta = problem.half_mse_lr(lr)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise TrainingError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:  # torch.Generator: 64 bits
+        raise TrainingError(f"seed must be an integer in [0, 2**63), got {seed!r}")
     _check_arguments(steps, until_loss, track_every, divergence_factor, checkpoint_every, checkpoint_path)
     columns, trackers = _trackers(track, seed)
     ckpt = Path(checkpoint_path) if checkpoint_path is not None else None

@@ -1,9 +1,12 @@
 """The experiment machinery: an :class:`Experiment` binds a name, a config class and a body; ``run`` does the rest.
 
-``Experiment.run(config, out_dir)`` creates the output directory (refusing an unwritable one, or one holding
-another experiment's results), writes ``config.json`` (the resolved config) first, calls the body with a
-:class:`Context` (stage messages, figure saving), and writes what the body returns (:class:`Outcome`):
-``results.csv``, ``report.md`` and ``summary.json`` — every file atomically. It returns the summary dict.
+``Experiment.run(config, out_dir)`` creates the output directory and makes it the experiment's own
+(:func:`~sgdstab.experiments.io.prepare_output_dir`: an unwritable directory, one holding another experiment's
+results, or one holding files sgdstab did not write that a run would overwrite is refused in one line), writes
+``config.json`` (the resolved config) first, calls the body with a :class:`Context` (stage messages, figure
+saving), and writes what the body returns (:class:`Outcome`): ``results.csv``, ``report.md`` and
+``summary.json``. Every file goes through :mod:`sgdstab.files` (atomic, ``fsync``-ed with its folder, listed in
+the directory's ownership marker ``.sgdstab-output.json`` before it appears). It returns the summary dict.
 
 summary.json::
 

@@ -19,7 +19,6 @@ import difflib
 import json
 import math
 import os
-import tomllib
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -27,10 +26,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from sgdstab.errors import SgdstabError
+from sgdstab.parsing import INT64_MAX, INT64_MIN, MAX_TEXT_CHARS, ParseError, load_json_text, load_toml_text
 
 C = TypeVar("C")
 
 RESERVED_KEY = "experiment"
+# every list in a config is looped over (runs, layers, classes): 5 million widths ran on for minutes before the
+# model builder refused them; no experiment needs more than a few dozen values
+MAX_LIST_LEN = 1000
 
 
 class ConfigError(SgdstabError, ValueError):
@@ -68,9 +71,13 @@ def param(
     lt: float | None = None,
     choices: tuple[Any, ...] | None = None,
     min_len: int | None = None,
+    max_len: int | None = None,
 ) -> Any:
-    """A dataclass field with a default and its validation rules (applied to each element of a tuple field)."""
-    rules = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "min_len": min_len}
+    """A dataclass field with a default and its validation rules (applied to each element of a tuple field).
+
+    A tuple field holds at most ``max_len`` values (default :data:`MAX_LIST_LEN`)."""
+    rules = {"help": help, "ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices}
+    rules |= {"min_len": min_len, "max_len": max_len}
     return dataclasses.field(default=default, metadata={k: v for k, v in rules.items() if v not in (None, "")})
 
 
@@ -133,13 +140,19 @@ def _coerce_scalar(name: str, tp: Any, value: Any, hint: str) -> Any:
         if isinstance(value, bool):
             return value
     elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
         if isinstance(value, float) and value.is_integer() and math.isfinite(value):
-            return int(value)
+            value = int(value)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return _int64(name, value)
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
+            try:
+                return float(value)
+            except OverflowError:  # an int of 309+ digits (from a dict: the file parsers refuse it earlier)
+                raise ConfigError(
+                    f"config field {name!r} must be a finite number, got an integer of {len(str(abs(value)))} "
+                    f"digits; write e.g. {hint}"
+                ) from None
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -148,6 +161,15 @@ def _coerce_scalar(name: str, tp: Any, value: Any, hint: str) -> Any:
     raise ConfigError(
         f"config field {name!r} must be {_TYPE_WORDS[tp]}, got {value!r} ({_kind(value)}); write e.g. {hint}"
     )
+
+
+def _int64(name: str, value: int) -> int:
+    # seeds, sizes and counts go to torch and numpy, which take 64-bit integers: a larger one passed validation
+    # and failed after the run had started
+    if not INT64_MIN <= value <= INT64_MAX:
+        shown = value if abs(value) < 10**30 else f"an integer of {len(str(abs(value)))} digits"
+        raise ConfigError(f"config field {name!r} must fit in 64 bits (at most 2**63 − 1), got {shown}")
+    return value
 
 
 def _check_rules(name: str, value: Any, meta: Mapping[str, Any], hint: str) -> None:
@@ -187,6 +209,9 @@ def coerce_field(field: dataclasses.Field, tp: Any, value: Any) -> Any:
                 f"config field {name!r} must be {describe_type(base)}, got {value!r} ({_kind(value)}); "
                 f"write e.g. {hint}"
             )
+        max_len = meta.get("max_len") or MAX_LIST_LEN
+        if len(value) > max_len:  # before looking at the values: a long list costs time to check
+            raise ConfigError(f"config field {name!r} holds {len(value)} values, more than {max_len}; give fewer")
         items = tuple(_coerce_scalar(name, elem, v, hint) for v in value)
         min_len = meta.get("min_len")
         if min_len is not None and len(items) < min_len:
@@ -245,6 +270,8 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The key/value table of a TOML file (or of a run's ``config.json``). Raises :class:`ConfigError`."""
     file = Path(path)
     try:
+        if file.is_file() and file.stat().st_size > 4 * MAX_TEXT_CHARS:  # refused unread: a config is KiB
+            raise ConfigError(f"config file {str(file)!r} is larger than {4 * MAX_TEXT_CHARS >> 20} MiB; not a config")
         raw = file.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file {str(file)!r} not found; check the --config path") from None
@@ -256,18 +283,17 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config file {str(file)!r} is not UTF-8 text; write it as a TOML file") from None
-    if file.suffix.lower() == ".json":
-        try:
-            data = json.loads(text)
-        except ValueError as exc:
-            raise ConfigError(f"config file {str(file)!r} is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {str(file)!r} must hold a JSON object of key/value pairs")
-        return data
+    source = f"config file {str(file)!r}"
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+        if file.suffix.lower() == ".json":
+            data = load_json_text(text, source)
+        else:
+            return load_toml_text(text, source)
+    except ParseError as exc:
+        raise ConfigError(str(exc)) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(file)!r} must hold a JSON object of key/value pairs")
+    return data
 
 
 def load_config(cls: type[C], path: str | os.PathLike[str], base: C | None = None, experiment: str | None = None) -> C:
@@ -344,8 +370,10 @@ def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
         if key in out:
             raise ConfigError(f"--set gives {key!r} twice; give each key once")
         try:
-            out[key] = tomllib.loads(f"v = {value.strip()}")["v"]
-        except tomllib.TOMLDecodeError:
+            out[key] = load_toml_text(f"v = {value.strip()}", f"--set {key}")["v"]
+        except ParseError as exc:
+            if not exc.syntax:  # a limit (nesting, digits), not plain text: taking it as a string would hide that
+                raise ConfigError(str(exc)) from None
             out[key] = value.strip()
     return out
 

@@ -33,6 +33,7 @@ from typing import Any
 
 from rich.console import Console
 
+from sgdstab import signals
 from sgdstab._version import __version__
 from sgdstab.data import DEFAULT_DATASET, load_dataset
 from sgdstab.experiments.base import REPORT_FILE
@@ -180,18 +181,29 @@ def _run_here(configs: dict[str, Any], out_dir: Path, quiet: bool, console: Cons
 
 def _run_parallel(configs: dict[str, Any], out_dir: Path, workers: int, console: Console) -> dict[str, dict[str, Any]]:
     """The experiments in ``workers`` processes (spawned: no state shared with this one), quiet; one line each as
-    it finishes."""
+    it finishes. Ctrl-C or SIGTERM (raised as :class:`sgdstab.signals.Terminated`) ends every worker at once and
+    propagates; the workers ignore a terminal's Ctrl-C themselves and die with this process even on SIGKILL
+    (:mod:`sgdstab.signals`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     console.print(f"running {', '.join(configs)} in {workers} processes …", highlight=False)
     results = {}
-    with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_one, name, config, out_dir, True): name for name, config in configs.items()}
-        for future in as_completed(futures):
-            name = futures[future]
-            results[name] = future.result()
-            console.print(_line(name, results[name]), highlight=False, markup=False)
+    with signals.stop_on_signals():
+        context = multiprocessing.get_context("spawn")
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, **signals.pool_kwargs())
+        try:
+            with signals.spawning():  # the workers are born ignoring SIGINT
+                futures = {pool.submit(_one, name, cfg, out_dir, True): name for name, cfg in configs.items()}
+            for future in as_completed(futures):
+                name = futures[future]
+                results[name] = future.result()
+                console.print(_line(name, results[name]), highlight=False, markup=False)
+        except KeyboardInterrupt:  # a signal: do not wait minutes for the experiments in flight
+            signals.stop_pool(pool)
+            raise
+        finally:
+            pool.shutdown(wait=True)
     return results
 
 

@@ -7,10 +7,10 @@
   where SGD stopped; read them back with :func:`load_params` (``torch.load(..., weights_only=True)``: no code
   runs).
 
-Each file is written to a hidden temporary name in the same folder and renamed into place
-(:func:`sgdstab.experiments.io.atomic_write`), and all of them before the run's completion is committed to the
-store: a file that is visible is complete, and a run marked done has its files. :func:`remove_stale_temporaries`
-deletes the hidden ``.*.tmp`` files a killed sweep may leave.
+Each file is written to a hidden temporary name in the same folder, ``fsync``-ed and renamed into place
+(:mod:`sgdstab.files`), and all of them before the run's completion is committed to the store: a file that is
+visible is complete, and a run marked done has its files. :func:`remove_stale_temporaries` deletes the temporary
+files a killed sweep may leave (only names carrying sgdstab's temporary tag: never a user's ``.*.tmp``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from sgdstab import files
 from sgdstab.errors import SgdstabError
 from sgdstab.experiments.io import atomic_write, atomic_write_json
 
@@ -89,19 +90,12 @@ def load_params(path: str | os.PathLike[str], which: str = "theta") -> torch.Ten
 
 
 def remove_stale_temporaries(out: str | os.PathLike[str]) -> int:
-    """Delete hidden ``.*.tmp`` files under ``DIR`` and ``DIR/runs`` (left by a killed writer); returns how many.
-
-    Call it only when no other sweep process writes to the directory."""
+    """Delete the temporary files of killed sgdstab writers under ``DIR`` and ``DIR/runs/*``
+    (:func:`sgdstab.files.remove_temporaries`: sgdstab's temporary names only, of processes no longer alive);
+    returns how many. Call it only when no other sweep process writes to the directory."""
     root = Path(out)
-    removed = 0
-    candidates = list(root.glob(".*.tmp")) + list((root / RUNS_DIR).glob("*/.*.tmp"))
-    for path in candidates:
-        try:
-            path.unlink()
-            removed += 1
-        except FileNotFoundError:
-            pass
-    return removed
+    folders = [root, *(p for p in (root / RUNS_DIR).glob("*") if p.is_dir() and not p.is_symlink())]
+    return sum(files.remove_temporaries(folder) for folder in folders)
 
 
 __all__ = ["RUNS_DIR", "ArtifactError", "load_params", "remove_stale_temporaries", "run_dir", "write_artifacts"]

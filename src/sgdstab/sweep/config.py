@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from sgdstab.conventions import SAMPLING_SCHEMES
+from sgdstab.curvature import check_seed
 from sgdstab.data import DATASETS
 from sgdstab.errors import SgdstabError
 from sgdstab.experiments.config import (
@@ -54,11 +55,15 @@ from sgdstab.experiments.config import (
     read_config_file,
 )
 from sgdstab.experiments.minimum import NetConfig
+from sgdstab.models import MAX_LAYERS
 from sgdstab.training import TRAIN_SAMPLING
 
 HASH_FORMAT = "sgdstab-run"
 HASH_VERSION = 1
 MAX_RUNS = 100_000
+# the curvature estimators' floor (sgdstab.curvature.check_rtol): below it 1/rtol² underflowed to a division by zero
+# in the run, after the sweep had started
+MIN_RTOL = 1e-12
 TOP_LEVEL_KEYS = ("name", "base", "grid", "runs")
 CLASSIFICATION = tuple(name for name, spec in DATASETS.items() if spec.task == "classification")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
@@ -74,19 +79,27 @@ class RunConfig(NetConfig):
     what is measured at the end. Learning rates are on the half-MSE loss L = (1/2n) Σ ||f(x_i) − y_i||²."""
 
     n: int = param(64, ge=2, help="number of training samples")
-    widths: tuple[int, ...] = param((16,), ge=1, min_len=1, help="hidden widths of the MLP")
+    widths: tuple[int, ...] = param((16,), ge=1, min_len=1, max_len=MAX_LAYERS, help="hidden widths of the MLP")
     lr: float = param(0.05, gt=0, help="SGD learning rate η on the half-MSE loss L")
     batch_size: int = param(8, ge=1, help="batch size B (at most n)")
     sampling: str = param("with_replacement", choices=TRAIN_SAMPLING, help="how SGD draws its batches")
     steps: int = param(200, ge=1, help="number of SGD steps")
     track_every: int = param(10, ge=1, help="record the full-data loss every this many steps")
-    rtol: float = param(1e-2, gt=0, lt=1, help="relative accuracy of stochastic curvature figures (exact routes: —)")
+    rtol: float = param(
+        1e-2, ge=MIN_RTOL, lt=1, help="relative accuracy of stochastic curvature figures (exact routes: —)"
+    )
     stability: bool = param(
         False, help="also compute ρ(T), log ρ and the exact η* at the final point (exact only at a global minimum)"
     )
 
     def check(self) -> None:
         check_device(self.device)
+        if len(self.channels) > MAX_LAYERS:  # NetConfig's field: checked here, before any run starts
+            fail(f"config field 'channels' holds {len(self.channels)} values, more than {MAX_LAYERS} layers")
+        try:  # the run's estimators take the seed: what they refuse must not pass here and fail in the run
+            check_seed(self.seed)
+        except SgdstabError as exc:
+            fail(f"config field 'seed' = {self.seed}: {exc}")
         if DATASETS[self.dataset].task != "classification":
             fail(
                 f"config field 'dataset' must be a classification data set for a sweep, got {self.dataset!r} "
@@ -185,6 +198,16 @@ def _check_run_keys(table: Mapping[str, Any], where: str) -> None:
             )
 
 
+def _first_repeat(values: tuple[Any, ...]) -> Any | None:
+    """The first value seen twice, else None (a set: the pairwise scan took minutes on 100000 values)."""
+    seen: set[Any] = set()
+    for value in values:
+        if value in seen:
+            return value
+        seen.add(value)
+    return None
+
+
 def _grid(table: Any, source: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     where = f"[grid] of {source}"
     if not isinstance(table, Mapping):
@@ -202,13 +225,15 @@ def _grid(table: Any, source: str) -> tuple[tuple[str, tuple[Any, ...]], ...]:
             )
         if not values:
             raise ConfigError(f"grid field {name!r} in {source} has no values; give at least one or remove it")
+        if len(values) > MAX_RUNS:  # before checking each: 5 million values took seconds to be refused
+            raise ConfigError(f"grid field {name!r} in {source} has {len(values)} values, more than {MAX_RUNS} runs")
         try:
             coerced = tuple(coerce_field(fields[name], hints[name], v) for v in values)
         except ConfigError as exc:
             raise ConfigError(f"in {where}: {exc}") from None
-        repeated = [v for i, v in enumerate(coerced) if v in coerced[:i]]
-        if repeated:
-            raise ConfigError(f"grid field {name!r} in {source} repeats the value {repeated[0]!r}; list each once")
+        repeated = _first_repeat(coerced)
+        if repeated is not None:
+            raise ConfigError(f"grid field {name!r} in {source} repeats the value {repeated!r}; list each once")
         grid.append((name, coerced))
     return tuple(grid)
 
@@ -218,6 +243,8 @@ def _entries(items: Any, grid_fields: set[str], source: str) -> tuple[dict[str, 
         raise ConfigError(f"'runs' in {source} must be a list of tables; write [[runs]] then lr = 0.1 for each run")
     if not items:
         raise ConfigError(f"'runs' in {source} is empty; give at least one [[runs]] table or remove it")
+    if len(items) > MAX_RUNS:
+        raise ConfigError(f"'runs' in {source} has {len(items)} entries, more than {MAX_RUNS}; split the sweep")
     entries = []
     for number, item in enumerate(items, start=1):
         where = f"[[runs]] entry {number} of {source}"

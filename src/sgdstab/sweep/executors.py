@@ -9,21 +9,26 @@ touch the store; the driver writes every result.
   A script that uses ``local`` needs the ``if __name__ == "__main__":`` guard: ``spawn`` re-imports it.
 - ``local`` (the CLI's default): :class:`concurrent.futures.ProcessPoolExecutor` with the ``spawn`` start method
   (no fork of a process that holds torch threads or an open SQLite connection), ``workers`` processes of one
-  compute thread each. A pool broken by a dead worker is replaced on the next submission.
+  compute thread each. A pool broken by a dead worker is replaced on the next submission. Workers ignore SIGINT
+  (the driver handles a terminal's Ctrl-C once) and die with the driver, even one killed with SIGKILL
+  (:func:`sgdstab.signals.worker_setup`); ``close(cancel=True)`` ends them at once (:func:`sgdstab.signals.stop_pool`).
 - ``ray``: each run is a Ray task (``num_cpus=1``) of :func:`~sgdstab.sweep.run.run_safely`; ``address=None``
   starts a private local Ray instance with ``workers`` CPUs and shuts it down afterwards, ``address="auto"``
   joins the cluster this machine belongs to, ``address="ray://HOST:10001"`` connects through Ray Client. Every
   node needs the same sgdstab installed (``pip install "sgdstab[ray]"``); results travel back to the driver.
+  ``close(cancel=True)`` cancels the tasks in flight (force: their workers are killed) before shutting down.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import contextlib
 import multiprocessing
 import os
 from collections import deque
 from typing import Any
 
+from sgdstab import signals
 from sgdstab.errors import SgdstabError
 from sgdstab.sweep.run import RunFailure, RunOutput, run_safely
 
@@ -109,18 +114,19 @@ class LocalExecutor:
     def _ensure_pool(self) -> cf.ProcessPoolExecutor:
         if self._pool is None:
             self._pool = cf.ProcessPoolExecutor(
-                max_workers=self.capacity, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.capacity, mp_context=multiprocessing.get_context("spawn"), **signals.pool_kwargs()
             )
         return self._pool
 
     def submit(self, config: dict[str, Any]) -> cf.Future:
-        try:
-            return self._ensure_pool().submit(run_safely, config, self.threads)
-        except cf.process.BrokenProcessPool:
-            # A worker died: the old pool is unusable; its other futures fail on their own.
-            self._pool.shutdown(wait=False, cancel_futures=True)  # type: ignore[union-attr]
-            self._pool = None
-            return self._ensure_pool().submit(run_safely, config, self.threads)
+        with signals.spawning():  # a worker started here is born ignoring SIGINT
+            try:
+                return self._ensure_pool().submit(run_safely, config, self.threads)
+            except cf.process.BrokenProcessPool:
+                # A worker died: the old pool is unusable; its other futures fail on their own.
+                self._pool.shutdown(wait=False, cancel_futures=True)  # type: ignore[union-attr]
+                self._pool = None
+                return self._ensure_pool().submit(run_safely, config, self.threads)
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         done, _ = cf.wait(handles, timeout=timeout, return_when=cf.FIRST_COMPLETED)
@@ -139,8 +145,14 @@ class LocalExecutor:
             return RunFailure(error=f"{type(exc).__name__}: {exc}", traceback="")
 
     def close(self, cancel: bool = False) -> None:
+        """Shut the pool down: wait for the runs in flight, or (``cancel``) end the workers now."""
         if self._pool is not None:
-            self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+            if cancel:
+                # shutdown(wait=False) alone leaves each worker finishing its run, and the interpreter's exit
+                # hook then waits for them all: stop them (SIGTERM, then SIGKILL)
+                signals.stop_pool(self._pool)
+            else:
+                self._pool.shutdown(wait=True)
             self._pool = None
 
 
@@ -180,9 +192,12 @@ class RayExecutor:
         cpus = int(ray.cluster_resources().get("CPU", 1))
         self.capacity = workers if workers is not None else max(1, cpus)
         self._remote = ray.remote(num_cpus=1, max_retries=0)(_ray_task)
+        self._inflight: set[Any] = set()
 
     def submit(self, config: dict[str, Any]) -> Any:
-        return self._remote.remote(config, self.threads)
+        ref = self._remote.remote(config, self.threads)
+        self._inflight.add(ref)
+        return ref
 
     def wait(self, handles: list[Any], timeout: float) -> list[Any]:
         ray = self._ray
@@ -193,6 +208,7 @@ class RayExecutor:
         return ready
 
     def result(self, handle: Any) -> Outcome:
+        self._inflight.discard(handle)
         try:
             return self._ray.get(handle)
         except Exception as exc:  # RayTaskError, WorkerCrashedError, TaskCancelledError, ...
@@ -200,6 +216,13 @@ class RayExecutor:
             return RunFailure(error=f"{type(exc).__name__}: {line}", traceback="")
 
     def close(self, cancel: bool = False) -> None:
+        """Cancel the tasks in flight (``cancel``: a cluster would otherwise run them on), then shut down the
+        local instance started here or disconnect from the cluster."""
+        if cancel:
+            for ref in self._inflight:
+                with contextlib.suppress(Exception):  # finished meanwhile, or its node is gone: nothing to stop
+                    self._ray.cancel(ref, force=True)
+        self._inflight.clear()
         if self._started_here:
             self._ray.shutdown()
 
