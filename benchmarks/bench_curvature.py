@@ -50,8 +50,9 @@ from torch import Tensor, nn
 from torch.func import hessian, vmap
 
 import sgdstab
-from sgdstab.estimators import EigenResult, hutchpp, top_eigenpairs
-from sgdstab.operators import hessian_operator
+from sgdstab.estimators.matrix_free import EigenResult, hutchpp, top_eigenpairs
+from sgdstab.measure.plan import MethodPlan
+from sgdstab.operators.products import hessian_operator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_ntk
@@ -84,7 +85,7 @@ except ImportError:
     curvlinops = None
 
 # sgdstab.curvature the module (the package attribute of that name is the function).
-CURVATURE_MODULE = importlib.import_module("sgdstab.curvature")
+CURVATURE_MODULE = importlib.import_module("sgdstab.measure.routes")  # where the routes call the estimators
 LANCZOS_TOL, LANCZOS_NCV = 1e-4, 10  # what curvature(rtol=1e-2, top=1) uses
 
 LAMBDA, TRACE, FROB = "λ_max", "Tr H", "||H||_F"
@@ -465,47 +466,55 @@ def sgdstab_rows(built: Built, truth: Truth, settings: Settings) -> tuple[list[R
     plan = sgdstab.plan_method(P, settings.rtol)
     methods = ["auto"] + ([] if plan.method == "matrix_free" else ["matrix_free"])
     for method in methods:
-        with profile_sgdstab(P) as stages:
+        more, call, profile = _curvature_rows(P, truth, settings, method, plan)
+        rows += more
+        profiles[call] = profile
+    more, call, profile = _kernel_at_minimum_rows(P, truth)
+    rows += more
+    profiles[call] = profile
+    rows += _building_block_rows(P, truth, settings)
+    return rows, profiles
 
-            def one_call(method: str = method, stages: list[dict[str, Any]] = stages) -> sgdstab.Curvature:
-                stages.clear()  # keep the stages of the timed (last) run only
-                return sgdstab.curvature(P, method=method, rtol=settings.rtol, max_matvecs=settings.cap, top=1)
 
-            c, seconds = timed(one_call, f"sgdstab curvature {method}")
-        call = f"curvature(method={method!r}, rtol={settings.rtol:g}, max_matvecs={settings.cap}, top=1)"
-        if method == "auto":
-            call = f"curvature(method='auto' → {c.method!r}, rtol={settings.rtol:g}, max_matvecs={settings.cap}, top=1)"
-        values = {LAMBDA: c.sharpness, TRACE: c.trace, FROB: c.hessian_frobenius}
-        stderr = {LAMBDA: c.sharpness_error_bound, TRACE: c.trace_stderr, FROB: c.hessian_frobenius_stderr}
-        for figure in FIGURES:
-            note = f"reported ± {stderr[figure]:.3g}" + ("" if c.converged else "; converged=False")
-            if figure == TRACE and c.trace_stderr > settings.rtol * abs(c.trace):
-                probes = sum(s["products"] for s in stages if s["stage"] == "hutchpp" and s["operator"] == "Hessian")
-                needed = probes * (c.trace_stderr / (settings.rtol * abs(c.trace))) ** 2
-                note += f"; rtol needs ≈ {needed:,.0f} Hutch++ probes"
-            rows.append(
-                Row(
-                    "sgdstab",
-                    call,
-                    figure,
-                    values[figure],
-                    rel_error(values[figure], truth.value(figure)),
-                    c.hessian_vector_products,
-                    seconds,
-                    note,
-                )
-            )
-        profiles[call] = {
-            "seconds": seconds,
-            "stages": list(stages),
-            "hessian_vector_products": c.hessian_vector_products,
-            "converged": c.converged,
-            "notes": list(c.notes),
-            "plan_estimated_seconds": plan.estimated_seconds,
-            "workaround": WORKAROUND_NOTE if any("workaround" in s["stage"] for s in stages) else None,
-        }
+def _curvature_rows(
+    P: sgdstab.Problem, truth: Truth, settings: Settings, method: str, plan: MethodPlan
+) -> tuple[list[Row], str, dict[str, Any]]:
+    """One timed ``sgdstab.curvature`` call: its three figures as rows, its call text and its stage profile."""
+    with profile_sgdstab(P) as stages:
 
-    # The kernel route with at_minimum=True: exact figures of G = JᵀJ/n, which is H only at a global minimum.
+        def one_call(method: str = method, stages: list[dict[str, Any]] = stages) -> sgdstab.Curvature:
+            stages.clear()  # keep the stages of the timed (last) run only
+            return sgdstab.curvature(P, method=method, rtol=settings.rtol, max_matvecs=settings.cap, top=1)
+
+        c, seconds = timed(one_call, f"sgdstab curvature {method}")
+    call = f"curvature(method={method!r}, rtol={settings.rtol:g}, max_matvecs={settings.cap}, top=1)"
+    if method == "auto":
+        call = f"curvature(method='auto' → {c.method!r}, rtol={settings.rtol:g}, max_matvecs={settings.cap}, top=1)"
+    values = {LAMBDA: c.sharpness, TRACE: c.trace, FROB: c.hessian_frobenius}
+    stderr = {LAMBDA: c.sharpness_error_bound, TRACE: c.trace_stderr, FROB: c.hessian_frobenius_stderr}
+    rows = []
+    for figure in FIGURES:
+        note = f"reported ± {stderr[figure]:.3g}" + ("" if c.converged else "; converged=False")
+        if figure == TRACE and c.trace_stderr > settings.rtol * abs(c.trace):
+            probes = sum(s["products"] for s in stages if s["stage"] == "hutchpp" and s["operator"] == "Hessian")
+            needed = probes * (c.trace_stderr / (settings.rtol * abs(c.trace))) ** 2
+            note += f"; rtol needs ≈ {needed:,.0f} Hutch++ probes"
+        error = rel_error(values[figure], truth.value(figure))
+        rows.append(Row("sgdstab", call, figure, values[figure], error, c.hessian_vector_products, seconds, note))
+    profile = {
+        "seconds": seconds,
+        "stages": list(stages),
+        "hessian_vector_products": c.hessian_vector_products,
+        "converged": c.converged,
+        "notes": list(c.notes),
+        "plan_estimated_seconds": plan.estimated_seconds,
+        "workaround": WORKAROUND_NOTE if any("workaround" in s["stage"] for s in stages) else None,
+    }
+    return rows, call, profile
+
+
+def _kernel_at_minimum_rows(P: sgdstab.Problem, truth: Truth) -> tuple[list[Row], str, dict[str, Any]]:
+    """The kernel route with at_minimum=True: exact figures of G = JᵀJ/n, which is H only at a global minimum."""
     with profile_sgdstab(P) as stages:
 
         def kernel_call(stages: list[dict[str, Any]] = stages) -> sgdstab.Curvature:
@@ -515,31 +524,26 @@ def sgdstab_rows(built: Built, truth: Truth, settings: Settings) -> tuple[list[R
         g, seconds = timed(kernel_call, "sgdstab curvature kernel at_minimum")
     call = "curvature(method='kernel', at_minimum=True)  → G = JᵀJ/n, not H off a minimum"
     values = {LAMBDA: g.sharpness, TRACE: g.trace, FROB: g.hessian_frobenius}
-    for figure in FIGURES:
-        rows.append(
-            Row(
-                "sgdstab",
-                call,
-                figure,
-                values[figure],
-                rel_error(values[figure], truth.value(figure)),
-                0,
-                seconds,
-                f"exact G; L = {g.loss:.3g}, so G ≠ H: the error is H − G, not estimator error",
-            )
-        )
-    profiles[call] = {"seconds": seconds, "stages": list(stages)}
+    note = f"exact G; L = {g.loss:.3g}, so G ≠ H: the error is H − G, not estimator error"
+    rows = [
+        Row("sgdstab", call, figure, values[figure], rel_error(values[figure], truth.value(figure)), 0, seconds, note)
+        for figure in FIGURES
+    ]
+    return rows, call, {"seconds": seconds, "stages": list(stages)}
 
-    # Building blocks on the Hessian operator alone (what a Hessian-only call would cost). The operator is made
-    # inside each timed call, so that its kept gradient graph is paid for every time (as PyHessian's constructor
-    # is added to its total).
+
+def _building_block_rows(P: sgdstab.Problem, truth: Truth, settings: Settings) -> list[Row]:
+    """Building blocks on the Hessian operator alone (what a Hessian-only call would cost). The operator is made
+    inside each timed call, so that its kept gradient graph is paid for every time (as PyHessian's constructor
+    is added to its total)."""
+
     def lanczos() -> Any:
         op = hessian_operator(P)
         out = top_eigenpairs(op, k=1, which="LA", seed=0, tol=LANCZOS_TOL, ncv=LANCZOS_NCV)
         return out, op.matvecs
 
     (top, matvecs), seconds = timed(lanczos, "sgdstab top_eigenpairs")
-    rows.append(
+    rows = [
         Row(
             "sgdstab",
             f"top_eigenpairs(hessian_operator, k=1, tol={LANCZOS_TOL:g}, ncv={LANCZOS_NCV})  [building block]",
@@ -550,21 +554,13 @@ def sgdstab_rows(built: Built, truth: Truth, settings: Settings) -> tuple[list[R
             seconds,
             f"residual {top.residual_norms[0]:.1e} (curvature's own settings at rtol = 1e-2)",
         )
-    )
-    if sgdstab.layerwise.layerwise_route(P) is not None:
+    ]
+    route = sgdstab.measure.traces.layerwise_route(P)
+    if route is not None:
         tr_exact, seconds = timed(lambda: sgdstab.hessian_trace(P), "sgdstab hessian_trace")
-        rows.append(
-            Row(
-                "sgdstab",
-                "hessian_trace(problem)  [building block: exact, layer by layer]",
-                TRACE,
-                tr_exact,
-                rel_error(tr_exact, truth.trace),
-                0,
-                seconds,
-                f"exact ({sgdstab.layerwise.layerwise_route(P)} route, no HVPs)",
-            )
-        )
+        call = "hessian_trace(problem)  [building block: exact, layer by layer]"
+        note = f"exact ({route} route, no HVPs)"
+        rows.append(Row("sgdstab", call, TRACE, tr_exact, rel_error(tr_exact, truth.trace), 0, seconds, note))
     op = hessian_operator(P)
 
     def trace_frob() -> Any:
@@ -573,19 +569,10 @@ def sgdstab_rows(built: Built, truth: Truth, settings: Settings) -> tuple[list[R
     tf, seconds = timed(trace_frob, "sgdstab hutchpp")
     call = f"hutchpp(hessian_operator, rtol={settings.rtol:g}, max_matvecs={settings.cap})  [building block]"
     for figure, value, se in ((TRACE, tf.trace, tf.trace_stderr), (FROB, tf.frobenius, tf.frobenius_stderr)):
-        rows.append(
-            Row(
-                "sgdstab",
-                call,
-                figure,
-                value,
-                rel_error(value, truth.value(figure)),
-                tf.matvecs,
-                seconds,
-                f"reported ± {se:.3g}" + ("" if tf.converged else "; converged=False"),
-            )
-        )
-    return rows, profiles
+        note = f"reported ± {se:.3g}" + ("" if tf.converged else "; converged=False")
+        error = rel_error(value, truth.value(figure))
+        rows.append(Row("sgdstab", call, figure, value, error, tf.matvecs, seconds, note))
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- PyHessian
@@ -612,7 +599,6 @@ def pyhessian_rows(built: Built, truth: Truth, budgets: Budgets, settings: Setti
     P = built.problem
     model = P.model
     criterion = HalfMeanSquare(P.n)
-    rows: list[Row] = []
 
     def make() -> Any:
         for p in model.parameters():
@@ -620,6 +606,14 @@ def pyhessian_rows(built: Built, truth: Truth, budgets: Budgets, settings: Setti
         return pyhessian_module.hessian(model, criterion, data=(P.X, P.Y), cuda=False)
 
     H, setup = timed(make, "PyHessian constructor")
+    rows = _pyhessian_eigenvalue_rows(H, truth, settings) + _pyhessian_trace_rows(H, truth, budgets, settings)
+    for p in model.parameters():
+        p.grad = None
+    return rows, setup
+
+
+def _pyhessian_eigenvalue_rows(H: Any, truth: Truth, settings: Settings) -> list[Row]:
+    """λ_max by PyHessian's power iteration: its defaults, then the loosest tolerance that reaches the target."""
 
     def eig(tol: float, max_iter: int) -> tuple[float, int]:
         with counting_pyhessian() as count:
@@ -629,35 +623,22 @@ def pyhessian_rows(built: Built, truth: Truth, budgets: Budgets, settings: Setti
 
     (lam, hvps), seconds = timed(lambda: eig(1e-3, 100), "PyHessian eigenvalues defaults")
     err = rel_error(lam, truth.sharpness)
-    rows.append(
-        Row(
-            "PyHessian",
-            "eigenvalues(top_n=1)  [defaults: power iteration, tol=1e-3, maxIter=100]",
-            LAMBDA,
-            lam,
-            err,
-            hvps,
-            seconds,
-        )
-    )
+    call = "eigenvalues(top_n=1)  [defaults: power iteration, tol=1e-3, maxIter=100]"
+    rows = [Row("PyHessian", call, LAMBDA, lam, err, hvps, seconds)]
     if err > settings.target:
         for tol in (1e-4, 1e-5, 1e-6):
             (lam, hvps), seconds = timed(lambda tol=tol: eig(tol, 1000), f"PyHessian eigenvalues tol={tol}")
             err = rel_error(lam, truth.sharpness)
             if err <= settings.target or tol == 1e-6:
-                rows.append(
-                    Row(
-                        "PyHessian",
-                        f"eigenvalues(top_n=1, tol={tol:g}, maxIter=1000)  [tightened]",
-                        LAMBDA,
-                        lam,
-                        err,
-                        hvps,
-                        seconds,
-                        "loosest tol of 1e-4, 1e-5, 1e-6 within 1%",
-                    )
-                )
+                call = f"eigenvalues(top_n=1, tol={tol:g}, maxIter=1000)  [tightened]"
+                note = "loosest tol of 1e-4, 1e-5, 1e-6 within 1%"
+                rows.append(Row("PyHessian", call, LAMBDA, lam, err, hvps, seconds, note))
                 break
+    return rows
+
+
+def _pyhessian_trace_rows(H: Any, truth: Truth, budgets: Budgets, settings: Settings) -> list[Row]:
+    """Tr H by PyHessian's Hutchinson: its defaults, then the probes the pilot asks for (within the shared cap)."""
 
     def trace(max_iter: int, tol: float) -> tuple[float, int, list[float]]:
         with counting_pyhessian() as count:
@@ -669,18 +650,8 @@ def pyhessian_rows(built: Built, truth: Truth, budgets: Budgets, settings: Setti
     note = f"stopped after {len(samples)} probes"
     if len(samples) < 100 and min(np.cumsum(samples)[:-1], default=1.0) < 0:
         note += " (its relative-change test divides by a negative running mean: it stops at once)"
-    rows.append(
-        Row(
-            "PyHessian",
-            "trace()  [defaults: Hutchinson, tol=1e-3, maxIter=100]",
-            TRACE,
-            tr,
-            rel_error(tr, truth.trace),
-            hvps,
-            seconds,
-            note,
-        )
-    )
+    call = "trace()  [defaults: Hutchinson, tol=1e-3, maxIter=100]"
+    rows = [Row("PyHessian", call, TRACE, tr, rel_error(tr, truth.trace), hvps, seconds, note)]
     m = budgets.use(budgets.trace_needed)
     # tol=-inf runs exactly maxIter probes (tol=0 would still stop when the running mean turns negative).
     (tr, hvps, _), seconds = timed(lambda: trace(m, -math.inf), f"PyHessian trace {m}")
@@ -697,9 +668,7 @@ def pyhessian_rows(built: Built, truth: Truth, budgets: Budgets, settings: Setti
             {"predicted_rms_error": budgets.predicted(TRACE, m, truth)},
         )
     )
-    for p in model.parameters():
-        p.grad = None
-    return rows, setup
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- curvlinops
@@ -709,47 +678,37 @@ def curvlinops_rows(built: Built, truth: Truth, budgets: Budgets, settings: Sett
     model = P.model
     params = [p for p in model.parameters() if p.requires_grad]
     criterion = HalfMeanSquare(P.n)
-    rows: list[Row] = []
-
     H, setup = timed(
         lambda: curvlinops.HessianLinearOperator(model, criterion, params, [(P.X, P.Y)]), "curvlinops constructor"
     )
+    rows = _curvlinops_eigenvalue_rows(H, P.p, truth, settings) + _curvlinops_norm_rows(H, truth, budgets, settings)
+    return rows, setup
+
+
+def _curvlinops_eigenvalue_rows(H: Any, p: int, truth: Truth, settings: Settings) -> list[Row]:
+    """λ_max by scipy's eigsh on curvlinops' operator: scipy's default tol=0, then the loosest reaching the target."""
 
     def eig(tol: float) -> tuple[float, int]:
         op = CountingOperator(H.to_scipy())
-        v0 = np.random.default_rng(0).standard_normal(P.p)
+        v0 = np.random.default_rng(0).standard_normal(p)
         value = eigsh(op, k=1, which="LA", tol=tol, v0=v0, return_eigenvectors=False)
         return float(value[0]), op.count
 
     (lam, hvps), seconds = timed(lambda: eig(0.0), "curvlinops eigsh tol=0")
-    rows.append(
-        Row(
-            "curvlinops",
-            "eigsh(H.to_scipy(), k=1, which='LA')  [scipy default tol=0]",
-            LAMBDA,
-            lam,
-            rel_error(lam, truth.sharpness),
-            hvps,
-            seconds,
-        )
-    )
+    call = "eigsh(H.to_scipy(), k=1, which='LA')  [scipy default tol=0]"
+    rows = [Row("curvlinops", call, LAMBDA, lam, rel_error(lam, truth.sharpness), hvps, seconds)]
     for tol in (1e-2, 1e-3, 1e-4):
         (lam, hvps), seconds = timed(lambda tol=tol: eig(tol), f"curvlinops eigsh tol={tol}")
         err = rel_error(lam, truth.sharpness)
         if err <= settings.target or tol == 1e-4:
-            rows.append(
-                Row(
-                    "curvlinops",
-                    f"eigsh(..., tol={tol:g})",
-                    LAMBDA,
-                    lam,
-                    err,
-                    hvps,
-                    seconds,
-                    "loosest tol of 1e-2, 1e-3, 1e-4 within 1%",
-                )
-            )
+            note = "loosest tol of 1e-2, 1e-3, 1e-4 within 1%"
+            rows.append(Row("curvlinops", f"eigsh(..., tol={tol:g})", LAMBDA, lam, err, hvps, seconds, note))
             break
+    return rows
+
+
+def _curvlinops_norm_rows(H: Any, truth: Truth, budgets: Budgets, settings: Settings) -> list[Row]:
+    """Tr H (Hutchinson, Hutch++) and ||H||_F (Hutchinson on ||H||_F²) at the probes the pilot asks for."""
 
     def seeded(fn: Callable[[], Tensor]) -> float:
         torch.manual_seed(0)
@@ -757,7 +716,7 @@ def curvlinops_rows(built: Built, truth: Truth, budgets: Budgets, settings: Sett
 
     m = budgets.use(budgets.trace_needed)
     tr, seconds = timed(lambda: seeded(lambda: curvlinops.hutchinson_trace(H, m)), "curvlinops hutchinson_trace")
-    rows.append(
+    rows = [
         Row(
             "curvlinops",
             f"hutchinson_trace(H, {m})",
@@ -769,21 +728,11 @@ def curvlinops_rows(built: Built, truth: Truth, budgets: Budgets, settings: Sett
             budget_note(budgets.trace_needed, m, seconds, settings.target),
             {"predicted_rms_error": budgets.predicted(TRACE, m, truth)},
         )
-    )
+    ]
     m3 = 3 * max(1, round(m / 3))
     tr, seconds = timed(lambda: seeded(lambda: curvlinops.hutchpp_trace(H, m3)), "curvlinops hutchpp_trace")
-    rows.append(
-        Row(
-            "curvlinops",
-            f"hutchpp_trace(H, {m3})",
-            TRACE,
-            tr,
-            rel_error(tr, truth.trace),
-            m3,
-            seconds,
-            "same budget as Hutchinson (no variance estimate to size it)",
-        )
-    )
+    note = "same budget as Hutchinson (no variance estimate to size it)"
+    rows.append(Row("curvlinops", f"hutchpp_trace(H, {m3})", TRACE, tr, rel_error(tr, truth.trace), m3, seconds, note))
     mf = budgets.use(budgets.frob_needed)
     fro2, seconds = timed(lambda: seeded(lambda: curvlinops.hutchinson_squared_fro(H, mf)), "curvlinops squared_fro")
     fro = math.sqrt(max(fro2, 0.0))
@@ -800,7 +749,7 @@ def curvlinops_rows(built: Built, truth: Truth, budgets: Budgets, settings: Sett
             {"predicted_rms_error": budgets.predicted(FROB, mf, truth)},
         )
     )
-    return rows, setup
+    return rows
 
 
 # ---------------------------------------------------------------------------------------------------- HVP costs
@@ -897,23 +846,40 @@ def ratios(
     rows: list[Row], setups: dict[str, float], hvp: dict[str, Any], target: float, budgets: Budgets
 ) -> list[str]:
     """Speed ratios peer / sgdstab at equal accuracy, where both reach the target; otherwise what each reached."""
-    lines: list[str] = []
-    blocks = {
-        f: next((r for r in rows if r.library == "sgdstab" and r.figure == f and "[building block" in r.call), None)
-        for f in (LAMBDA, TRACE)
-    }
+    lines = _exact_trace_ratio(rows, setups, target, budgets)
+    lines += _peer_ratios(rows, setups, target)
+    lines += _lambda_ratios(rows, setups, target)
+    if "pyhessian_single" in hvp:
+        ph, single, block = hvp["pyhessian_single"], hvp["sgdstab_single"], hvp["sgdstab_block32_per_column"]
+        lines.append(
+            f"one HVP: PyHessian {fmt_seconds(ph)} vs sgdstab {fmt_seconds(single)} for a single vector "
+            f"({speed(ph, single)}), {fmt_seconds(block)} per column in blocks of 32 ({speed(ph, block)})"
+        )
+    return lines
+
+
+def _exact_trace_ratio(rows: list[Row], setups: dict[str, float], target: float, budgets: Budgets) -> list[str]:
+    """PyHessian's λ_max + Tr H against sgdstab's Lanczos building block and its exact layerwise Tr H."""
+    lam_sg = next(
+        (r for r in rows if r.library == "sgdstab" and r.figure == LAMBDA and "[building block" in r.call), None
+    )
     exact_trace = next((r for r in rows if r.library == "sgdstab" and "hessian_trace" in r.call), None)
     lam_ph = best_within(rows, "PyHessian", LAMBDA, target)
     tr_ph = _pyhessian_trace_time(rows, budgets, target)
-    lam_sg = blocks[LAMBDA]
-    if "PyHessian" in setups and exact_trace and lam_sg and lam_ph and tr_ph and lam_sg.rel_error <= target:
-        ph = setups["PyHessian"] + lam_ph.seconds + tr_ph[0]
-        sg = lam_sg.seconds + exact_trace.seconds
-        lines.append(
-            f"λ_max + Tr H at ≤{100 * target:g}%: PyHessian {fmt_seconds(ph)} (setup + λ_max + Tr H, the trace "
-            f"{tr_ph[1]}) vs sgdstab top_eigenpairs + hessian_trace (exact) {fmt_seconds(sg)}: {speed(ph, sg)} "
-            "(target: ≥ 10× faster)"
-        )
+    if not ("PyHessian" in setups and exact_trace and lam_sg and lam_ph and tr_ph and lam_sg.rel_error <= target):
+        return []
+    ph = setups["PyHessian"] + lam_ph.seconds + tr_ph[0]
+    sg = lam_sg.seconds + exact_trace.seconds
+    return [
+        f"λ_max + Tr H at ≤{100 * target:g}%: PyHessian {fmt_seconds(ph)} (setup + λ_max + Tr H, the trace "
+        f"{tr_ph[1]}) vs sgdstab top_eigenpairs + hessian_trace (exact) {fmt_seconds(sg)}: {speed(ph, sg)} "
+        "(target: ≥ 10× faster)"
+    ]
+
+
+def _peer_ratios(rows: list[Row], setups: dict[str, float], target: float) -> list[str]:
+    """Each peer's fastest call per figure at the target (setup included) against sgdstab's one curvature call."""
+    lines: list[str] = []
     main = [r for r in rows if r.library == "sgdstab" and r.call.startswith("curvature(method='auto'")]
     sg_time = main[0].seconds
     sg_ok = {r.figure: r.rel_error <= target for r in main}
@@ -925,19 +891,7 @@ def ratios(
         sg_missing = [f for f in figures if not sg_ok[f]]
         what = " + ".join(figures)
         if missing or sg_missing:
-            parts = []
-            if missing:
-                parts.append(f"{peer} did not reach {100 * target:g}% on {', '.join(missing)}")
-            if sg_missing:
-                parts.append(f"sgdstab's one call did not reach it on {', '.join(sg_missing)}")
-            lines.append(f"{what}: no equal-accuracy ratio ({'; '.join(parts)}).")
-            reached = [f for f in figures if best[f] is not None and sg_ok[f]]
-            if reached:
-                peer_time = setups[peer] + sum(best[f].seconds for f in reached)  # type: ignore[union-attr]
-                lines.append(
-                    f"  on the figures both reached ({', '.join(reached)}): {peer} {fmt_seconds(peer_time)} "
-                    f"(setup included) vs sgdstab's whole call {fmt_seconds(sg_time)}: {speed(peer_time, sg_time)}"
-                )
+            lines += _no_equal_accuracy(peer, what, figures, best, missing, sg_missing, setups[peer], sg_time, target)
             continue
         peer_time = setups[peer] + sum(r.seconds for r in best.values() if r is not None)
         lines.append(
@@ -945,23 +899,52 @@ def ratios(
             f"sgdstab.curvature {fmt_seconds(sg_time)} (all three figures): {speed(peer_time, sg_time)}"
             + (" (target: ≥ 10× faster)" if peer == "PyHessian" else "")
         )
+    return lines
+
+
+def _no_equal_accuracy(
+    peer: str,
+    what: str,
+    figures: tuple[str, ...],
+    best: dict[str, Row | None],
+    missing: list[str],
+    sg_missing: list[str],
+    setup: float,
+    sg_time: float,
+    target: float,
+) -> list[str]:
+    """What each side reached when one of them missed the target on some figure (no equal-accuracy ratio)."""
+    parts = []
+    if missing:
+        parts.append(f"{peer} did not reach {100 * target:g}% on {', '.join(missing)}")
+    if sg_missing:
+        parts.append(f"sgdstab's one call did not reach it on {', '.join(sg_missing)}")
+    lines = [f"{what}: no equal-accuracy ratio ({'; '.join(parts)})."]
+    reached = [f for f in figures if best[f] is not None and f not in sg_missing]
+    if reached:
+        peer_time = setup + sum(best[f].seconds for f in reached)  # type: ignore[union-attr]
+        lines.append(
+            f"  on the figures both reached ({', '.join(reached)}): {peer} {fmt_seconds(peer_time)} "
+            f"(setup included) vs sgdstab's whole call {fmt_seconds(sg_time)}: {speed(peer_time, sg_time)}"
+        )
+    return lines
+
+
+def _lambda_ratios(rows: list[Row], setups: dict[str, float], target: float) -> list[str]:
+    """λ_max alone: each peer's fastest call at the target against sgdstab's Lanczos building block."""
     lam_peer = {peer: best_within(rows, peer, LAMBDA, target) for peer in setups}
     block = [r for r in rows if r.library == "sgdstab" and r.figure == LAMBDA and "top_eigenpairs" in r.call]
-    if block and block[0].rel_error <= target:
-        for peer, row in lam_peer.items():
-            if row is not None:
-                t = setups[peer] + row.seconds
-                lines.append(
-                    f"λ_max alone at ≤{100 * target:g}%: {peer} {fmt_seconds(t)} ({row.hvps} HVPs) vs sgdstab "
-                    f"top_eigenpairs {fmt_seconds(block[0].seconds)} ({block[0].hvps} HVPs) → "
-                    f"{speed(t, block[0].seconds)}"
-                )
-    if "pyhessian_single" in hvp:
-        ph, single, block = hvp["pyhessian_single"], hvp["sgdstab_single"], hvp["sgdstab_block32_per_column"]
-        lines.append(
-            f"one HVP: PyHessian {fmt_seconds(ph)} vs sgdstab {fmt_seconds(single)} for a single vector "
-            f"({speed(ph, single)}), {fmt_seconds(block)} per column in blocks of 32 ({speed(ph, block)})"
-        )
+    if not (block and block[0].rel_error <= target):
+        return []
+    lines = []
+    for peer, row in lam_peer.items():
+        if row is not None:
+            t = setups[peer] + row.seconds
+            lines.append(
+                f"λ_max alone at ≤{100 * target:g}%: {peer} {fmt_seconds(t)} ({row.hvps} HVPs) vs sgdstab "
+                f"top_eigenpairs {fmt_seconds(block[0].seconds)} ({block[0].hvps} HVPs) → "
+                f"{speed(t, block[0].seconds)}"
+            )
     return lines
 
 
@@ -976,6 +959,27 @@ def print_problem(
     budgets: Budgets,
     summary: list[str],
 ) -> None:
+    _print_header(built, truth, cached, budgets)
+    print()
+    print(
+        table(
+            ["library", "call", "figure", "value", "rel.err", "≤1%", "HVPs", "seconds", "note"],
+            _row_table(rows) + _setup_table(setups),
+            right=(3, 4, 6, 7),
+        )
+    )
+    print("\n  one Hessian-vector product (median):")
+    hv_rows = [[k, fmt_seconds(v) if "diff" not in k else f"{v:.1e}"] for k, v in hvp.items()]
+    print("    " + table(["what", "value"], hv_rows, right=(1,)).replace("\n", "\n    "))
+    _print_profiles(profiles)
+    if any(prof.get("workaround") for prof in profiles.values()):
+        print(f"\n  NOTE: {WORKAROUND_NOTE}")
+    print("\n  ratios:")
+    for line in summary:
+        print(f"    {line}")
+
+
+def _print_header(built: Built, truth: Truth, cached: bool, budgets: Budgets) -> None:
     i = built.info
     print(
         f"\n=== Problem {built.spec.key}: {i['dataset']} classes={i['classes']}, n={i['n']}, k={i['k']}, {i['model']},"
@@ -997,7 +1001,10 @@ def print_problem(
         f"    Hutchinson probes for 1% RMS (Rademacher pilot): Tr H ≈ {budgets.trace_needed:,}, "
         f"||H||_F ≈ {budgets.frob_needed:,}; shared cap {budgets.cap}"
     )
-    print()
+
+
+def _row_table(rows: list[Row]) -> list[list[str]]:
+    """The rows as table lines; a call's library, text, products and seconds only on its first figure."""
     body = []
     last_call = None
     for r in rows:
@@ -1016,32 +1023,31 @@ def print_problem(
             ]
         )
         last_call = r.call
-    for peer, s in setups.items():
-        body.append(
-            [
-                peer,
-                "constructor (once per problem, not in the rows above)",
-                "",
-                "",
-                "",
-                "",
-                "",
-                fmt_seconds(s),
-                "PyHessian: forward+backward with create_graph"
-                if peer == "PyHessian"
-                else "curvlinops: counts the data and checks determinism",
-            ]
-        )
-    print(
-        table(
-            ["library", "call", "figure", "value", "rel.err", "≤1%", "HVPs", "seconds", "note"],
-            body,
-            right=(3, 4, 6, 7),
-        )
-    )
-    print("\n  one Hessian-vector product (median):")
-    hv_rows = [[k, fmt_seconds(v) if "diff" not in k else f"{v:.1e}"] for k, v in hvp.items()]
-    print("    " + table(["what", "value"], hv_rows, right=(1,)).replace("\n", "\n    "))
+    return body
+
+
+def _setup_table(setups: dict[str, float]) -> list[list[str]]:
+    """Each peer's constructor time, as table lines."""
+    return [
+        [
+            peer,
+            "constructor (once per problem, not in the rows above)",
+            "",
+            "",
+            "",
+            "",
+            "",
+            fmt_seconds(s),
+            "PyHessian: forward+backward with create_graph"
+            if peer == "PyHessian"
+            else "curvlinops: counts the data and checks determinism",
+        ]
+        for peer, s in setups.items()
+    ]
+
+
+def _print_profiles(profiles: dict[str, Any]) -> None:
+    """Where each profiled sgdstab call spends its time, stage by stage."""
     for call, prof in profiles.items():
         if not prof.get("stages"):
             continue
@@ -1064,11 +1070,6 @@ def print_problem(
                 "\n", "\n    "
             )
         )
-    if any(prof.get("workaround") for prof in profiles.values()):
-        print(f"\n  NOTE: {WORKAROUND_NOTE}")
-    print("\n  ratios:")
-    for line in summary:
-        print(f"    {line}")
 
 
 def run_problem(spec: Spec, settings: Settings, fresh_truth: bool) -> dict[str, Any]:

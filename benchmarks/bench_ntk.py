@@ -84,7 +84,7 @@ def worker(config: dict[str, Any]) -> dict[str, Any]:
     n, k, p = problem.n, problem.k, problem.p
     nk = n * k
     item = problem.itemsize
-    ntk_module = sys.modules["sgdstab.ntk"]
+    ntk_module = sys.modules["sgdstab.kernel.ntk"]
     route = ntk_module._plan(problem, None)[0] if hasattr(ntk_module, "_plan") else "unknown"
     gemm_rows = getattr(ntk_module, "_GEMM_ROWS", None)
 
@@ -105,14 +105,14 @@ def worker(config: dict[str, Any]) -> dict[str, Any]:
     # the layerwise route first: the process's peak memory only grows, so its own peak is read before J exists
     rss_before_layerwise = _rss_bytes()
     start = now()
-    K_layerwise = sgdstab.ntk(problem, method="layerwise")
+    K_layerwise = sgdstab.ntk(problem, method="layerwise").matrix
     t_layerwise = now() - start
     peak_layerwise = _maxrss_bytes() - rss_before_layerwise
 
     problem.jacobian_blocks = timed_blocks  # type: ignore[method-assign]
     rss_before, maxrss_before = _rss_bytes(), _maxrss_bytes()
     start = now()
-    K = sgdstab.ntk(problem, method="jacobian")
+    K = sgdstab.ntk(problem, method="jacobian").matrix
     t_ntk = now() - start
     maxrss_after = _maxrss_bytes()
     problem.jacobian_blocks = blocks  # type: ignore[method-assign]
@@ -173,7 +173,7 @@ def paper_worker(config: dict[str, Any]) -> dict[str, Any]:
     problem = sgdstab.Problem(model, X, Y, dtype=torch.float64)
     rss_before = _rss_bytes()
     start = now()
-    K = sgdstab.ntk(problem)
+    K = sgdstab.ntk(problem).matrix
     seconds = now() - start
     peak = _maxrss_bytes() - rss_before
     # spot check: the first 3 samples' block against their own Jacobian rows

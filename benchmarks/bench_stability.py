@@ -64,7 +64,7 @@ from _common import (
 )
 
 # the module (the package re-exports a function of the same name)
-S: Any = importlib.import_module("sgdstab.stability")
+S: Any = importlib.import_module("sgdstab.linear_stability.solver")
 
 SAMPLING = "with_replacement"
 FULL: dict[str, Any] = {

@@ -11,9 +11,9 @@ import torch
 
 from references import dense, tiny_problem
 from sgdstab import Problem, alignment, linear_net, load_dataset, random_features
-from sgdstab import kernel_figures as kf
-from sgdstab.curvature import MethodError
-from sgdstab.ntk import ntk
+from sgdstab.errors import MethodError
+from sgdstab.kernel import figures as kf
+from sgdstab.kernel.ntk import ntk
 
 CASES = [(kind, k) for kind in ("mlp", "cnn") for k in (1, 3)]
 
@@ -97,7 +97,7 @@ def test_matrix_free_route_agrees_within_standard_errors():
 def test_kernel_identities_hold_on_a_real_network():
     X, Y = load_dataset("digits", n=60)
     P = Problem(random_features(X.shape[1:], Y.shape[1], width=40, seed=0).double(), X, Y)
-    K = ntk(P)
+    K = ntk(P).matrix
     J = P.jacobian()
     G = J.T @ J / P.n
     assert kf.gauss_newton_frobenius(K, P.n) == pytest.approx(float(torch.linalg.matrix_norm(G)), rel=1e-10)
@@ -182,7 +182,7 @@ def test_near_a_minimum_mu_hessian_is_within_its_bound_without_hessian_products(
     D = dense(P)
     curv = curvature(P, method="kernel", rtol=0.05)
     assert "near a minimum" in curv.hessian_route
-    alignment_module = importlib.import_module("sgdstab.alignment")
+    alignment_module = importlib.import_module("sgdstab.measure.alignment")
 
     def no_products(*args, **kwargs):
         raise AssertionError("μ_H near a minimum needs no Hessian-vector products")

@@ -1,4 +1,4 @@
-"""``sgdstab analyze`` and :func:`sgdstab.analysis.analyze`: the figures of a saved model, and safe loading.
+"""``sgdstab analyze`` and :func:`sgdstab.analyze`: the figures of a saved model, and safe loading.
 
 The CLI's JSON must equal the Python API's figures on the same model and data; the figures are checked against
 dense float64 references; every bad input ends in one line on stderr and exit code 2, and a pickle that carries
@@ -14,13 +14,14 @@ import pickle
 import pytest
 import torch
 
-from sgdstab.analysis import AnalysisError, analyze
 from sgdstab.cli import main
 from sgdstab.data import load_dataset
-from sgdstab.model_files import ModelFileError, load_model, read_state_dict
-from sgdstab.models import mlp
-from sgdstab.problem import Problem
-from sgdstab.training import train
+from sgdstab.errors import AnalysisError, ModelFileError
+from sgdstab.linear_stability.analysis import analyze
+from sgdstab.models.architectures import mlp
+from sgdstab.models.loading import load_model, read_state_dict
+from sgdstab.problem.problem import Problem
+from sgdstab.training.trainer import train
 
 N, CLASSES = 24, (0, 6)
 
@@ -135,7 +136,7 @@ def test_safetensors_and_training_checkpoints_load_the_same_weights(saved, tmp_p
 
 
 def test_random_features_buffer_comes_from_the_spec(tmp_path):
-    from sgdstab.models import random_features
+    from sgdstab.models.architectures import random_features
 
     model = random_features((784,), 1, width=16, seed=2)
     path = tmp_path / "rf.pt"

@@ -35,14 +35,21 @@ from sgdstab import (
     stability_diagram,
     train,
 )
-from sgdstab import kernel_figures as kf
-from sgdstab.conventions import ConventionError, check_batch_size, half_mse_learning_rate
+from sgdstab.conventions import check_batch_size, half_mse_learning_rate
 from sgdstab.data.cifar import read_py_batch
 from sgdstab.data.idx import read_idx
-from sgdstab.errors import DataError, MemoryBudgetError, ProblemError, SgdstabError
-from sgdstab.estimators import EstimatorError, hutchpp, top_eigenpairs
-from sgdstab.memory import available_memory_bytes
-from sgdstab.training import CheckpointError
+from sgdstab.errors import (
+    CheckpointError,
+    ConventionError,
+    DataError,
+    EstimatorError,
+    MemoryBudgetError,
+    ProblemError,
+    SgdstabError,
+)
+from sgdstab.estimators.matrix_free import hutchpp, top_eigenpairs
+from sgdstab.kernel import figures as kf
+from sgdstab.utils.memory import available_memory_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,7 +173,7 @@ def test_chunk_sizes_that_would_yield_no_chunks_are_refused(chunk):
     with pytest.raises(ProblemError):
         list(P.chunks(chunk))
     J = dense(P).J
-    assert torch.allclose(ntk(P, chunk_size=2), J @ J.T, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(ntk(P, chunk_size=2).matrix, J @ J.T, rtol=1e-12, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------- one sample

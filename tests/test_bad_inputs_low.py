@@ -21,11 +21,11 @@ from torch import nn
 
 from sgdstab import Problem
 from sgdstab.cli import main
-from sgdstab.errors import ModelSpecError, ProblemError, SgdstabError
-from sgdstab.experiments.config import MAX_LIST_LEN, ConfigError, load_config, parse_overrides
+from sgdstab.errors import ConfigError, ModelFileError, ModelSpecError, ProblemError, SgdstabError
+from sgdstab.experiments.config import MAX_LIST_LEN, load_config, parse_overrides
 from sgdstab.experiments.minimum import NetConfig
-from sgdstab.model_files import ModelFileError, load_model, load_program, load_spec, load_weights, read_state_dict
-from sgdstab.models import MAX_INPUT_DIMS, MAX_LAYERS, ModelSpec, mlp
+from sgdstab.models.architectures import MAX_INPUT_DIMS, MAX_LAYERS, ModelSpec, mlp
+from sgdstab.models.loading import load_model, load_program, load_spec, load_weights, read_state_dict
 from sgdstab.sweep.config import RunConfig, load_sweep, run_from_dict
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -310,7 +310,8 @@ def test_config_integers_beyond_64_bits_are_refused_before_any_run(seed):
 
 @pytest.mark.parametrize("seed", [2**62 - 1, 2**62, 2**63 - 1])
 def test_a_sweep_takes_exactly_the_seeds_its_estimators_take(seed):
-    from sgdstab.curvature import MethodError, check_seed
+    from sgdstab.errors import MethodError
+    from sgdstab.measure.curvature import check_seed
 
     try:
         check_seed(seed)
@@ -539,7 +540,7 @@ def test_seeds_up_to_2_63_are_taken_and_beyond_refused_at_the_option(weights, ca
 
 def test_train_refuses_a_seed_beyond_64_bits():
     from sgdstab import train
-    from sgdstab.training import TrainingError
+    from sgdstab.errors import TrainingError
 
     P = Problem(_linear(), *_data())
     with pytest.raises(TrainingError, match=r"seed must be an integer in \[0, 2\*\*63\)") as info:
@@ -549,7 +550,8 @@ def test_train_refuses_a_seed_beyond_64_bits():
 
 @pytest.mark.parametrize("text", ["[" * DEEP + "]" * DEEP, '{"a": ' + "7" * 5000 + "}"], ids=["deep", "5000 digits"])
 def test_a_hostile_history_file_is_one_line(tmp_path, text):
-    from sgdstab.history import History, HistoryError
+    from sgdstab.errors import HistoryError
+    from sgdstab.training.history import History
 
     path = tmp_path / "history.json"
     path.write_text(text)

@@ -12,8 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from references import tiny_problem
-from sgdstab import kernel_figures as kf
-from sgdstab.certificates import (
+from sgdstab.conventions import noise_scale
+from sgdstab.errors import ConventionError, StabilityError
+from sgdstab.kernel import figures as kf
+from sgdstab.kernel.kernel import Kernel
+from sgdstab.linear_stability.certificates import (
     NAMES,
     Certificates,
     KernelCurvature,
@@ -21,8 +24,7 @@ from sgdstab.certificates import (
     certificates,
     kernel_curvature,
 )
-from sgdstab.conventions import ConventionError, noise_scale
-from sgdstab.stability import Kernel, StabilityError, critical_learning_rate, stability
+from sgdstab.linear_stability.solver import critical_learning_rate, stability
 
 NECESSARY = ("frobenius_mu_inf", "gd", "mulayoff_michaeli", "trace")
 

@@ -237,7 +237,7 @@ SPEC = json.dumps({"kind": "mlp", "input_shape": [784], "outputs": 1, "widths": 
 
 @pytest.fixture
 def checkpoint(tmp_path):
-    from sgdstab.models import mlp
+    from sgdstab.models.architectures import mlp
 
     model = mlp((784,), 1, widths=(8,), seed=5).double()
     path = tmp_path / "model.pt"

@@ -32,7 +32,7 @@ def test_sigterm_ends_the_command_with_the_shells_code_and_one_line(monkeypatch,
     import signal
 
     import sgdstab.sweep.driver as driver
-    from sgdstab import signals
+    from sgdstab.utils import signals
 
     def terminated(*args, **kwargs):
         raise signals.Terminated(signal.SIGTERM)

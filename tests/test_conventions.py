@@ -7,13 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from sgdstab.conventions import (
-    ConventionError,
-    check_batch_size,
-    check_learning_rate,
-    half_mse_learning_rate,
-    noise_scale,
-)
+from sgdstab.conventions import check_batch_size, check_learning_rate, half_mse_learning_rate, noise_scale
+from sgdstab.errors import ConventionError
 
 
 def _batch_mean_covariance(n: int, B: int, scheme: str) -> float:

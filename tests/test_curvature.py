@@ -8,7 +8,7 @@ import torch
 
 from references import dense, tiny_model, tiny_problem
 from sgdstab import MemoryBudgetError, Problem, curvature, mlp, plan_method
-from sgdstab.curvature import MethodError
+from sgdstab.errors import MethodError
 
 CASES = [(kind, k) for kind in ("mlp", "cnn") for k in (1, 3)]
 
@@ -229,7 +229,7 @@ def test_a_given_kernel_is_used_and_checked():
 
     P = tiny_problem("mlp", 3, "minimum", n=9, width=8)
     built = curvature(P, method="kernel", at_minimum=True, top=3)
-    K = ntk(P)
+    K = ntk(P).matrix
     for given in (K, Kernel(K, P.n, P.k)):
         reused = curvature(P, method="kernel", at_minimum=True, top=3, kernel=given)
         for name in EXACT_FIELDS:
@@ -329,3 +329,53 @@ def test_matrix_free_route_at_a_minimum_bounds_the_bottom_instead_of_lanczos_on_
     assert abs(ref["min_eigenvalue"]) <= c.min_eigenvalue_error_bound + 1e-12
     assert any("cluster at zero" in note for note in c.notes)
     assert c.sharpness == pytest.approx(ref["sharpness"], rel=1e-3)
+
+
+@pytest.mark.parametrize("method", ["dense", "kernel", "matrix_free"])
+def test_every_route_returns_typed_figures_that_curvature_assembles(method):
+    import dataclasses
+
+    from sgdstab.measure import curvature as curvature_module
+    from sgdstab.measure.plan import METHODS
+    from sgdstab.measure.routes import ROUTES, GaussNewtonFigures, HessianFigures, RouteFigures, RouteRequest
+
+    assert set(ROUTES) == set(METHODS) - {"auto"}  # one table: a route added there is a method curvature takes
+    P = tiny_problem("mlp", 1, "off", n=9)
+    r = P.residuals()
+    loss = float((r.to(torch.float64) ** 2).sum()) / (2 * P.n)
+    figures = ROUTES[method](RouteRequest(P, loss, r, 3, 1e-2, 0, None, 400))
+    assert isinstance(figures, RouteFigures)
+    assert isinstance(figures.hessian, HessianFigures) and isinstance(figures.gauss_newton, GaussNewtonFigures)
+    assert (figures.kernel is not None) == (method == "kernel")
+    c = curvature(P, method=method, rtol=1e-2, top=3, max_matvecs=400)
+    h, g = figures.hessian, figures.gauss_newton
+    assert (c.hessian_frobenius, c.trace, c.sharpness, c.top_eigenvalues) == (
+        h.frobenius,
+        h.trace,
+        h.sharpness,
+        h.top_eigenvalues,
+    )
+    assert (c.gauss_newton_frobenius, c.gauss_newton_trace, c.nonuniformity) == pytest.approx(
+        (g.frobenius, g.trace, g.nonuniformity), nan_ok=True, rel=0, abs=0
+    )
+    assert c.hessian_route == h.route and c.hessian_vector_products == h.products and c.grad_norm == figures.grad_norm
+    assert c.exact == (h.exact and g.exact) and c.notes == (*h.notes, *g.notes)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        h.trace = 0.0  # type: ignore[misc]
+    # the cost model moved to measure.plan and stays importable where it was
+    assert curvature_module.plan_method is plan_method and curvature_module.MethodError is MethodError
+
+
+def test_float32_targets_are_no_float64_minimum():
+    # The docstring example's old claim: outputs of the float32 net as targets of a float64 problem. Their float32
+    # rounding leaves L ~ 1e-16, far above float64's rounding level: the kernel route decides "near a minimum"
+    # (H's figures are G's with R bounded) but does not call the figures exact. Targets from the float64 net do.
+    model = mlp((3,), 1, widths=(8,), seed=0)
+    X = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    c = curvature(Problem(model, X, model(X).detach(), dtype=torch.float64))
+    assert c.method == "kernel" and c.at_minimum and not c.exact and 1e-20 < c.loss < 1e-12
+    assert c.residual_frobenius_bound is not None and c.residual_frobenius_bound > 0
+    X64 = X.double()
+    model64 = model.double()
+    c64 = curvature(Problem(model64, X64, model64(X64).detach()))
+    assert c64.at_minimum and c64.exact and c64.loss == 0.0

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from sgdstab.conventions import ConventionError, noise_scale
-from sgdstab.diagram import StabilityDiagram, default_batch_sizes, stability_diagram
-from sgdstab.stability import Kernel, StabilityError, critical_learning_rate, stability
+from sgdstab.conventions import noise_scale
+from sgdstab.errors import ConventionError, StabilityError
+from sgdstab.kernel.kernel import Kernel
+from sgdstab.linear_stability.diagram import StabilityDiagram, default_batch_sizes, stability_diagram
+from sgdstab.linear_stability.solver import critical_learning_rate, stability
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -168,7 +170,7 @@ def test_zero_kernel_has_no_diagram():
 def test_markdown_ratios_keep_their_significant_figures_and_plot_labels_are_mathtext(tmp_path):
     """Every ratio cell is bound/η* to 3 significant figures with the zeros kept (GD's 2/λ_max at B = n, which
     equals η* to rounding, reads 1.00×, not 1×); the figure's labels are mathtext, and they parse (savefig)."""
-    from sgdstab.experiments.report import fmt
+    from sgdstab.utils.text import fmt
 
     _, d = diagram(24, 2, "without_replacement", 1)
     md = d.to_markdown()

@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from sgdstab import Kernel, Problem, load_dataset, mlp, simulate_linearized, stability, train
-from sgdstab.stability import critical_learning_rate
+from sgdstab import Kernel, Problem, load_dataset, mlp, ntk, simulate_linearized, stability, train
+from sgdstab.linear_stability.solver import critical_learning_rate
 
 N, DIM, WIDTH = 8, 4, 16
 EPS = 1e-9  # |δ|: far above the minimum's residual floor, far below the nonlinear scale
@@ -52,7 +52,7 @@ def minimum() -> Iterator[tuple[Problem, Kernel]]:
     torch.set_num_threads(1)
     try:
         problem = find_minimum()
-        yield problem, Kernel.from_problem(problem)
+        yield problem, ntk(problem)
     finally:
         torch.set_num_threads(old)
 
@@ -199,7 +199,7 @@ def test_below_eta_star_every_run_stays(minimum, sampling):
 def test_escape_and_stay_on_other_minima(data_seed, init_seed, one_thread):
     """The same checks on other data and initializations (slower escapes among them: typical rate ~0.13/step)."""
     problem = find_minimum(data_seed, init_seed)
-    kernel = Kernel.from_problem(problem)
+    kernel = ntk(problem)
     for sampling in SCHEMES:
         check_escape(problem, kernel, sampling)
         check_stay(problem, kernel, sampling)

@@ -1,4 +1,4 @@
-"""Tests for sgdstab.estimators: Lanczos eigenpairs, adaptive Hutch++ and Hutchinson on known matrices."""
+"""Tests for sgdstab.estimators.matrix_free: Lanczos eigenpairs, adaptive Hutch++ and Hutchinson on known matrices."""
 
 from __future__ import annotations
 
@@ -10,16 +10,10 @@ import torch
 from scipy.sparse.linalg import LinearOperator, aslinearoperator
 from torch import nn
 
-from sgdstab.estimators import (
-    EigenResult,
-    EstimatorError,
-    TraceFrobResult,
-    hutchinson,
-    hutchpp,
-    top_eigenpairs,
-)
-from sgdstab.operators import gauss_newton_operator, hessian_operator
-from sgdstab.problem import Problem
+from sgdstab.errors import EstimatorError
+from sgdstab.estimators.matrix_free import EigenResult, TraceFrobResult, hutchinson, hutchpp, top_eigenpairs
+from sgdstab.operators.products import gauss_newton_operator, hessian_operator
+from sgdstab.problem.problem import Problem
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 

@@ -36,7 +36,7 @@ import torch
 from references import tiny_problem
 from sgdstab import Problem, alignment, curvature, ntk, stability, train
 from sgdstab.errors import MemoryBudgetError
-from sgdstab.estimators import hutchpp, top_eigenpairs
+from sgdstab.estimators.matrix_free import hutchpp, top_eigenpairs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -378,7 +378,7 @@ def test_every_iterative_figure_says_whether_it_converged(monkeypatch):
     eig = top_eigenpairs(A, 3, maxiter=1, tol=0.0, ncv=7)  # one Lanczos restart on a slowly separating spectrum
     assert not eig.converged and len(eig.eigenvalues) < 3  # only the pairs that did converge are returned
     # sys.modules: the package attribute sgdstab.stability is the function, which shadows the module
-    monkeypatch.setattr(sys.modules["sgdstab.stability"], "_POWER_MAX_MATVECS", 3)
+    monkeypatch.setattr(sys.modules["sgdstab.linear_stability.solver"], "_POWER_MAX_MATVECS", 3)
     st = stability(tiny_problem("mlp", 2, "minimum", n=6), 0.1, 2, method="power", with_certificates=False)
     assert not st.converged and "the eigen-solver did not converge: ρ and η* are the last iterates" in st.notes
 
@@ -405,7 +405,7 @@ MEMORY_PROBE = textwrap.dedent(
     wide = Problem(torch.nn.Linear(16000, 1).double(), torch.randn(3, 16000, dtype=torch.float64),
                    torch.zeros(3, 1, dtype=torch.float64))  # dense Hessian: 16001² float64 = 2 GB
     requests = {{
-        "ntk": lambda: ntk(P),
+        "ntk": lambda: ntk(P).matrix,
         "dense Hessian": lambda: curvature(wide, method="dense"),
         "synthetic data": lambda: load_dataset("gaussian-linear", n=10**8, dim=20),
         "model": lambda: mlp(4000, 1, widths=(100000,)),
@@ -449,7 +449,7 @@ def test_memory_estimate_matches_what_the_kernel_takes(monkeypatch):
     with pytest.raises(MemoryBudgetError, match=r"needs 2\.7 MiB"):
         ntk(P)
     monkeypatch.setenv("SGDSTAB_MEMORY_LIMIT", str(int(need / 0.8) + 8))
-    assert ntk(P).shape == (600, 600)
+    assert ntk(P).matrix.shape == (600, 600)
 
 
 if __name__ == "__main__":  # the harness: python tests/test_faults.py harness SPEC

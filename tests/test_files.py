@@ -1,4 +1,4 @@
-"""sgdstab.files: the one atomic, durable write (issue 13 High 1–2, Low "fsync") and every writer that uses it.
+"""sgdstab.utils.files: the one atomic, durable write (issue 13 High 1–2, Low "fsync") and every writer that uses it.
 
 Each test states what the writers before issue 13 did wrong: they renamed over links, FIFOs and devices, left
 every file 0600, never fsync-ed the file (two of three) or its folder, cleared any hidden ``.*.tmp`` and turned a
@@ -11,7 +11,6 @@ import contextlib
 import errno
 import json
 import os
-import shutil
 import socket
 import stat
 import subprocess
@@ -22,10 +21,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sgdstab import files
-from sgdstab.errors import SgdstabError
+from sgdstab.errors import OutputError, SgdstabError
 from sgdstab.experiments.io import (
-    OutputError,
     atomic_write,
     atomic_write_csv,
     atomic_write_json,
@@ -33,7 +30,8 @@ from sgdstab.experiments.io import (
     new_figure,
     save_figure,
 )
-from sgdstab.history import History, _atomic_write
+from sgdstab.training.history import History, write_atomically
+from sgdstab.utils import files
 
 
 @pytest.fixture
@@ -61,7 +59,7 @@ def _history() -> History:
 
 
 def _diagram_png(path: Path) -> None:
-    from sgdstab.diagram import StabilityDiagram  # noqa: F401  (import check: the module loads)
+    from sgdstab.linear_stability.diagram import StabilityDiagram  # noqa: F401  (import check: the module loads)
 
     fig, ax = new_figure(size=(1.0, 1.0))
     ax.plot([0, 1], [0, 1])
@@ -76,7 +74,7 @@ WRITERS = {
     "path": lambda p: atomic_write(p, lambda tmp: tmp.write_bytes(b"abc")),
     "figure": _diagram_png,
     "history": lambda p: _history().save(p),
-    "stream": lambda p: _atomic_write(Path(p), lambda f: f.write(b"abc")),
+    "stream": lambda p: write_atomically(Path(p), lambda f: f.write(b"abc")),
 }
 
 
@@ -126,7 +124,7 @@ def test_every_writer_fsyncs_the_file_then_the_folder_after_the_rename(tmp_path,
 def test_the_diagram_plot_writes_through_files(tmp_path, monkeypatch):
     import torch
 
-    from sgdstab.diagram import stability_diagram
+    from sgdstab.linear_stability.diagram import stability_diagram
 
     calls = []
     real = files.write_stream
@@ -276,19 +274,9 @@ def test_a_full_disk_is_one_line_and_leaves_nothing_half_written(tmp_path, monke
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 1 MiB tmpfs (needs root and permission to mount; skipped elsewhere)."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
+def small_tmpfs(tmpfs):
+    """A 1 MiB tmpfs (:func:`tests.conftest.tmpfs`: needs root and permission to mount; skipped elsewhere)."""
+    return tmpfs("1m")
 
 
 @pytest.mark.parametrize("kind", ["text", "csv", "figure", "stream"])
@@ -356,7 +344,38 @@ def test_only_sgdstab_temporaries_of_dead_writers_are_removed(tmp_path):
     assert (tmp_path / f".l.sgdstab-{dead}-abcd1234.tmp").is_symlink()
 
 
-def test_the_history_write_helper_stays_importable_for_training():
-    from sgdstab import training
+def test_checkpoints_are_written_by_the_history_writer():
+    from sgdstab.training import checkpoint
 
-    assert training._atomic_write is _atomic_write
+    assert checkpoint.write_atomically is write_atomically
+
+
+def test_json_files_are_strict_with_one_spelling_of_non_finite_numbers(tmp_path):
+    """atomic_write_json and ResultMixin.to_json write strict JSON: "NaN", "Infinity", "-Infinity"
+    (sgdstab.utils.results); decode_float reads those and the "nan"/"inf" of files written before."""
+    import dataclasses
+    import math
+    import types
+
+    from sgdstab.utils.results import ResultMixin, decode_float
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in {text!r}"))
+
+    value = {"a": math.nan, "b": [math.inf, -math.inf, 1.5], "c": types.MappingProxyType({"d": math.inf})}
+    atomic_write_json(tmp_path / "x.json", value)
+    assert strict((tmp_path / "x.json").read_text()) == {
+        "a": "NaN",
+        "b": ["Infinity", "-Infinity", 1.5],
+        "c": {"d": "Infinity"},
+    }
+
+    @dataclasses.dataclass(frozen=True)
+    class Figures(ResultMixin):
+        ratio: float
+        bound: float
+
+    assert strict(Figures(math.nan, math.inf).to_json()) == {"ratio": "NaN", "bound": "Infinity"}
+    assert strict(Figures(0.5, 2.0).to_json(sort_keys=True)) == {"bound": 2.0, "ratio": 0.5}
+    for old, new in (("nan", "NaN"), ("inf", "Infinity"), ("-inf", "-Infinity")):
+        assert repr(decode_float(old)) == repr(decode_float(new))

@@ -3,7 +3,7 @@
 Every example draws each argument from its *valid* range, except that about half the examples replace exactly one
 argument by a *bad* value (zero, negative, NaN, ±inf, a string, a bool, None, out of range). Properties:
 
-- a bad argument is refused with a typed one-line error (:class:`~sgdstab.errors.SgdstabError`), and a refused
+- a bad argument is refused with a typed one-line error (:class:`sgdstab.SgdstabError`), and a refused
   call changes nothing; valid arguments are answered; no other exception ever escapes;
 - every example finishes within a hard time bound (SIGALRM; hypothesis' own deadline is advisory);
 - no figure is NaN or infinite unless the result's notes say why;
@@ -57,9 +57,9 @@ from sgdstab import (
 from sgdstab.cli import main
 from sgdstab.conventions import check_learning_rate, half_mse_learning_rate
 from sgdstab.errors import SgdstabError
-from sgdstab.estimators import hutchpp, top_eigenpairs
-from sgdstab.memory import parse_bytes
-from sgdstab.models import expected_parameter_count
+from sgdstab.estimators.matrix_free import hutchpp, top_eigenpairs
+from sgdstab.models.architectures import expected_parameter_count
+from sgdstab.utils.memory import parse_bytes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -695,7 +695,7 @@ class _CodePayload:
 
 
 def _checkpoints(tmp: Path) -> dict[str, str]:
-    from sgdstab.models import mlp
+    from sgdstab.models.architectures import mlp
 
     state = mlp((784,), 1, widths=(8,), seed=5).double().state_dict()
     torch.save(state, tmp / "good.pt")

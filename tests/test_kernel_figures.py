@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sgdstab import kernel_figures as kf
+from sgdstab.kernel import figures as kf
 
 
 def _jacobian(n: int, k: int, p: int, seed: int) -> torch.Tensor:

@@ -8,14 +8,9 @@ from torch import nn
 
 import sgdstab
 from references import tiny_problem
-from sgdstab.layerwise import (
-    LayerChainError,
-    hessian_trace,
-    layer_chain,
-    layerwise_route,
-    layerwise_trace_cost,
-    layerwise_traces,
-)
+from sgdstab.errors import LayerChainError
+from sgdstab.measure.traces import hessian_trace, layerwise_route, layerwise_trace_cost, layerwise_traces
+from sgdstab.problem.chain import layer_chain
 
 
 def _dense_traces(problem: sgdstab.Problem) -> tuple[float, float]:
@@ -93,7 +88,7 @@ def test_frozen_parameters_are_left_out():
     assert layerwise_traces(P)[0] == pytest.approx(_dense_traces(P)[0], rel=1e-10)
 
 
-class _ScaledMLP(sgdstab.models.MLP):
+class _ScaledMLP(sgdstab.models.architectures.MLP):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return 2.0 * super().forward(x)
 
@@ -104,7 +99,7 @@ def test_models_that_are_not_chains_are_refused():
     with pytest.raises(LayerChainError, match="not a chain"):
         hessian_trace(cnn)
     # an MLP subclass whose forward is not its layers: caught by comparing outputs, not trusted by type
-    spec = sgdstab.models.ModelSpec(kind="mlp", input_shape=(5,), outputs=2, widths=(4,))
+    spec = sgdstab.models.architectures.ModelSpec(kind="mlp", input_shape=(5,), outputs=2, widths=(4,))
     scaled = _ScaledMLP(spec).double()
     X, Y = _data(6, 5, 2, seed=2)
     assert layer_chain(sgdstab.Problem(scaled, X, Y)) is None

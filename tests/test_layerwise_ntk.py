@@ -7,10 +7,9 @@ import torch
 
 import sgdstab
 from references import tiny_problem
-from sgdstab.errors import MemoryBudgetError
-from sgdstab.layerwise import LayerChainError
-from sgdstab.layerwise_ntk import layerwise_ntk, layerwise_ntk_gemm_width, layerwise_ntk_memory
-from sgdstab.ntk import NtkError, ntk
+from sgdstab.errors import LayerChainError, MemoryBudgetError, NtkError
+from sgdstab.kernel.layerwise import layerwise_ntk, layerwise_ntk_gemm_width, layerwise_ntk_memory
+from sgdstab.kernel.ntk import ntk
 from test_layerwise import _data, _models
 
 
@@ -29,12 +28,12 @@ def test_layerwise_ntk_equals_the_dense_jacobian_gram(name, k):
         got = layerwise_ntk(P, chunk_size=chunk)
         torch.testing.assert_close(got, K, rtol=1e-12, atol=1e-12 * float(K.abs().max()))
         assert torch.equal(got, got.T)
-    torch.testing.assert_close(ntk(P), K, rtol=1e-12, atol=1e-12 * float(K.abs().max()))  # auto takes this route
+    torch.testing.assert_close(ntk(P).matrix, K, rtol=1e-12, atol=1e-12 * float(K.abs().max()))  # auto takes this route
 
 
 def test_many_row_blocks_and_an_uneven_last_one(monkeypatch):
     # blocks of 4 samples × k = 3 rows over n = 23: the upper-triangle assembly and its mirror across blocks
-    monkeypatch.setattr("sgdstab.layerwise_ntk._GEMM_ROWS", 12)
+    monkeypatch.setattr("sgdstab.kernel.layerwise._GEMM_ROWS", 12)
     X, Y = _data(23, 5, 3, seed=1)
     P = sgdstab.Problem(_models(3)["mlp-deep"], X, Y, dtype=torch.float64)
     torch.testing.assert_close(layerwise_ntk(P), _dense_kernel(P), rtol=1e-12, atol=1e-12)
@@ -49,7 +48,7 @@ def test_frozen_layers_and_theta_argument():
     torch.testing.assert_close(layerwise_ntk(P), _dense_kernel(P), rtol=1e-12, atol=1e-12)
     theta0 = P.theta.clone()
     other = theta0 + 0.5 * torch.randn(P.p, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    elsewhere = ntk(P, theta=other)
+    elsewhere = ntk(P, theta=other).matrix
     assert torch.equal(P.theta, theta0)
     P.set_parameters(other)
     torch.testing.assert_close(elsewhere, _dense_kernel(P), rtol=1e-12, atol=1e-12)
@@ -74,7 +73,7 @@ def test_needs_no_jacobian_where_j_would_not_fit(monkeypatch):
     monkeypatch.setenv("SGDSTAB_MEMORY_LIMIT", str(limit))
     monkeypatch.setattr(sgdstab.Problem, "jacobian", lambda *a, **kw: pytest.fail("J was formed"))
     monkeypatch.setattr(sgdstab.Problem, "jacobian_blocks", lambda *a, **kw: pytest.fail("J was formed"))
-    torch.testing.assert_close(ntk(P), K, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ntk(P).matrix, K, rtol=1e-12, atol=1e-12)
     assert layerwise_ntk_gemm_width(P) == 64 + 64 + 3  # the GEMMs' inner size, where the Jacobian route has p
 
 
@@ -89,7 +88,9 @@ def test_refusals():
     assert layerwise_ntk_gemm_width(cnn) is None
     mlp = tiny_problem("mlp", 3, "off", n=40)
     # the Jacobian route still exists for a chain, and agrees
-    torch.testing.assert_close(ntk(mlp, method="jacobian"), ntk(mlp, method="layerwise"), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        ntk(mlp, method="jacobian").matrix, ntk(mlp, method="layerwise").matrix, rtol=1e-12, atol=1e-12
+    )
 
 
 def test_refuses_when_k_cannot_fit(monkeypatch):

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from sgdstab.conventions import ConventionError
-from sgdstab.linearized import Simulation, simulate_linearized, typical_critical_learning_rate
-from sgdstab.stability import Kernel, StabilityError, critical_learning_rate, stability_operator
+from sgdstab.errors import ConventionError, StabilityError
+from sgdstab.kernel.kernel import Kernel
+from sgdstab.linear_stability.linearized import Simulation, simulate_linearized, typical_critical_learning_rate
+from sgdstab.linear_stability.solver import critical_learning_rate, stability_operator
 
 SCHEMES = ("with_replacement", "without_replacement")
 
@@ -127,7 +128,7 @@ def test_long_unstable_runs_do_not_overflow():
 
 
 def test_log_norms_are_subsampled_when_large(monkeypatch):
-    import sgdstab.linearized as lin
+    import sgdstab.linear_stability.linearized as lin
 
     monkeypatch.setattr(lin, "MAX_STORED_LOG_NORMS", 100)
     K = random_kernel(8, 1, 16, seed=2)

@@ -23,7 +23,7 @@ def _outputs(problem, idx):
 def test_parameter_space_iterates_map_onto_residual_space(kind, k, sampling):
     P = tiny_problem(kind, k, "minimum")  # targets = outputs: a global minimum, H_i = J_iᵀJ_i
     n, lr, B = P.n, 0.3, 3
-    K = ntk(P)
+    K = ntk(P).matrix
     J = P.jacobian()
     gen = torch.Generator().manual_seed(7)
     delta = torch.randn(P.p, dtype=torch.float64, generator=gen)

@@ -1,7 +1,9 @@
-"""The code base stays ruff-clean (the configuration is in pyproject.toml)."""
+"""The code base stays ruff-clean (the configuration is in pyproject.toml, with its complexity gate) and no function
+in the package is longer than a screen."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -20,3 +22,46 @@ def test_ruff_check_passes():
         [ruff, "check", "src", "tests", "scripts", "benchmarks"], cwd=ROOT, capture_output=True, text=True
     )
     assert proc.returncode == 0, proc.stdout[-3000:]
+
+
+MAX_FUNCTION_LINES = 60  # def line to last line, docstring excluded: one screen
+# Still over the limit (issue 14 is open for them). The list only shrinks: a listed function that fits fails the test.
+LONG_TODO = {
+    ("linear_stability/diagram.py", "stability_diagram"),
+    ("linear_stability/linearized.py", "simulate_linearized"),
+    ("linear_stability/linearized.py", "typical_critical_learning_rate"),
+    ("linear_stability/solver.py", "_solve"),
+    ("linear_stability/solver.py", "stability"),
+    ("linear_stability/analysis.py", "analyze"),
+    ("experiments/diagram.py", "body"),
+    ("experiments/diagram.py", "_claims"),
+    ("experiments/escape.py", "body"),
+    ("experiments/escape.py", "_claims"),
+    ("experiments/flatness.py", "solve"),
+    ("experiments/flatness.py", "body"),
+    ("experiments/flatness.py", "plot_certificates"),
+    ("experiments/scaling.py", "body"),
+}
+
+
+def _length(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    first = node.body[0]
+    doc = 0
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        doc = first.end_lineno - first.lineno + 1
+    return node.end_lineno - node.lineno + 1 - doc
+
+
+def test_no_function_in_the_package_is_longer_than_a_screen():
+    long, pending = [], set()
+    package = ROOT / "src" / "sgdstab"
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _length(node) > MAX_FUNCTION_LINES:
+                key = (path.relative_to(package).as_posix(), node.name)
+                if key in LONG_TODO:
+                    pending.add(key)
+                else:
+                    long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}: {_length(node)} lines")
+    assert pending == LONG_TODO, f"now within the limit, remove from LONG_TODO: {sorted(LONG_TODO - pending)}"
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(long)

@@ -23,10 +23,10 @@ import torch
 from torch import nn
 
 import sgdstab
-from sgdstab.analysis import analyze
 from sgdstab.cli import main
-from sgdstab.errors import ProblemError
-from sgdstab.model_files import ModelFileError, fit_inputs, load_model, load_program, program_input_shape
+from sgdstab.errors import ModelFileError, ProblemError
+from sgdstab.linear_stability.analysis import analyze
+from sgdstab.models.loading import fit_inputs, load_model, load_program, program_input_shape
 
 SPEC = {"kind": "mlp", "input_shape": [784], "outputs": 1, "widths": [16]}
 
@@ -275,7 +275,7 @@ def test_guard_code_in_a_program_is_never_compiled(good_program, tmp_path):
 def test_the_guard_refuses_code_in_symbolic_strings_and_is_lifted_afterwards(tmp_path):
     import sympy
 
-    from sgdstab.model_files import _no_code_from_the_file
+    from sgdstab.models.loading import _no_code_from_the_file
 
     marker = tmp_path / "code-ran"
     with _no_code_from_the_file():

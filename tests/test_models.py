@@ -1,4 +1,4 @@
-"""Tests for sgdstab.models: specs, parameter counts, determinism, init, and torch.func compatibility."""
+"""Tests for sgdstab.models.architectures: specs, parameter counts, determinism, init, and torch.func compatibility."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from torch import nn
 from torch.func import functional_call, jacrev, jvp, vmap
 
 from sgdstab.errors import ModelSpecError
-from sgdstab.models import (
+from sgdstab.models.architectures import (
     ACTIVATIONS,
     MODEL_KINDS,
     ModelSpec,

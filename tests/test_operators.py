@@ -1,4 +1,4 @@
-"""Tests for sgdstab.operators: matrix-free H, G and Σ products against dense float64 references."""
+"""Tests for sgdstab.operators.products: matrix-free H, G and Σ products against dense float64 references."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
-from sgdstab import operators as ops
-from sgdstab.operators import (
+from sgdstab.errors import OperatorError
+from sgdstab.operators import products as ops
+from sgdstab.operators.products import (
     JacobianOperators,
-    OperatorError,
     TorchLinearOperator,
     gauss_newton_matmat,
     gauss_newton_operator,
@@ -23,7 +23,7 @@ from sgdstab.operators import (
     noise_covariance_vector_product,
     vmap_supported,
 )
-from sgdstab.problem import Problem
+from sgdstab.problem.problem import Problem
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 

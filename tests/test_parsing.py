@@ -1,4 +1,4 @@
-"""sgdstab.parsing: the one guarded JSON/TOML parser. Each hostile text below broke Python's parser (a
+"""sgdstab.utils.parsing: the one guarded JSON/TOML parser. Each hostile text below broke Python's parser (a
 RecursionError, a ValueError advising sys.set_int_max_str_digits) or what read its result (OverflowError, a
 silent inf); each is now one ParseError naming the source, and valid text parses as json/tomllib parse it.
 """
@@ -10,8 +10,8 @@ import tomllib
 
 import pytest
 
-from sgdstab.errors import SgdstabError
-from sgdstab.parsing import MAX_DEPTH, ParseError, load_json_text, load_toml_text
+from sgdstab.errors import ParseError, SgdstabError
+from sgdstab.utils.parsing import MAX_DEPTH, load_json_text, load_toml_text
 
 DEEP = 100_000  # far beyond the interpreter's recursion limit
 
@@ -81,7 +81,7 @@ def test_malformed_text_is_a_syntax_error():
 
 
 def test_over_long_text_is_refused_unparsed(monkeypatch):
-    import sgdstab.parsing as parsing
+    import sgdstab.utils.parsing as parsing
 
     monkeypatch.setattr(parsing, "MAX_TEXT_CHARS", 100)
     refused(load_json_text, '{"a": "' + "x" * 200 + '"}', "more than the 0 Mi read")

@@ -13,7 +13,8 @@ from torch import nn
 
 import sgdstab
 from sgdstab.conventions import global_minimum_threshold
-from sgdstab.polish import PolishError, PolishResult, polish_to_minimum
+from sgdstab.errors import PolishError
+from sgdstab.training.polish import PolishResult, polish_to_minimum
 
 
 def _data(n: int, k: int, d: int = 5, seed: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -119,8 +120,8 @@ def test_the_result_is_a_frozen_result_table():
 
 
 def test_the_experiments_keep_their_import_path():
-    from sgdstab import polish
     from sgdstab.experiments import minimum
+    from sgdstab.training import polish
 
     assert minimum.polish is polish.polish and minimum.gauss_newton_step is polish.gauss_newton_step
     assert sgdstab.polish_to_minimum is polish_to_minimum and sgdstab.PolishResult is PolishResult
@@ -150,6 +151,18 @@ def test_bad_arguments_are_refused_in_one_line(kwargs, words):
     message = str(info.value)
     assert words in message and "\n" not in message and isinstance(info.value, sgdstab.SgdstabError)
     assert torch.equal(problem.theta, theta)
+
+
+def test_arguments_of_any_numeric_kind_are_taken():
+    import numpy as np
+
+    problem = _trained(steps=20)
+    result = polish_to_minimum(problem, max_kernel_builds=np.int64(2), target=np.float64(0.0))
+    assert result.kernel_builds <= 2 and result.target == 0.0 and type(result.target) is float
+    with pytest.raises(PolishError, match=r"max_kernel_builds must be an integer ≥ 1 and ≤ 1000, got 1001"):
+        polish_to_minimum(problem, max_kernel_builds=1001)
+    with pytest.raises(PolishError, match=r"target \(a loss, or None for the rounding level of a minimum\)"):
+        polish_to_minimum(problem, target=-1.0)
 
 
 def test_not_a_problem_and_a_diverged_point_are_refused():

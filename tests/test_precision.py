@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 import sgdstab
 from references import tiny_problem
-from sgdstab.precision import WARN_ABOVE, float64_check
+from sgdstab.measure.precision import WARN_ABOVE, float64_check
 
 
 def _problem(dtype: torch.dtype, scale: float = 1.0) -> sgdstab.Problem:
@@ -32,7 +33,7 @@ def test_float32_check_measures_real_rounding_error():
     assert 0 < check.worst < 1e-4
     # the same order as the float32 NTK's own distance from the float64 one
     P64 = _problem(torch.float64)
-    K32, K64 = sgdstab.ntk(P32).double(), sgdstab.ntk(P64)
+    K32, K64 = sgdstab.ntk(P32).matrix.double(), sgdstab.ntk(P64).matrix
     ntk_error = float(torch.linalg.matrix_norm(K32 - K64) / torch.linalg.matrix_norm(K64))
     # (a norm moves less than its matrix: ⟨K, ΔK⟩/‖K‖² averages the rounding of the entries)
     assert ntk_error / 1000 < check.gauss_newton_frobenius < 100 * ntk_error
@@ -84,3 +85,14 @@ def test_alignment_reports_convergence():
     assert sgdstab.alignment(P, method="kernel", hessian=False).converged
     mf = sgdstab.alignment(P, method="matrix_free", hessian=False, rtol=0.05)
     assert isinstance(mf.converged, bool)
+
+
+def test_a_kernel_serves_the_check_as_its_matrix_does():
+    P32 = _problem(torch.float32)
+    ker, r = sgdstab.ntk(P32), P32.residuals()
+    from_kernel = float64_check(P32, kernel=ker, residuals=r)
+    from_matrix = float64_check(P32, kernel=ker.matrix, residuals=r)
+    assert from_kernel is not None and from_kernel == from_matrix
+    # its rows stand in for a second float32 problem built on the subsample
+    rebuilt = float64_check(P32)
+    assert rebuilt is not None and from_kernel.worst == pytest.approx(rebuilt.worst, rel=1e-3, abs=1e-9)

@@ -10,18 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from sgdstab import kernel_figures as kf
-from sgdstab.conventions import ConventionError, noise_scale
-from sgdstab.errors import SgdstabError
-from sgdstab.stability import (
-    Kernel,
-    Stability,
-    StabilityError,
-    as_kernel,
-    critical_learning_rate,
-    stability,
-    stability_operator,
-)
+from sgdstab.conventions import noise_scale
+from sgdstab.errors import ConventionError, SgdstabError, StabilityError
+from sgdstab.kernel import figures as kf
+from sgdstab.kernel.kernel import Kernel
+from sgdstab.kernel.ntk import as_kernel
+from sgdstab.linear_stability.solver import Stability, critical_learning_rate, stability, stability_operator
 
 SCHEMES = ("with_replacement", "without_replacement")
 
@@ -317,7 +311,7 @@ def test_galerkin_below_full_rank_never_builds_the_full_form():
     eta = 1.5 * critical_learning_rate(ker, 8, method="galerkin")
     gal = stability(ker, eta, 8, method="galerkin", with_certificates=False)
     assert gal.subspace_rank < ker.rank
-    assert "form:None" not in ker._cache
+    assert not ker.has_memo("stability-form:None")
 
 
 # ------------------------------------------------------------------------------------------------ edge cases

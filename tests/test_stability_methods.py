@@ -166,7 +166,7 @@ def test_rho_at_eta_star_is_one_on_a_rank_1000_ntk():
     n, k = 100, 10
     X, Y = sgdstab.load_dataset("fashion-mnist-small", n=n)
     model = sgdstab.mlp(X.shape[1:], Y.shape[1], widths=(32,), activation="tanh", seed=0)
-    ker = Kernel(sgdstab.ntk(sgdstab.Problem(model, X, Y)).double(), n, k)
+    ker = Kernel(sgdstab.ntk(sgdstab.Problem(model, X, Y)).matrix.double(), n, k)
     assert ker.rank == 1000
     eta_star = critical_learning_rate(ker, 2)
     st = stability(ker, eta_star, 2, with_certificates=False)

@@ -1,4 +1,4 @@
-"""sgdstab.text.printable: every character a terminal would act on is shown as a visible escape, nothing else
+"""sgdstab.utils.text.printable: every character a terminal would act on is shown as a visible escape, nothing else
 changes."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import unicodedata
 
 import pytest
 
-from sgdstab.text import printable
+from sgdstab.utils.text import printable
 
 
 @pytest.mark.parametrize(

@@ -12,20 +12,9 @@ from torch import nn
 
 from references import dense, tiny_problem
 from sgdstab import Problem, train
-from sgdstab.conventions import ConventionError
-from sgdstab.errors import SgdstabError
-from sgdstab.training import (
-    TRACKABLE,
-    CheckpointError,
-    History,
-    HistoryError,
-    TrainingError,
-    _BatchSampler,
-    _ProgressBar,
-)
-from sgdstab.training import (
-    _stderr_is_terminal as real_is_terminal,
-)
+from sgdstab.errors import CheckpointError, ConventionError, HistoryError, SgdstabError, TrainingError
+from sgdstab.training.trainer import TRACKABLE, History, _BatchSampler, _ProgressBar
+from sgdstab.training.trainer import _stderr_is_terminal as real_is_terminal
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -208,12 +197,30 @@ def test_callable_tracks_see_the_current_parameters():
         ({"divergence_factor": 0.5}, TrainingError, "divergence_factor"),
         ({"sampling": "poisson"}, ConventionError, "unknown sampling scheme"),
         ({"seed": -1}, TrainingError, "seed"),
+        ({"seed": 2**63}, TrainingError, r"seed must be an integer in \[0, 2\*\*63\)"),
+        ({"steps": 2.5}, TrainingError, "steps"),
+        ({"track_every": True}, TrainingError, "track_every"),
+        ({"until_loss": -1.0}, TrainingError, "until_loss"),
+        ({"until_loss": math.nan}, TrainingError, "until_loss"),
+        ({"until_loss": "small"}, TrainingError, "until_loss"),
+        ({"divergence_factor": math.nan}, TrainingError, "divergence_factor"),
+        ({"checkpoint_every": 0, "checkpoint_path": "unused.pt"}, TrainingError, "checkpoint_every"),
     ],
 )
 def test_bad_arguments_raise_one_line_typed_errors(kwargs, error, match):
     with pytest.raises(error, match=match) as info:
         train(linear_problem(), 0.1, 4, **{"progress": False, **kwargs})
     assert isinstance(info.value, SgdstabError) and "\n" not in str(info.value)
+
+
+def test_integers_of_any_kind_are_taken_and_recorded_as_python_ints():
+    import numpy as np
+
+    plain, other = linear_problem(), linear_problem()
+    a = train(plain, 0.05, 4, steps=12, track_every=4, seed=3, progress=False)
+    b = train(other, 0.05, np.int64(4), steps=np.int64(12), track_every=np.int32(4), seed=np.uint8(3), progress=False)
+    assert same_run(a, b) and torch.equal(plain.theta, other.theta)
+    assert type(b.seed) is int and type(b.steps[-1]) is int
 
 
 # ---------------------------------------------------------------------------------------------------- reproducibility
@@ -281,6 +288,29 @@ def test_finished_run_extends_from_its_final_checkpoint(tmp_path):
     rest = train(Q, 0.1, 4, "reshuffle", steps=50, track_every=5, seed=1, resume=ckpt, progress=False)
     assert same_run(rest, full) and torch.equal(Q.theta, P.theta)
     assert rest.seconds > saved_seconds  # time is summed over the sessions
+
+
+def test_checkpoint_layout_is_the_documented_one(tmp_path):
+    # the file format others read (sgdstab.models.loading, resumed runs of older versions): entries and their order
+    path = tmp_path / "c.pt"
+    P = tiny_problem("mlp", 2, "off", n=11)
+    train(P, 0.1, 3, "reshuffle", steps=7, track_every=3, track={"w": lambda p: 1.0}, checkpoint_path=path, seed=4)
+    state = torch.load(path, weights_only=True)
+    assert list(state) == ["format", "version", "parameters", "step", "sampler", "run", "history"]
+    assert (state["format"], state["version"], state["step"]) == ("sgdstab-train-checkpoint", 1, 7)
+    assert list(state["parameters"]) == list(P.layout.names)
+    assert all(t.device.type == "cpu" and t.dtype == P.dtype for t in state["parameters"].values())
+    assert list(state["sampler"]) == ["generator", "perm", "pos"]
+    assert state["sampler"]["pos"] == 3  # 3 batches of 3 per epoch of 11: step 7 is the first of the third epoch
+    run = state["run"]
+    assert list(run) == [
+        "lr", "batch_size", "sampling", "seed", "n", "loss_convention", "track_every", "columns", "data", "loss0"
+    ]  # fmt: skip
+    assert (run["lr"], run["batch_size"], run["sampling"], run["seed"], run["n"]) == (0.1, 3, "reshuffle", 4, 11)
+    assert run["columns"] == ["w"] and run["track_every"] == 3 and len(run["data"]) == 4
+    history = state["history"]
+    assert list(history) == ["steps", "losses", "tracked", "seconds"]
+    assert history["steps"] == [0, 3, 6, 7] and history["tracked"] == {"w": [1.0] * 4}
 
 
 # ---------------------------------------------------------------------------------------------------- bad checkpoints
@@ -406,9 +436,27 @@ def test_history_load_errors_are_typed(tmp_path):
         History.load(tmp_path / "missing.json")
 
 
+def test_history_files_read_every_spelling_of_non_finite_numbers(tmp_path):
+    # sgdstab.utils.results is the one spelling: "NaN"/"Infinity"/"-Infinity", and the older "nan"/"inf"/"-inf"
+    data = History(steps=(0, 1, 2), losses=(1.0, 2.0, 3.0)).to_file_dict()
+    data["columns"]["loss"] = ["nan", "inf", "-Infinity"]
+    data["metadata"]["final_loss"] = "-inf"
+    path = tmp_path / "h.json"
+    path.write_text(json.dumps(data))
+    back = History.load(path)
+    assert math.isnan(back.losses[0]) and back.losses[1:] == (math.inf, -math.inf) and back.final_loss == -math.inf
+    assert History(steps=(0,), losses=(math.inf,)).to_file_dict()["columns"]["loss"] == ["Infinity"]
+    for bad in (True, None, "NAN", 10**400):  # a bool, no number, an unknown spelling, beyond float range
+        data["columns"]["loss"] = [bad, 1.0, 1.0]
+        path.write_text(json.dumps(data))
+        with pytest.raises(HistoryError, match="loss must be a number") as info:
+            History.load(path)
+        assert "\n" not in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------------- progress bar
 def test_progress_bar_only_on_a_terminal(monkeypatch):
-    import sgdstab.training as training
+    import sgdstab.training.trainer as training
 
     updates: list[tuple[int, float]] = []
 
@@ -448,7 +496,7 @@ def test_progress_bar_shows_loss_and_rate():
 
 
 def test_progress_lines_without_a_terminal(monkeypatch, capsys):
-    import sgdstab.training as training
+    import sgdstab.training.trainer as training
 
     # one line per interval, none for a run shorter than it
     train(linear_problem(), 0.05, 4, steps=20, track_every=5, progress=True)

@@ -5,9 +5,23 @@ c = 1/B (with replacement) or (n − B)/(B(n − 1)) (without replacement).
 """
 
 from sgdstab._version import __version__
-from sgdstab.alignment import Alignment, alignment
-from sgdstab.analysis import Analysis, analyze
-from sgdstab.certificates import (
+from sgdstab.conventions import half_mse_learning_rate, noise_scale
+from sgdstab.data import DEFAULT_DATASET, Dataset, load_dataset
+from sgdstab.errors import (
+    DataError,
+    LayerChainError,
+    MemoryBudgetError,
+    ModelSpecError,
+    NtkError,
+    PolishError,
+    ProblemError,
+    SgdstabError,
+    StabilityError,
+)
+from sgdstab.kernel.kernel import Kernel
+from sgdstab.kernel.ntk import as_kernel, ntk
+from sgdstab.linear_stability.analysis import Analysis, analyze
+from sgdstab.linear_stability.certificates import (
     Certificate,
     CertificateGrid,
     Certificates,
@@ -16,21 +30,18 @@ from sgdstab.certificates import (
     certificates,
     kernel_curvature,
 )
-from sgdstab.conventions import half_mse_learning_rate, noise_scale
-from sgdstab.curvature import Curvature, curvature, plan_method
-from sgdstab.data import DEFAULT_DATASET, Dataset, load_dataset
-from sgdstab.diagram import StabilityDiagram, stability_diagram
-from sgdstab.errors import (
-    DataError,
-    MemoryBudgetError,
-    ModelSpecError,
-    NotBuiltError,
-    ProblemError,
-    SgdstabError,
+from sgdstab.linear_stability.diagram import StabilityDiagram, stability_diagram
+from sgdstab.linear_stability.linearized import (
+    Simulation,
+    TypicalThreshold,
+    simulate_linearized,
+    typical_critical_learning_rate,
 )
-from sgdstab.layerwise import LayerChainError, hessian_trace, layerwise_traces
-from sgdstab.linearized import Simulation, TypicalThreshold, simulate_linearized, typical_critical_learning_rate
-from sgdstab.models import (
+from sgdstab.linear_stability.solver import Stability, critical_learning_rate, stability, stability_operator
+from sgdstab.measure.alignment import Alignment, alignment
+from sgdstab.measure.curvature import Curvature, curvature, plan_method
+from sgdstab.measure.traces import hessian_trace, layerwise_traces
+from sgdstab.models.architectures import (
     ModelSpec,
     build_model,
     cnn,
@@ -39,19 +50,9 @@ from sgdstab.models import (
     mlp,
     random_features,
 )
-from sgdstab.ntk import NtkError, ntk
-from sgdstab.polish import PolishError, PolishResult, polish_to_minimum
-from sgdstab.problem import Problem
-from sgdstab.stability import (
-    Kernel,
-    Stability,
-    StabilityError,
-    as_kernel,
-    critical_learning_rate,
-    stability,
-    stability_operator,
-)
-from sgdstab.training import History, train
+from sgdstab.problem.problem import Problem
+from sgdstab.training.polish import PolishResult, polish_to_minimum
+from sgdstab.training.trainer import History, train
 
 __all__ = [
     "DEFAULT_DATASET",
@@ -70,7 +71,6 @@ __all__ = [
     "MemoryBudgetError",
     "ModelSpec",
     "ModelSpecError",
-    "NotBuiltError",
     "NtkError",
     "PolishError",
     "PolishResult",

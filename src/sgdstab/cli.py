@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import sys
 import traceback
+from typing import Any
 
 import click
 
-from sgdstab import __version__
-from sgdstab.errors import SgdstabError
-from sgdstab.signals import Terminated
-from sgdstab.text import printable
+from sgdstab._version import __version__
+from sgdstab.errors import SgdstabError, Terminated
+from sgdstab.utils.text import printable
 
 
 class _Context:
@@ -87,8 +87,8 @@ def _experiment_help() -> str:
 def experiment(
     name: str, config_path: str | None, quick: bool, out: str | None, settings: tuple[str, ...], quiet: bool
 ) -> None:
+    from sgdstab.errors import OutputError
     from sgdstab.experiments.config import parse_overrides
-    from sgdstab.experiments.io import OutputError
     from sgdstab.experiments.registry import get_experiment, run_experiment
 
     get_experiment(name)  # an unknown name is reported before anything else
@@ -173,25 +173,17 @@ def analyze(
 
     import torch
 
-    from sgdstab.analysis import AnalysisError, check_analysis_arguments
-    from sgdstab.analysis import analyze as run_analysis
     from sgdstab.data import load_dataset
     from sgdstab.data.registry import check_dataset_name
-    from sgdstab.model_files import ModelFileError, fit_inputs, load_model, load_program
+    from sgdstab.linear_stability.analysis import analyze as run_analysis
+    from sgdstab.linear_stability.analysis import check_analysis_arguments
+    from sgdstab.models.loading import fit_inputs, load_model, load_program
 
     # every argument is checked before anything is loaded or computed
-    if program is not None and (checkpoint is not None or spec is not None):
-        raise AnalysisError("give either --program FILE, or --checkpoint FILE with --model SPEC, not both")
-    if program is None and (checkpoint is None or spec is None):
-        raise AnalysisError("a model is needed: --checkpoint FILE with --model SPEC, or --program FILE (torch.export)")
+    _check_model_source(checkpoint, spec, program)
     check_analysis_arguments(lr, batch_size, sampling, loss, rtol, seed, at_minimum, n=n)
     check_dataset_name(dataset)
-    ids = None
-    if classes is not None:
-        try:
-            ids = tuple(int(c) for c in classes.replace(" ", "").split(","))
-        except ValueError:
-            raise ModelFileError(f"--classes must be comma-separated class ids such as 0,6; got {classes!r}") from None
+    ids = _class_ids(classes)
     model = load_program(program) if program is not None else load_model(spec, checkpoint)  # type: ignore[arg-type]
     data = load_dataset(dataset, n=n, classes=ids, seed=seed, data_dir=data_dir, split=split, subset=subset)
     check_analysis_arguments(lr, batch_size, sampling, loss, rtol, seed, at_minimum, n=len(data.X))
@@ -211,13 +203,40 @@ def analyze(
             at_minimum=at_minimum,
             seed=seed,
         )
+    _echo_analysis(result, str(program or checkpoint), data.description, reshaped, as_json)
+
+
+def _check_model_source(checkpoint: str | None, spec: str | None, program: str | None) -> None:
+    """A model is either a torch.export program or a state dict with its architecture, never both."""
+    from sgdstab.errors import AnalysisError
+
+    if program is not None and (checkpoint is not None or spec is not None):
+        raise AnalysisError("give either --program FILE, or --checkpoint FILE with --model SPEC, not both")
+    if program is None and (checkpoint is None or spec is None):
+        raise AnalysisError("a model is needed: --checkpoint FILE with --model SPEC, or --program FILE (torch.export)")
+
+
+def _class_ids(classes: str | None) -> tuple[int, ...] | None:
+    """The class ids of ``--classes 0,6`` (None: the data set's default classes)."""
+    from sgdstab.errors import ModelFileError
+
+    if classes is None:
+        return None
+    try:
+        return tuple(int(c) for c in classes.replace(" ", "").split(","))
+    except ValueError:
+        raise ModelFileError(f"--classes must be comma-separated class ids such as 0,6; got {classes!r}") from None
+
+
+def _echo_analysis(result: Any, source: str, description: str, reshaped: str | None, as_json: bool) -> None:
+    """Print the analysis as strict JSON, or as the result's own table (what ``print(sgdstab.analyze(...))``
+    shows in Python)."""
     if as_json:
         from sgdstab.experiments.io import to_json_text
 
-        click.echo(to_json_text({"data": data.description, "inputs": reshaped, **result.to_dict()}), nl=False)
+        click.echo(to_json_text({"data": description, "inputs": reshaped, **result.to_dict()}), nl=False)
         return
-    # the table is the result's own str(), as print(sgdstab.analyze(...)) shows it in Python
-    click.echo(f"sgdstab analyze: {program or checkpoint} on {data.description}")
+    click.echo(f"sgdstab analyze: {source} on {description}")
     click.echo(str(result))
     if reshaped:
         click.echo(f"note: {reshaped}")
@@ -241,7 +260,8 @@ def sweep(
     command skips finished runs and retries failed or interrupted ones. DIR receives sweep.db, runs/<id>/,
     results.csv, report.md and figures; the path of report.md is printed. Exit code 1 when runs failed.
     """
-    from sgdstab.sweep.config import SweepArgumentError, load_sweep
+    from sgdstab.errors import SweepArgumentError
+    from sgdstab.sweep.config import load_sweep
     from sgdstab.sweep.driver import run_sweep
 
     if config_path is None:
@@ -264,7 +284,7 @@ def sweep(
 def runs(ctx: click.Context) -> None:
     """List, show and export the runs of a sweep directory."""
     if ctx.invoked_subcommand is None:
-        from sgdstab.sweep.config import SweepArgumentError
+        from sgdstab.errors import SweepArgumentError
 
         raise SweepArgumentError("missing subcommand: use `sgdstab runs list|show|export DIR` (see --help)")
 
@@ -335,7 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         # without standalone mode, click returns the code of a `click.exceptions.Exit` raised by a command
         code = cli.main(args=argv, prog_name="sgdstab", standalone_mode=False)
     except click.exceptions.Abort as exc:
-        if isinstance(exc.__cause__, Terminated):  # SIGTERM or SIGHUP (sgdstab.signals): the shell's code, 128 + N
+        if isinstance(
+            exc.__cause__, Terminated
+        ):  # SIGTERM or SIGHUP (sgdstab.utils.signals): the shell's code, 128 + N
             click.echo(str(exc.__cause__), err=True)
             return exc.__cause__.exit_code
         click.echo("aborted", err=True)

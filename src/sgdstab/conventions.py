@@ -16,17 +16,13 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from sgdstab.errors import SgdstabError
+from sgdstab.errors import ConventionError
 
 LossConvention = Literal["half_mse", "torch_mse"]
 Sampling = Literal["with_replacement", "without_replacement"]
 
 LOSS_CONVENTIONS: tuple[str, ...] = ("half_mse", "torch_mse")
 SAMPLING_SCHEMES: tuple[str, ...] = ("with_replacement", "without_replacement")
-
-
-class ConventionError(SgdstabError, ValueError):
-    """An unknown loss convention or sampling scheme, or an invalid learning rate or batch size."""
 
 
 def check_loss_convention(loss: str) -> LossConvention:
@@ -93,9 +89,25 @@ def check_outputs(outputs: int) -> int:
 
 
 def noise_scale(batch_size: int, n: int, sampling: str = "with_replacement") -> float:
-    """The factor ``c`` in Cov(mini-batch gradient) = c·Σ.
+    """The factor ``c`` in Cov(mini-batch gradient) = c·Σ (THEORY.md §1).
 
     ``c = 1/B`` with replacement; ``c = (n − B)/(B(n − 1))`` without replacement (0 at ``B = n``).
+
+    Args:
+        batch_size: B, an integer in [1, n].
+        n: the number of samples.
+        sampling: ``"with_replacement"`` (default) or ``"without_replacement"``.
+
+    Returns:
+        c.
+
+    Raises:
+        ConventionError: B not an integer in [1, n], or an unknown ``sampling``.
+
+    Example:
+        >>> import sgdstab
+        >>> sgdstab.noise_scale(20, 200), round(sgdstab.noise_scale(20, 200, "without_replacement"), 6)
+        (0.05, 0.045226)
     """
     scheme = check_sampling(sampling)
     b = check_batch_size(batch_size, n)
@@ -106,10 +118,51 @@ def noise_scale(batch_size: int, n: int, sampling: str = "with_replacement") -> 
     return (n - b) / (b * (n - 1))
 
 
+def frobenius_bound(lr: float, c: float, mu: float) -> float:
+    """The Frobenius certificate (THEORY.md §5): the largest ``||H(θ*)||_F`` at which SGD can stay at a global
+    minimum, ``sqrt(1/(c·μ))/η`` (``sqrt(B/μ)/η`` with replacement), on the half-MSE loss L.
+
+    Args:
+        lr: the learning rate η on L (:func:`half_mse_learning_rate` converts one from ``torch_mse``).
+        c: the noise scale (:func:`noise_scale`).
+        mu: the alignment μ of the SGD noise with the curvature.
+
+    Returns:
+        The bound; ``inf`` when ``c`` or ``μ`` is 0 (no noise, or noise orthogonal to the curvature: no bound).
+
+    Raises:
+        Nothing: the inputs are checked where they are made (:func:`noise_scale`, the alignment).
+
+    Example:
+        >>> from sgdstab.conventions import frobenius_bound, noise_scale
+        >>> round(frobenius_bound(0.05, noise_scale(20, 200), 0.5), 6)  # sqrt(B/μ)/η
+        126.491106
+    """
+    return math.sqrt(1.0 / (c * mu)) / lr if c > 0 and mu > 0 else math.inf
+
+
 def half_mse_learning_rate(lr: float, loss: str, outputs: int) -> float:
     """Convert a learning rate used on the ``loss`` convention to the equivalent one on the half-MSE loss L.
 
     ``torch_mse`` = (2/k)·L, so a step η on it is a step 2η/k on L; ``half_mse`` is returned unchanged.
+
+    Args:
+        lr: the learning rate as given to the optimizer, a positive finite number.
+        loss: ``"half_mse"`` (L = (1/2n) Σ ||f − y||², sgdstab's) or ``"torch_mse"`` (``nn.MSELoss()``, the mean
+            over samples and outputs).
+        outputs: k, the number of outputs.
+
+    Returns:
+        The equivalent learning rate on L.
+
+    Raises:
+        ConventionError: a learning rate that is not a positive finite number, an unknown ``loss``, or ``outputs``
+            not an integer ≥ 1.
+
+    Example:
+        >>> import sgdstab
+        >>> sgdstab.half_mse_learning_rate(0.1, "torch_mse", outputs=10)  # MSELoss over 10 outputs
+        0.02
     """
     value = check_learning_rate(lr)
     if check_loss_convention(loss) == "torch_mse":

@@ -6,6 +6,8 @@ that names the problem and the fix, and is turned into exit code 2 (no traceback
 
 from __future__ import annotations
 
+import signal
+
 
 class SgdstabError(Exception):
     """Base class of every error sgdstab raises on purpose."""
@@ -27,5 +29,119 @@ class MemoryBudgetError(SgdstabError, MemoryError):
     """A request would allocate more memory than allowed; the message gives the estimate and what would fit."""
 
 
-class NotBuiltError(SgdstabError, NotImplementedError):
-    """A command or feature that is planned but not yet part of this release."""
+class StabilityError(SgdstabError, ValueError):
+    """An invalid kernel or stability request (non-square, asymmetric, non-PSD or non-finite K, unknown method)."""
+
+
+# -------------------------------------------------------------------------------------------- plumbing
+class OutputError(SgdstabError, OSError):
+    """An output cannot be written as asked: a path that is not a regular file, a protected file, a file sgdstab did
+    not write, a full disk, no permission — or a directory holding another experiment's results."""
+
+
+class ParseError(SgdstabError, ValueError):
+    """JSON/TOML text that is malformed (``syntax``) or beyond a limit of this module (not ``syntax``)."""
+
+    def __init__(self, message: str, *, syntax: bool = False) -> None:
+        super().__init__(message)
+        self.syntax = syntax
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (or another terminating signal) arrived: unwind as for Ctrl-C. ``signum``: the signal;
+    ``exit_code``: 128 + signum, the shell's code for a process ended by that signal."""
+
+    def __init__(self, signum: int) -> None:
+        self.signum = signum
+        self.exit_code = 128 + signum
+        super().__init__(f"terminated by {signal.Signals(signum).name}")
+
+
+# ----------------------------------------------------------------------------------------- conventions
+class ConventionError(SgdstabError, ValueError):
+    """An unknown loss convention or sampling scheme, or an invalid learning rate or batch size."""
+
+
+# ---------------------------------------------------------------------------------------------- models
+class ModelFileError(SgdstabError, ValueError):
+    """A model spec or checkpoint cannot be read, or does not fit the model."""
+
+
+# --------------------------------------------------------------------------------------------- problem
+class LayerChainError(SgdstabError, ValueError):
+    """The model is not a chain of Linear layers and parameter-free maps, so the layerwise route does not apply."""
+
+
+# ------------------------------------------------------------------------------------------- operators
+class OperatorError(SgdstabError, ValueError):
+    """A product was asked with vectors of the wrong shape, or an operator was built from inconsistent parts."""
+
+
+# ------------------------------------------------------------------------------------------ estimators
+class EstimatorError(SgdstabError, ValueError):
+    """An estimator was called with invalid arguments (tolerances, budgets, shapes)."""
+
+
+# ---------------------------------------------------------------------------------------------- kernel
+class NtkError(SgdstabError, ValueError):
+    """An NTK route was asked for that does not exist or does not apply to the model."""
+
+
+# ---------------------------------------------------------------------------------------- measurements
+class MethodError(SgdstabError, ValueError):
+    """An unknown or unusable measurement method."""
+
+
+# ------------------------------------------------------------------------------------ linear stability
+class AnalysisError(SgdstabError, ValueError):
+    """Inconsistent arguments to :func:`analyze` (e.g. a batch size without a learning rate)."""
+
+
+# -------------------------------------------------------------------------------------------- training
+class CheckpointError(SgdstabError, ValueError):
+    """A checkpoint is unreadable (missing, truncated, corrupt) or does not belong to this problem or run."""
+
+
+class HistoryError(SgdstabError, ValueError):
+    """A history file cannot be read, or a history's columns do not form a table."""
+
+
+class PolishError(SgdstabError, ValueError):
+    """Bad arguments to :func:`polish_to_minimum`, or a point that cannot be polished (non-finite loss)."""
+
+
+class TrainingError(SgdstabError, ValueError):
+    """Invalid arguments to :func:`train` (unknown tracked figure, bad step counts, checkpoint settings)."""
+
+
+# ----------------------------------------------------------------------------------------- experiments
+class ConfigError(SgdstabError, ValueError):
+    """An experiment configuration is invalid: unknown key, wrong type, value out of range, unreadable file."""
+
+
+class UnknownExperimentError(SgdstabError, KeyError):
+    """No experiment has this name."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+# ---------------------------------------------------------------------------------------------- sweeps
+class ArtifactError(SgdstabError, ValueError):
+    """A run's parameter file is missing, truncated, or not an sgdstab sweep file."""
+
+
+class SweepArgumentError(SgdstabError, ValueError):
+    """A sweep command is missing an argument (the config file, the output directory, a subcommand)."""
+
+
+class ExecutorError(SgdstabError, RuntimeError):
+    """An executor cannot be set up: unknown name, bad worker count, Ray missing or unreachable."""
+
+
+class ExportError(SgdstabError, ValueError):
+    """An export cannot be written as asked (unknown format or table, pyarrow missing for Parquet)."""
+
+
+class StoreError(SgdstabError, RuntimeError):
+    """The sweep store is missing, not an sgdstab store, of another sweep, locked too long, or damaged."""

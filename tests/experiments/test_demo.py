@@ -135,8 +135,8 @@ def test_demo_refuses_an_experiment_directory(tmp_path, capsys):
 def test_demo_says_which_certificate_binds_at_the_diagram_minimum(demo):
     """Generated from the diagram experiment's results: at every B, the tightest certificate named is the necessary
     one with the smallest bound/η* in diagram/results.csv; the μ_inf slack and the GD comparison are recomputed."""
-    from sgdstab.diagram import LABELS
-    from sgdstab.experiments.report import fmt
+    from sgdstab.linear_stability.diagram import LABELS
+    from sgdstab.utils.text import fmt
 
     out, report = demo
     text = report.read_text()

@@ -19,17 +19,8 @@ import pytest
 import torch
 
 from sgdstab.cli import main
-from sgdstab.errors import SgdstabError
-from sgdstab.experiments import (
-    ConfigError,
-    OutputError,
-    UnknownExperimentError,
-    build_config,
-    config_to_toml,
-    experiment_names,
-    get_experiment,
-    load_config,
-)
+from sgdstab.errors import ConfigError, OutputError, SgdstabError, UnknownExperimentError
+from sgdstab.experiments import build_config, config_to_toml, experiment_names, get_experiment, load_config
 from sgdstab.experiments.base import CONFIG_FILE, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE
 from sgdstab.experiments.registry import MODULES
 
@@ -558,7 +549,7 @@ def test_escape_config_checks(values, pattern):
     ],
 )
 def test_fmt_never_collapses_significant_figures(value, digits, text):
-    from sgdstab.experiments.report import fmt
+    from sgdstab.utils.text import fmt
 
     assert fmt(value, digits) == text
 
@@ -594,7 +585,7 @@ def test_loglog_slope_recovers_power_laws_and_batch_slopes_use_sgd_solutions_onl
 
 
 def test_flatness_batch_size_caption_states_the_measured_slope(quick_runs):
-    from sgdstab.experiments.report import fmt
+    from sgdstab.utils.text import fmt
 
     _, out = quick_runs["flatness"]
     summary = _summary(out)
@@ -645,8 +636,8 @@ def test_scaling_figure_draws_each_bound_on_the_axis_of_what_it_bounds():
 def test_diagram_quick_says_which_certificate_binds_from_its_results(quick_runs):
     """The 'which binds' section is generated from the results: its tightest certificate at every B is the one
     with the smallest bound/η* among the necessary ones in results.csv, and every ratio cell is that ratio."""
-    from sgdstab.diagram import LABELS
-    from sgdstab.experiments.report import fmt
+    from sgdstab.linear_stability.diagram import LABELS
+    from sgdstab.utils.text import fmt
 
     _, out = quick_runs["diagram"]
     report = (out / REPORT_FILE).read_text()

@@ -106,7 +106,7 @@ def test_flatness_with_no_solution_fails_its_claims_and_still_writes_the_report(
 
 
 def test_polish_halves_steps_that_overshoot(monkeypatch):
-    import sgdstab.polish as polishing
+    import sgdstab.training.polish as polishing
 
     g = torch.Generator().manual_seed(0)
     X, Y = torch.randn(10, 5, dtype=torch.float64, generator=g), torch.randn(10, 2, dtype=torch.float64, generator=g)

@@ -21,11 +21,12 @@ import sys
 
 import pytest
 
-from sgdstab import files
 from sgdstab.cli import main
-from sgdstab.experiments.io import OutputError, atomic_write_text, prepare_output_dir
+from sgdstab.errors import OutputError
+from sgdstab.experiments.io import atomic_write_text, prepare_output_dir
 from sgdstab.experiments.registry import MODULES
 from sgdstab.sweep.artifacts import remove_stale_temporaries
+from sgdstab.utils import files
 
 STUB_FILES = ["config.json", "loss.png", "report.md", "results.csv", "summary.json", "trajectory.csv"]
 

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from sgdstab import files
 from sgdstab.cli import main
 from sgdstab.sweep.export import export
 from sgdstab.sweep.store import STORE_FILE, Store
+from sgdstab.utils import files
 
 RUN_IDS = [f"{k:x}" * 64 for k in range(1, 4)]
 

@@ -4,10 +4,10 @@ runs in flight go back to ``pending``, and the same command resumes and finishes
 killed with SIGKILL (no handler can run) still takes its workers with it.
 
 Exit codes (documented in docs/bad-inputs.md): SIGINT → 130 and ``aborted``; SIGTERM → 143 and
-``terminated by SIGTERM`` once the CLI maps :class:`sgdstab.signals.Terminated` (until then 130 and ``aborted``).
+``terminated by SIGTERM`` once the CLI maps :class:`sgdstab.utils.signals.Terminated` (until then 130 and ``aborted``).
 
 The subprocess tests are slow (each starts a sweep, its workers and a resume); the unit tests of
-:mod:`sgdstab.signals` and of the local pool's shutdown are fast."""
+:mod:`sgdstab.utils.signals` and of the local pool's shutdown are fast."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ from pathlib import Path
 import pytest
 from sweep_helpers import assert_artifacts_complete, cli_command, cli_env, db_rows, grid_config, run_cli
 
-from sgdstab import signals
 from sgdstab.sweep.config import RunConfig, run_to_dict
 from sgdstab.sweep.executors import LocalExecutor
+from sgdstab.utils import signals
 
 LRS, BATCHES, SEEDS = (0.05, 0.2), (4, 20), (0,)
 TOTAL = len(LRS) * len(BATCHES) * len(SEEDS)
@@ -94,6 +94,21 @@ def _tagged(tag: str) -> list[int]:
 def _kill_left(tree: dict[int, int]) -> None:
     for pid in _alive(tree):  # a test that fails must not leave 360 MB workers behind
         os.kill(pid, signal.SIGKILL)
+
+
+def _end(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` if it still runs, and reap it."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def _reap(proc: subprocess.Popen, tree: dict[int, int]) -> list[int]:
+    """End ``proc`` (:func:`_end`), then SIGKILL what is left of ``tree``; returns the processes that were left."""
+    _end(proc)
+    left = _alive(tree)
+    _kill_left(tree)
+    return left
 
 
 # ----------------------------------------------------------------------------------------------- sweeps
@@ -180,9 +195,7 @@ def test_a_signalled_sweep_ends_every_process_and_resumes_each_run_once(tmp_path
         driver_seconds = time.monotonic() - start
         tree_seconds = _wait_gone(tree, timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
+        _end(proc)
         left = _alive(tree) + [pid for pid in _tagged(tag) if pid not in tree]  # also any started after the snapshot
         _kill_left(tree)
         for pid in _tagged(tag):
@@ -241,9 +254,7 @@ def test_sigterm_at_random_times_leaves_no_process_and_a_store_that_resumes(tmp_
                 time.sleep(0.05)
             left = _tagged(tag)
         finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _end(proc)
             for pid in _tagged(tag):
                 os.kill(pid, signal.SIGKILL)
         where = f"seed {seed}, attempt {attempt}, signal after {delay:.2f} s"
@@ -286,11 +297,7 @@ def test_ctrl_c_while_the_workers_start_up_prints_no_traceback(tmp_path):
         code = proc.wait(timeout=30)
         gone = _wait_gone(tree, timeout=15)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        left = _alive(tree)
-        _kill_left(tree)
+        left = _reap(proc, tree)
     stderr = log.read_text()
     assert not left and gone is not None, f"processes of the sweep still alive: {left}"
     assert code == 130 and "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-3000:]
@@ -325,11 +332,7 @@ def test_sigterm_shuts_down_the_private_ray_instance(tmp_path):
         code = proc.wait(timeout=60)
         gone = _wait_gone(tree, timeout=30)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        left = _alive(tree)
-        _kill_left(tree)
+        left = _reap(proc, tree)
     lines = [line for line in log.read_text().splitlines() if line.strip()]
     assert not left and gone is not None, f"Ray processes still alive: {left}"
     # Ray's worker threads may turn the signal into a plain interrupt before ours runs: ended either way, one line
@@ -426,7 +429,7 @@ _PARENT = """
 import os, sys, time
 from concurrent.futures import ProcessPoolExecutor
 import multiprocessing
-from sgdstab.signals import pool_kwargs
+from sgdstab.utils.signals import pool_kwargs
 
 if __name__ == "__main__":
     pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), **pool_kwargs())
@@ -454,7 +457,5 @@ def test_pool_workers_ignore_sigint_and_die_with_their_parent_even_on_sigkill(tm
         parent.wait()
         assert _wait_gone(tree, timeout=5) is not None, "the worker outlived its parent"
     finally:
-        if parent.poll() is None:
-            parent.kill()
-            parent.wait()
+        _end(parent)
         _kill_left(tree)

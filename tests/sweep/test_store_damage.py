@@ -11,18 +11,17 @@ import os
 import shutil
 import sqlite3
 import struct
-import subprocess
 import uuid
 
 import pytest
 from sweep_helpers import TINY_BASE
 
 from sgdstab.cli import main
-from sgdstab.experiments.io import OutputError
+from sgdstab.errors import OutputError, StoreError
 from sgdstab.sweep import load_sweep, run_sweep
 from sgdstab.sweep import report as report_module
 from sgdstab.sweep.report import write_report
-from sgdstab.sweep.store import STORE_FILE, Store, StoreError
+from sgdstab.sweep.store import STORE_FILE, Store
 
 POINTS = 301  # steps 0, 10, …, 3000: the history of the issue's damaged store
 BODY = "[[runs]]\nlr = 0.1\n"
@@ -230,19 +229,9 @@ def test_a_full_disk_during_a_sweep_stops_it_in_one_line_and_the_sweep_resumes(t
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """An 8 MiB tmpfs (needs root and permission to mount; skipped elsewhere)."""
-    mount = tmp_path / "tmpfs"
-    mount.mkdir()
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode(errors='replace').strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], check=False)
+def small_tmpfs(tmpfs):
+    """An 8 MiB tmpfs (:func:`tests.conftest.tmpfs`: needs root and permission to mount; skipped elsewhere)."""
+    return tmpfs("8m")
 
 
 def _fill(folder):

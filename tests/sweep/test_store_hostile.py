@@ -14,8 +14,9 @@ import pytest
 from sweep_helpers import write_config
 
 from sgdstab.cli import main
+from sgdstab.errors import StoreError
 from sgdstab.sweep import load_sweep, run_sweep
-from sgdstab.sweep.store import _SCHEMA, FORMAT, MAX_TEXT, STORE_FILE, VERSION, Store, StoreError
+from sgdstab.sweep.store import _SCHEMA, FORMAT, MAX_TEXT, STORE_FILE, VERSION, Store
 
 R1, R2 = "ab" * 32, "cd" * 32  # a done run with a history, a failed run
 

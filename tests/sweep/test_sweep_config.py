@@ -15,7 +15,7 @@ import pytest
 from sweep_helpers import TINY_BASE, cli_env, write_config
 
 from sgdstab.cli import main
-from sgdstab.experiments.config import ConfigError
+from sgdstab.errors import ConfigError
 from sgdstab.sweep.config import (
     RUN_FIELDS,
     RunConfig,

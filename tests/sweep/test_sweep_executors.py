@@ -7,8 +7,9 @@ import math
 
 import pytest
 
+from sgdstab.errors import ExecutorError
 from sgdstab.sweep.config import RunConfig, run_to_dict
-from sgdstab.sweep.executors import ExecutorError, LocalExecutor, SerialExecutor, make_executor
+from sgdstab.sweep.executors import LocalExecutor, SerialExecutor, make_executor
 from sgdstab.sweep.run import RunFailure, RunOutput
 
 TINY = {"dataset": "digits", "classes": (0, 1), "n": 40, "widths": (8,), "steps": 60}

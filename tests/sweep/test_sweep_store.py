@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from sweep_helpers import artifact_dirs, assert_artifacts_complete, cli_env
 
+from sgdstab.errors import StoreError
 from sgdstab.sweep.artifacts import load_params, run_dir, write_artifacts
-from sgdstab.sweep.store import STORE_FILE, Store, StoreError
+from sgdstab.sweep.store import STORE_FILE, Store
 
 IDS = [f"{i:02d}" + "ab" * 31 for i in range(60)]
 
@@ -265,3 +266,47 @@ def test_writer_killed_at_a_random_point_leaves_a_sound_store_and_resumes(tmp_pa
     assert_artifacts_complete(tmp_path)
     for rid in IDS:
         assert float(load_params(run_dir(tmp_path, rid) / "params.pt")[0]) == IDS.index(rid)
+
+
+def test_non_finite_timings_round_trip_as_strict_json_and_old_bare_nan_still_reads(tmp_path):
+    """Timings are written as strict JSON ("NaN"/"Infinity", sgdstab.utils.results); a store written before, whose
+    timings hold a bare NaN (json.dumps' default), still reads."""
+    _fill(tmp_path, IDS[:2])
+    with Store.create(tmp_path, "s") as store:
+        me = store.register_owner()
+        store.claim(me, IDS[:2], limit=2)
+        timings = {"total": 1.5, "polish": math.nan, "wait": math.inf}
+        assert store.complete(IDS[0], me, {"final_loss": math.nan}, _history(0), timings, "host:1")
+        assert store.complete(IDS[1], me, {"final_loss": 0.5}, _history(1), {"total": 2.0}, "host:1")
+    conn = sqlite3.connect(tmp_path / STORE_FILE)
+    (text,) = conn.execute("SELECT timings FROM runs WHERE run_id = ?", (IDS[0],)).fetchone()
+    assert text == '{"total": 1.5, "polish": "NaN", "wait": "Infinity"}'
+    (stored,) = conn.execute("SELECT value FROM results WHERE run_id = ?", (IDS[0],)).fetchone()
+    assert stored == "NaN"  # SQLite would turn a NaN REAL into NULL
+    with conn:
+        conn.execute("UPDATE runs SET timings = ? WHERE run_id = ?", ('{"total": 2.0, "x": NaN}', IDS[1]))
+    conn.close()
+    with Store.open(tmp_path) as store:
+        records = {r.run_id: r for r in store.runs()}
+    got = records[IDS[0]].timings
+    assert got["total"] == 1.5 and math.isnan(got["polish"]) and got["wait"] == math.inf
+    assert math.isnan(records[IDS[0]].results["final_loss"])
+    assert records[IDS[1]].timings["total"] == 2.0 and math.isnan(records[IDS[1]].timings["x"])
+
+
+def test_run_files_spell_non_finite_figures_as_strict_json(tmp_path):
+    """history.json of a run: non-finite figures as "NaN"/"Infinity"/"-Infinity", read back by decode_float."""
+    import json
+
+    from sgdstab.utils.results import decode_float
+
+    results = {"mu": math.nan, "frobenius_bound": math.inf, "low": -math.inf, "final_loss": 0.25}
+    folder = write_artifacts(
+        tmp_path, IDS[0], {"lr": 0.1}, {"step": [0], "loss": [math.nan]}, results, {"total": 1.0}, np.zeros(3)
+    )
+    text = (folder / "history.json").read_text()
+    data = json.loads(text, parse_constant=lambda name: pytest.fail(f"bare {name} in history.json"))
+    assert data["results"] == {"mu": "NaN", "frobenius_bound": "Infinity", "low": "-Infinity", "final_loss": 0.25}
+    assert data["columns"]["loss"] == ["NaN"]
+    decoded = {k: decode_float(v) for k, v in data["results"].items()}
+    assert math.isnan(decoded["mu"]) and decoded["frobenius_bound"] == math.inf and decoded["low"] == -math.inf

@@ -1,4 +1,4 @@
-"""The :class:`Dataset` container returned by :func:`sgdstab.data.load_dataset`."""
+"""The :class:`Dataset` container returned by :func:`sgdstab.load_dataset`."""
 
 from __future__ import annotations
 
@@ -33,6 +33,12 @@ class Dataset:
         params: JSON-able arguments that produced the data set (n, seed, subset, options, ...).
 
     ``X, Y = dataset`` unpacks inputs and targets.
+
+    Example:
+        >>> import sgdstab
+        >>> ds = sgdstab.load_dataset("digits", n=10)  # scikit-learn's bundled digits, one-hot over 10 classes
+        >>> ds.name, tuple(ds.X.shape), tuple(ds.Y.shape)
+        ('digits', (10, 1, 8, 8), (10, 10))
     """
 
     X: torch.Tensor

@@ -99,7 +99,7 @@ def _raw_images(name: str, split: str, data_dir: str | os.PathLike[str] | None) 
 
 
 def check_dataset_name(name: object) -> str:
-    """``name`` if it is a known data set, else :class:`~sgdstab.errors.DataError` naming the closest known name
+    """``name`` if it is a known data set, else :class:`sgdstab.DataError` naming the closest known name
     and all of them (the CLI checks ``--data`` with it before loading anything)."""
     if not isinstance(name, str) or name not in DATASETS:
         close = difflib.get_close_matches(str(name), list(DATASETS), n=1)
@@ -136,7 +136,20 @@ def load_dataset(
 
     Normalization: Fashion-MNIST ``(p/255 - 0.2860)/0.3530``; digits ``(p/16 - 0.3053)/0.3760``; CIFAR-10
     ``(p/255 - mean[c])/std[c]`` with mean (0.4914, 0.4822, 0.4465), std (0.2470, 0.2435, 0.2616);
-    synthetic data are not normalized. Every problem raises :class:`~sgdstab.errors.DataError`.
+    synthetic data are not normalized.
+
+    Returns:
+        The :class:`Dataset` (``X, Y = dataset`` unpacks it).
+
+    Raises:
+        DataError: every problem: an unknown name, split or subset rule, a bad ``n``/``classes``/``seed``, missing
+            or damaged files.
+
+    Example:
+        >>> import sgdstab
+        >>> X, Y = sgdstab.load_dataset("fashion-mnist-small", n=8, classes=(0, 6))  # built in, ±1 targets
+        >>> tuple(X.shape), tuple(Y.shape), sorted(set(Y.flatten().tolist()))
+        ((8, 1, 28, 28), (8, 1), [-1.0, 1.0])
     """
     spec = DATASETS[check_dataset_name(name)]
     if split not in spec.splits:

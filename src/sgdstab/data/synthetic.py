@@ -23,7 +23,7 @@ import torch
 from sgdstab.data.dataset import Dataset
 from sgdstab.data.targets import check_int
 from sgdstab.errors import DataError
-from sgdstab.memory import check_allocation
+from sgdstab.utils.memory import check_allocation
 
 DEFAULT_N = 1000
 OPTIONS: dict[str, dict[str, Any]] = {

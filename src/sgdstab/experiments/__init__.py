@@ -43,10 +43,10 @@ the exact minimum next to it). ``sgdstab demo`` (:mod:`~sgdstab.experiments.demo
 five experiments into subdirectories and writes one report repeating every claim.
 """
 
+from sgdstab.errors import ConfigError, OutputError, UnknownExperimentError
 from sgdstab.experiments.base import Context, Experiment, Outcome
-from sgdstab.experiments.config import ConfigError, build_config, config_to_toml, load_config, param
-from sgdstab.experiments.io import OutputError
-from sgdstab.experiments.registry import UnknownExperimentError, experiment_names, get_experiment, run_experiment
+from sgdstab.experiments.config import build_config, config_to_toml, load_config, param
+from sgdstab.experiments.registry import experiment_names, get_experiment, run_experiment
 from sgdstab.experiments.report import Claim
 
 __all__ = [

@@ -38,11 +38,11 @@ from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure, plain_log_ticks
 from sgdstab.experiments.minimum import SUBSET_RULES
 from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table
-from sgdstab.kernel_figures import largest_eigenvalue, noise_figures, uniform_alignment
-from sgdstab.models import cnn, linear_net, mlp, random_features
-from sgdstab.ntk import ntk
-from sgdstab.problem import Problem
-from sgdstab.training import train
+from sgdstab.kernel.figures import largest_eigenvalue, noise_figures, uniform_alignment
+from sgdstab.kernel.ntk import ntk
+from sgdstab.models.architectures import cnn, linear_net, mlp, random_features
+from sgdstab.problem.problem import Problem
+from sgdstab.training.trainer import train
 
 KINDS = ("linear_net", "random_features", "mlp", "cnn")
 MU_INF_WHEN = ("every", "end", "never")
@@ -128,13 +128,13 @@ def trace_run(kind: str, width: int, cfg: AlignmentConfig, data: Dataset) -> lis
     """Train one model and return one row per measured step (μ exact through the NTK, built once per point)."""
     problem = Problem(build(kind, width, cfg, data).to(cfg.device), data.X, data.Y, dtype=torch.float64)
     n, k = problem.n, problem.k
-    K0 = ntk(problem)
+    K0 = ntk(problem).matrix
     lam0 = largest_eigenvalue(K0) / n
     lr = cfg.lr_fraction * 2 / lam0
     measured: list[dict[str, Any]] = []
 
     def measure(p: Problem) -> float:
-        K = K0 if not measured else ntk(p)
+        K = K0 if not measured else ntk(p).matrix
         nf = noise_figures(K, p.residuals(), n, k)  # exact, from K and r: no eigendecomposition
         measured.append(
             {
@@ -159,7 +159,7 @@ def trace_run(kind: str, width: int, cfg: AlignmentConfig, data: Dataset) -> lis
         progress=False,
     )
     if cfg.mu_inf == "end" and measured and hist.diverged_at is None:
-        measured[-1]["mu_inf"] = uniform_alignment(ntk(problem), n, k)  # the last point is the final θ
+        measured[-1]["mu_inf"] = uniform_alignment(ntk(problem).matrix, n, k)  # the last point is the final θ
     base = {"model": kind, "width": width, "p": problem.p, "lr": lr, "lambda_max_init": lam0}
     status = "ok" if hist.diverged_at is None else f"diverged at step {hist.diverged_at}"
     return [

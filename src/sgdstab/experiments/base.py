@@ -5,7 +5,7 @@
 results, or one holding files sgdstab did not write that a run would overwrite is refused in one line), writes
 ``config.json`` (the resolved config) first, calls the body with a :class:`Context` (stage messages, figure
 saving), and writes what the body returns (:class:`Outcome`): ``results.csv``, ``report.md`` and
-``summary.json``. Every file goes through :mod:`sgdstab.files` (atomic, ``fsync``-ed with its folder, listed in
+``summary.json``. Every file goes through :mod:`sgdstab.utils.files` (atomic, ``fsync``-ed with its folder, listed in
 the directory's ownership marker ``.sgdstab-output.json`` before it appears). It returns the summary dict.
 
 summary.json::
@@ -14,7 +14,8 @@ summary.json::
      numbers}], "numbers", "files": {"report", "results", "config", "figures", "tables"}, "seconds",
      "cpu_seconds"}
 
-Non-finite numbers are written as the strings "inf", "-inf", "nan" (strict JSON has none).
+Non-finite numbers are written as the strings "NaN", "Infinity", "-Infinity" (strict JSON has none; see
+:mod:`sgdstab.utils.results`).
 """
 
 from __future__ import annotations

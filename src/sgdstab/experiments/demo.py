@@ -33,15 +33,16 @@ from typing import Any
 
 from rich.console import Console
 
-from sgdstab import signals
 from sgdstab._version import __version__
 from sgdstab.data import DEFAULT_DATASET, load_dataset
+from sgdstab.errors import ConfigError
 from sgdstab.experiments.base import REPORT_FILE
-from sgdstab.experiments.config import ConfigError, build_config
+from sgdstab.experiments.config import build_config
 from sgdstab.experiments.diagram import which_binds
 from sgdstab.experiments.io import atomic_write_json, atomic_write_text, prepare_output_dir
 from sgdstab.experiments.registry import get_experiment
-from sgdstab.experiments.report import fmt
+from sgdstab.utils import signals
+from sgdstab.utils.text import fmt
 
 DEMO_CLASSES = (0, 6)  # T-shirt/top against shirt: the hardest pair of Fashion-MNIST, so curvature matters
 DEMO_N = 64
@@ -181,9 +182,9 @@ def _run_here(configs: dict[str, Any], out_dir: Path, quiet: bool, console: Cons
 
 def _run_parallel(configs: dict[str, Any], out_dir: Path, workers: int, console: Console) -> dict[str, dict[str, Any]]:
     """The experiments in ``workers`` processes (spawned: no state shared with this one), quiet; one line each as
-    it finishes. Ctrl-C or SIGTERM (raised as :class:`sgdstab.signals.Terminated`) ends every worker at once and
+    it finishes. Ctrl-C or SIGTERM (raised as :class:`sgdstab.utils.signals.Terminated`) ends every worker at once and
     propagates; the workers ignore a terminal's Ctrl-C themselves and die with this process even on SIGKILL
-    (:mod:`sgdstab.signals`)."""
+    (:mod:`sgdstab.utils.signals`)."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 

@@ -33,16 +33,23 @@ from typing import Any
 
 import numpy as np
 
-from sgdstab.alignment import alignment
-from sgdstab.certificates import kernel_curvature
 from sgdstab.conventions import SAMPLING_SCHEMES
-from sgdstab.diagram import LABELS, PLOT_LABELS, StabilityDiagram, default_batch_sizes, stability_diagram
 from sgdstab.experiments.base import Context, Experiment, Outcome
 from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure
 from sgdstab.experiments.minimum import NetConfig, build_problem, describe_network, find_minimum
 from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table
-from sgdstab.stability import Kernel, stability
+from sgdstab.kernel.ntk import ntk
+from sgdstab.linear_stability.certificates import kernel_curvature
+from sgdstab.linear_stability.diagram import (
+    LABELS,
+    PLOT_LABELS,
+    StabilityDiagram,
+    default_batch_sizes,
+    stability_diagram,
+)
+from sgdstab.linear_stability.solver import stability
+from sgdstab.measure.alignment import alignment
 
 _REL = 1e-9  # relative tolerance of the exact comparisons (η* is solved to ~1e-10)
 _BOUNDARY = 1e-6  # grid points this close to η* are not checked (ρ ≈ 1 within the eigen-solver's tolerance)
@@ -121,7 +128,7 @@ def body(cfg: DiagramConfig, ctx: Context) -> Outcome:
     loss, taken, moved = minimum.loss, minimum.polish_steps, minimum.polish_distance
     scale = float((problem.Y**2).sum()) / (2 * problem.n)
     ctx.stage(f"GD: {minimum.gd_steps} steps to L = {minimum.gd_loss:.2e}; polished in {taken} steps to L = {loss:.2e}")
-    kernel = Kernel.from_problem(problem)
+    kernel = ntk(problem)
     kc = kernel_curvature(kernel)
     batch_sizes = default_batch_sizes(problem.n, cfg.num_batch_sizes)
 

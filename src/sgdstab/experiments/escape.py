@@ -44,20 +44,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgdstab.alignment import alignment
 from sgdstab.conventions import SAMPLING_SCHEMES, noise_scale
-from sgdstab.curvature import curvature
 from sgdstab.experiments.base import Context, Experiment, Outcome
 from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure
 from sgdstab.experiments.minimum import NetConfig, build_problem, describe_network, find_minimum, perturbation
 from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table
-from sgdstab.kernel_figures import largest_eigenvalue
-from sgdstab.linearized import MAX_STORED_LOG_NORMS, simulate_linearized
-from sgdstab.ntk import ntk
-from sgdstab.problem import Problem
-from sgdstab.stability import Kernel, critical_learning_rate, stability
-from sgdstab.training import train
+from sgdstab.kernel.figures import largest_eigenvalue
+from sgdstab.kernel.kernel import Kernel
+from sgdstab.kernel.ntk import ntk
+from sgdstab.linear_stability.linearized import MAX_STORED_LOG_NORMS, simulate_linearized
+from sgdstab.linear_stability.solver import critical_learning_rate, stability
+from sgdstab.measure.alignment import alignment
+from sgdstab.measure.curvature import curvature
+from sgdstab.problem.problem import Problem
+from sgdstab.training.trainer import train
 
 _INTERPOLATION = 1e-20  # L / (½ mean ||y||²) below which the point counts as interpolating
 _SLOPE_QUANTILES = (0.0025, 0.9975)  # a run outside falls there by chance 0.5% of the time
@@ -165,7 +166,7 @@ def _linearized_slopes(
 
 def _sharpness(problem: Problem) -> float:
     """λ_max(G) = λ_max(K)/n (K built without J for MLPs, λ_max by Lanczos above nk = 1000)."""
-    return largest_eigenvalue(ntk(problem)) / problem.n
+    return largest_eigenvalue(ntk(problem).matrix) / problem.n
 
 
 def body(cfg: EscapeConfig, ctx: Context) -> Outcome:
@@ -176,7 +177,7 @@ def body(cfg: EscapeConfig, ctx: Context) -> Outcome:
     ctx.stage(f"GD at η = {cfg.gd_lr} to L ≤ {cfg.gd_until_loss:g}, then Gauss–Newton polishing")
     minimum, _ = find_minimum(problem, cfg.gd_lr, cfg.gd_max_steps, cfg.gd_until_loss, cfg.polish_steps, cfg.seed)
     scale = float((problem.Y**2).sum()) / (2 * problem.n)
-    kernel = Kernel.from_problem(problem)
+    kernel = ntk(problem)
     n, b, scheme = problem.n, cfg.batch_size, cfg.sampling
     lam = max(float(kernel.eigen.values[-1]), 0.0) / n
     frob = float(torch.linalg.matrix_norm(kernel.K)) / n
@@ -295,7 +296,7 @@ def _settle(problem: Problem, cfg: EscapeConfig, lr: float, c: float, index: int
     loss = float(problem.loss())
     curv = curvature(problem, method="kernel", rtol=2e-2, seed=cfg.seed, top=1)
     align = alignment(problem, method="kernel", hessian=False)
-    eta_star_new = critical_learning_rate(Kernel.from_problem(problem), b, scheme)
+    eta_star_new = critical_learning_rate(ntk(problem), b, scheme)
     bound = math.sqrt(1 / (c * align.mu)) / lr if c > 0 and align.mu > 0 else math.inf
     ctx.stage(
         f"  settled: {hist.steps[-1]} steps, L = {loss:.2e}, ||H||_F = {fmt(curv.hessian_frobenius, 4)} ≤? "

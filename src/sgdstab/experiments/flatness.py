@@ -38,18 +38,19 @@ from typing import Any
 
 import numpy as np
 
-from sgdstab.certificates import kernel_curvature
-from sgdstab.conventions import SAMPLING_SCHEMES, noise_scale
+from sgdstab.conventions import SAMPLING_SCHEMES, frobenius_bound, noise_scale
 from sgdstab.experiments.base import Context, Experiment, Outcome
 from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure, plain_log_ticks
 from sgdstab.experiments.minimum import NetConfig, build_problem, describe_network, polish
 from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table
-from sgdstab.kernel_figures import gauss_newton_frobenius, gauss_newton_trace, largest_eigenvalue, noise_figures
-from sgdstab.ntk import ntk
-from sgdstab.problem import Problem
-from sgdstab.stability import Kernel, critical_learning_rate
-from sgdstab.training import train
+from sgdstab.kernel.figures import gauss_newton_frobenius, gauss_newton_trace, largest_eigenvalue, noise_figures
+from sgdstab.kernel.kernel import Kernel
+from sgdstab.kernel.ntk import ntk
+from sgdstab.linear_stability.certificates import kernel_curvature
+from sgdstab.linear_stability.solver import critical_learning_rate
+from sgdstab.problem.problem import Problem
+from sgdstab.training.trainer import train
 
 INTERPOLATION = 1e-20  # L / (½ mean ||y||²) below which a polished point counts as a global minimum
 
@@ -168,7 +169,7 @@ def solve(
         return row
     say(f"  trained: {hist.steps[-1]} steps to L = {fmt(hist.final_loss, 3)}; μ, then Gauss–Newton polishing")
     # exact μ from K and r alone (no eigendecomposition: at n·k = 10⁴ that would be minutes)
-    K_stop = ntk(problem)
+    K_stop = ntk(problem).matrix
     row["mu"] = noise_figures(K_stop, problem.residuals(), problem.n, problem.k).mu
     # λ_max(G) where the run stopped, beside the minimum's: GD at the edge of stability is not at a minimum, and the
     # exact minimum next to its iterate can be sharper than the iterate
@@ -185,7 +186,7 @@ def solve(
         row["status"] = f"Gauss–Newton polishing stopped at L = {fmt(loss, 3)}, not an interpolating minimum"
         return row
     say(f"  polished: L = {fmt(loss, 3)}, θ moved by {fmt(row['polish_relative'], 2)} of ||θ||; measuring the minimum")
-    K = ntk(problem)
+    K = ntk(problem).matrix
     if not exact_stability:
         row |= {
             "hessian_frobenius": gauss_newton_frobenius(K, n),
@@ -209,7 +210,7 @@ def derived(row: dict[str, Any]) -> dict[str, Any]:
     """Add the certificate figures to a measured row: the Frobenius bound sqrt(1/(cμ))/η and its ratio, the GD
     ratio λ_max·η/2, η/η*(B) and the normalized flatness ψ = η||H||_F sqrt(c)."""
     lr, c, mu, frob = row["lr"], row["c"], row["mu"], row["hessian_frobenius"]
-    bound = math.sqrt(1 / (c * mu)) / lr if c > 0 and mu > 0 else math.inf
+    bound = frobenius_bound(lr, c, mu)
     return row | {
         "frobenius_bound": bound,
         "frobenius_ratio": frob / bound,
@@ -507,7 +508,7 @@ def _measured(value: Any) -> bool:
     return not (isinstance(value, float) and math.isnan(value)) and value is not None
 
 
-def plot_certificates(
+def plot_certificates(  # noqa: C901 (split pending, issue 14)
     rows: list[dict[str, Any]],
     what: str,
     color: tuple[str, str] = ("batch_size", "B"),

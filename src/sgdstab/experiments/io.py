@@ -1,5 +1,5 @@
-"""Writes of experiment outputs, all through :mod:`sgdstab.files` (atomic and durable: a temporary file in the same
-folder, ``fsync``, rename, ``fsync`` of the folder; never over a link, a FIFO, a device or a file sgdstab did not
+"""Writes of experiment outputs, all through :mod:`sgdstab.utils.files` (atomic and durable: a temporary file in the
+same folder, ``fsync``, rename, ``fsync`` of the folder; never over a link, a FIFO, a device or a file sgdstab did not
 write), and output directories that sgdstab can prove are its own (:func:`prepare_output_dir`).
 
 A run killed mid-write therefore leaves either the old file or the new one, never a half-written file. Figures
@@ -11,14 +11,15 @@ from __future__ import annotations
 import csv
 import io
 import json
-import math
 import os
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from sgdstab import files
-from sgdstab.files import MARKER, OutputError
+from sgdstab.errors import OutputError
+from sgdstab.utils import files
+from sgdstab.utils.files import MARKER
+from sgdstab.utils.results import strict_json
 
 # what an experiment, the demo or a sweep writes at the top of its directory: in a directory without sgdstab's
 # marker, any of these (or any *.png, *.csv, *.parquet: figures and tables) is a clash, and the directory is refused
@@ -33,30 +34,22 @@ def atomic_write(
     path: str | os.PathLike[str], write: Callable[[Path], None], *, protect: Iterable[str | os.PathLike[str]] = ()
 ) -> Path:
     """Call ``write(tmp)`` on a fresh temporary path beside ``path``, then rename it onto ``path``
-    (:func:`sgdstab.files.write_path`: durable, only over a regular file sgdstab may replace)."""
+    (:func:`sgdstab.utils.files.write_path`: durable, only over a regular file sgdstab may replace)."""
     return files.write_path(path, write, protect=protect)
 
 
 def atomic_write_text(
     path: str | os.PathLike[str], text: str, *, protect: Iterable[str | os.PathLike[str]] = ()
 ) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically and durably (:func:`sgdstab.files.write_text`)."""
+    """Write ``text`` (UTF-8) to ``path`` atomically and durably (:func:`sgdstab.utils.files.write_text`)."""
     return files.write_text(path, text, protect=protect)
 
 
 def to_json_text(value: Any) -> str:
-    """JSON with non-finite floats as the strings ``"inf"``, ``"-inf"``, ``"nan"`` (strict JSON has none)."""
-    return json.dumps(_finite_json(value), indent=2, ensure_ascii=False) + "\n"
-
-
-def _finite_json(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
-    if isinstance(value, Mapping):
-        return {str(k): _finite_json(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite_json(v) for v in value]
-    return value
+    """Strict JSON, indented, with non-finite floats as the strings ``"NaN"``, ``"Infinity"``, ``"-Infinity"``
+    (:func:`sgdstab.utils.results.strict_json`; :func:`sgdstab.utils.results.decode_float` reads them back, and the
+    ``"nan"``/``"inf"`` of files written before)."""
+    return strict_json(value, indent=2, ensure_ascii=False) + "\n"
 
 
 def atomic_write_json(
@@ -111,7 +104,7 @@ def plain_log_ticks(ax: Any, axis: str = "both") -> None:
 
 def prepare_output_dir(path: str | os.PathLike[str], owner: str | None = None) -> Path:
     """Create ``path`` (and parents), check that it is a writable directory and delete the temporary files that
-    killed sgdstab writers left there (:func:`sgdstab.files.remove_temporaries`: nothing else).
+    killed sgdstab writers left there (:func:`sgdstab.utils.files.remove_temporaries`: nothing else).
 
     ``owner``: the experiment (or ``"demo"``, ``"sweep"``) about to write there; the directory must then be its
     own (:func:`claim_output_dir`). Raises :class:`OutputError` with a one-line message.
@@ -134,7 +127,7 @@ def prepare_output_dir(path: str | os.PathLike[str], owner: str | None = None) -
 def claim_output_dir(out: Path, owner: str) -> None:
     """Make ``out`` the output directory of ``owner``, or refuse it (one-line :class:`OutputError`).
 
-    - It holds sgdstab's marker (:data:`sgdstab.files.MARKER`): accepted when the marker names ``owner``,
+    - It holds sgdstab's marker (:data:`sgdstab.utils.files.MARKER`): accepted when the marker names ``owner``,
       refused when it names another experiment. Later writes replace only the files the marker lists.
     - No marker, but a ``config.json`` whose ``"experiment"`` names ``owner`` (a directory written by sgdstab
       before markers existed): adopted — the marker is written listing the outputs found there

@@ -1,12 +1,12 @@
 """Shared set-up of the experiments: a small net on the built-in data, and a global minimum of its square loss.
 
 :class:`NetConfig` holds the config fields of the data and the model (every experiment config that trains a net
-inherits them). :func:`build_problem` turns them into a float64 :class:`~sgdstab.problem.Problem`;
+inherits them). :func:`build_problem` turns them into a float64 :class:`sgdstab.Problem`;
 :func:`find_minimum` trains it with GD to a small loss and then *polishes* the point with Gauss–Newton steps.
 
 **Why polish.** The stability analysis of THEORY.md §4 is exact at a global minimum (r = 0, so H = G = JᵀJ/n),
 which GD only approaches. The Gauss–Newton polishing (:func:`polish`, :func:`gauss_newton_step`) lives in the public
-module :mod:`sgdstab.polish` (with :func:`sgdstab.polish_to_minimum`); the names stay importable from here.
+module :mod:`sgdstab.training.polish` (with :func:`sgdstab.polish_to_minimum`); the names stay importable from here.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ import torch
 from sgdstab.data import DATASETS, DEFAULT_DATASET, load_dataset
 from sgdstab.data.dataset import Dataset
 from sgdstab.experiments.config import param
-from sgdstab.models import ACTIVATIONS, cnn, mlp
-from sgdstab.operators import jacobian_vector_product
-from sgdstab.polish import _KernelSolver, gauss_newton_step, polish  # noqa: F401 (their old import path)
-from sgdstab.problem import Problem
-from sgdstab.results import ResultMixin
-from sgdstab.training import History, train
+from sgdstab.models.architectures import ACTIVATIONS, cnn, mlp
+from sgdstab.operators.products import jacobian_vector_product
+from sgdstab.problem.problem import Problem
+from sgdstab.training.polish import _KernelSolver, gauss_newton_step, polish  # noqa: F401 (their old import path)
+from sgdstab.training.trainer import History, train
+from sgdstab.utils.results import ResultMixin
 
 SUBSET_RULES = ("first", "stratified")
 NETWORKS = ("mlp", "cnn")

@@ -11,7 +11,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from sgdstab.errors import SgdstabError
+from sgdstab.errors import UnknownExperimentError
 from sgdstab.experiments.base import REPORT_FILE, Experiment
 
 MODULES: dict[str, tuple[str, str]] = {  # name → (module, one-line summary shown by `sgdstab experiment --help`)
@@ -36,13 +36,6 @@ MODULES: dict[str, tuple[str, str]] = {  # name → (module, one-line summary sh
         "exact stable region of one minimum in the (η, B) plane, with every certificate",
     ),
 }
-
-
-class UnknownExperimentError(SgdstabError, KeyError):
-    """No experiment has this name."""
-
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
 
 
 def experiment_names() -> tuple[str, ...]:

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sgdstab.results import ResultMixin
+from sgdstab.utils.results import ResultMixin
+from sgdstab.utils.text import fmt
 
 
 @dataclass(frozen=True)
@@ -29,28 +30,6 @@ class Claim(ResultMixin):
     def markdown(self) -> str:
         verdict = "PASSED" if self.passed else "FAILED"
         return f"- **{verdict}** — {self.statement}: {self.detail}"
-
-
-def fmt(value: Any, digits: int = 4) -> str:
-    """A number for prose: ``digits`` significant figures, ``inf``/``nan`` spelled out, None as a dash.
-
-    A value that rounding changed keeps its trailing zeros (0.9996 at 3 figures is ``1.00``, not ``1``: the reader
-    sees the precision); a value that is exactly its short form stays short (a configured η = 0.02 is ``0.02``)."""
-    if value is None:
-        return "—"
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return str(value)
-    if isinstance(value, int):
-        return str(value)
-    if math.isnan(value):
-        return "nan"
-    if math.isinf(value):
-        return "∞" if value > 0 else "−∞"
-    short = f"{value:.{digits}g}"
-    if float(short) == value:
-        return short
-    mantissa, _, exponent = f"{value:#.{digits}g}".partition("e")
-    return mantissa.rstrip(".") + (f"e{exponent}" if exponent else "")
 
 
 def count_claim(

@@ -39,7 +39,7 @@ from sgdstab.experiments.flatness import (
 from sgdstab.experiments.io import new_figure, plain_log_ticks
 from sgdstab.experiments.minimum import SUBSET_RULES, NetConfig, build_problem
 from sgdstab.experiments.report import Claim, count_claim, fmt
-from sgdstab.models import ACTIVATIONS
+from sgdstab.models.architectures import ACTIVATIONS
 
 
 @dataclass(frozen=True)

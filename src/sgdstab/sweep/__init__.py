@@ -25,12 +25,13 @@ A sweep directory holds ``sweep.db`` (the store), ``config.json`` (the sweep), `
 figures.
 """
 
+from sgdstab.errors import ExecutorError, ExportError, StoreError
 from sgdstab.sweep.config import RunConfig, SweepConfig, load_sweep, run_hash, sweep_from_dict
 from sgdstab.sweep.driver import SweepSummary, run_sweep
-from sgdstab.sweep.executors import EXECUTORS, ExecutorError
-from sgdstab.sweep.export import ExportError, export
+from sgdstab.sweep.executors import EXECUTORS
+from sgdstab.sweep.export import export
 from sgdstab.sweep.run import RunFailure, RunOutput, execute_run
-from sgdstab.sweep.store import Store, StoreError
+from sgdstab.sweep.store import Store
 
 __all__ = [
     "EXECUTORS",

@@ -8,7 +8,7 @@
   runs).
 
 Each file is written to a hidden temporary name in the same folder, ``fsync``-ed and renamed into place
-(:mod:`sgdstab.files`), and all of them before the run's completion is committed to the store: a file that is
+(:mod:`sgdstab.utils.files`), and all of them before the run's completion is committed to the store: a file that is
 visible is complete, and a run marked done has its files. :func:`remove_stale_temporaries` deletes the temporary
 files a killed sweep may leave (only names carrying sgdstab's temporary tag: never a user's ``.*.tmp``).
 """
@@ -23,16 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgdstab import files
-from sgdstab.errors import SgdstabError
+from sgdstab.errors import ArtifactError
 from sgdstab.experiments.io import atomic_write, atomic_write_json
+from sgdstab.utils import files
 
 RUNS_DIR = "runs"
 PARAMS_FORMAT = "sgdstab-sweep-params"
-
-
-class ArtifactError(SgdstabError, ValueError):
-    """A run's parameter file is missing, truncated, or not an sgdstab sweep file."""
 
 
 def run_dir(out: str | os.PathLike[str], run_id: str) -> Path:
@@ -91,7 +87,7 @@ def load_params(path: str | os.PathLike[str], which: str = "theta") -> torch.Ten
 
 def remove_stale_temporaries(out: str | os.PathLike[str]) -> int:
     """Delete the temporary files of killed sgdstab writers under ``DIR`` and ``DIR/runs/*``
-    (:func:`sgdstab.files.remove_temporaries`: sgdstab's temporary names only, of processes no longer alive);
+    (:func:`sgdstab.utils.files.remove_temporaries`: sgdstab's temporary names only, of processes no longer alive);
     returns how many. Call it only when no other sweep process writes to the directory."""
     root = Path(out)
     folders = [root, *(p for p in (root / RUNS_DIR).glob("*") if p.is_dir() and not p.is_symlink())]

@@ -41,11 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from sgdstab.conventions import SAMPLING_SCHEMES
-from sgdstab.curvature import check_seed
 from sgdstab.data import DATASETS
-from sgdstab.errors import SgdstabError
+from sgdstab.errors import ConfigError, SgdstabError, SweepArgumentError
 from sgdstab.experiments.config import (
-    ConfigError,
     build_config,
     check_device,
     coerce_field,
@@ -55,22 +53,19 @@ from sgdstab.experiments.config import (
     read_config_file,
 )
 from sgdstab.experiments.minimum import NetConfig
-from sgdstab.models import MAX_LAYERS
-from sgdstab.training import TRAIN_SAMPLING
+from sgdstab.measure.curvature import check_seed
+from sgdstab.models.architectures import MAX_LAYERS
+from sgdstab.training.trainer import TRAIN_SAMPLING
 
 HASH_FORMAT = "sgdstab-run"
 HASH_VERSION = 1
 MAX_RUNS = 100_000
-# the curvature estimators' floor (sgdstab.curvature.check_rtol): below it 1/rtol² underflowed to a division by zero
-# in the run, after the sweep had started
+# the curvature estimators' floor (sgdstab.measure.curvature.check_rtol): below it 1/rtol² underflowed to a division
+# by zero in the run, after the sweep had started
 MIN_RTOL = 1e-12
 TOP_LEVEL_KEYS = ("name", "base", "grid", "runs")
 CLASSIFICATION = tuple(name for name, spec in DATASETS.items() if spec.task == "classification")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-
-
-class SweepArgumentError(SgdstabError, ValueError):
-    """A sweep command is missing an argument (the config file, the output directory, a subcommand)."""
 
 
 @dataclass(frozen=True)

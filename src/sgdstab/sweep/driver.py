@@ -8,11 +8,11 @@ other driver is waited for, and taken over if that driver dies). A run that rais
 with its error and the sweep goes on.
 
 Ctrl-C (SIGINT) and SIGTERM (``timeout``, ``kill``, a CI cancel) stop the sweep: the signal raises
-:class:`KeyboardInterrupt` (SIGTERM: its subclass :class:`sgdstab.signals.Terminated`) in this process, never in
-the middle of a store write or of a finished run's files (:func:`sgdstab.signals.deferred`); on the way out the
+:class:`KeyboardInterrupt` (SIGTERM: its subclass :class:`sgdstab.utils.signals.Terminated`) in this process, never in
+the middle of a store write or of a finished run's files (:func:`sgdstab.utils.signals.deferred`); on the way out the
 workers are stopped at once (their runs in flight are abandoned, not waited for), the driver's runs in flight go
 back to ``pending`` and it unregisters, so the same command resumes without waiting for anything. Workers die
-with the driver even when it is killed with SIGKILL (see :mod:`sgdstab.signals`).
+with the driver even when it is killed with SIGKILL (see :mod:`sgdstab.utils.signals`).
 
 The output directory also receives ``config.json`` (``{"experiment": "sweep", "name", "base", "grid",
 "runs"}``), so that an experiment is never written into a sweep's directory nor a sweep into an experiment's.
@@ -27,16 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sgdstab import signals
 from sgdstab.experiments.config import config_to_dict
 from sgdstab.experiments.io import atomic_write_json, prepare_output_dir
-from sgdstab.results import ResultMixin
 from sgdstab.sweep.artifacts import remove_stale_temporaries, write_artifacts
 from sgdstab.sweep.config import SweepConfig, run_hash, run_to_dict
 from sgdstab.sweep.executors import make_executor
 from sgdstab.sweep.progress import SweepProgress
 from sgdstab.sweep.run import RunOutput
 from sgdstab.sweep.store import LEASE_SECONDS, Store
+from sgdstab.utils import signals
+from sgdstab.utils.results import ResultMixin
 
 OWNER_TAG = "sweep"  # the "experiment" name in config.json (see prepare_output_dir)
 POLL_SECONDS = 0.5
@@ -94,7 +94,7 @@ def run_sweep(
     ``executor``: ``local`` (process pool, ``workers`` processes, default one per CPU), ``ray`` (``address``:
     None starts a local instance, ``auto`` or ``ray://host:10001`` joins a cluster) or ``serial`` (this
     process). ``threads``: compute threads per worker process. SIGTERM while it runs raises
-    :class:`sgdstab.signals.Terminated` (a :class:`KeyboardInterrupt`) once everything is stopped and released."""
+    :class:`sgdstab.utils.signals.Terminated` (a :class:`KeyboardInterrupt`) once everything is stopped and released."""
     with signals.stop_on_signals():
         return _run_sweep(sweep, out, executor, workers, address, threads, quiet, report, lease)
 
@@ -115,29 +115,13 @@ def _run_sweep(
     folder = prepare_output_dir(out, owner=OWNER_TAG)
     ids = [run_hash(r) for r in runs]
     configs = {rid: run_to_dict(r) for rid, r in zip(ids, runs, strict=True)}
-    varying = sweep.varying()
     store = Store.create(folder, sweep.name, lease=lease)
-    progress = SweepProgress(quiet=quiet)
     try:
         with signals.deferred():  # a signal is raised after the write, not inside its transaction
             store.register([(rid, configs[rid]) for rid in ids])
         atomic_write_json(folder / "config.json", sweep_to_dict(sweep))
         pool = make_executor(executor, workers=workers, address=address, threads=threads)
-        owner: str | None = None
-        finished = False
-        try:
-            signals.install()  # ray.init replaces the SIGTERM handler with its own
-            with signals.deferred():
-                owner = store.register_owner()
-            if store.live_owners() == [owner]:
-                remove_stale_temporaries(folder)
-            statuses = {r.run_id: r.status for r in store.runs(run_ids=ids)}
-            skipped = sum(statuses[rid] == "done" for rid in ids)
-            progress.start(sweep.name, len(ids), skipped, pool.name, pool.capacity)
-            ran, elsewhere = _drive(store, pool, owner, ids, configs, varying, folder, progress, lease)
-            finished = True
-        finally:
-            _stop(pool, store, owner, progress, cancel=not finished)
+        skipped, ran, elsewhere = _execute(store, pool, sweep, ids, folder, SweepProgress(quiet=quiet), lease)
         counts = store.counts(ids)
         report_path = None
         if report:
@@ -163,6 +147,35 @@ def _run_sweep(
         store.close()
 
 
+def _execute(
+    store: Store,
+    pool: Any,
+    sweep: SweepConfig,
+    ids: list[str],
+    folder: Path,
+    progress: SweepProgress,
+    lease: float,
+) -> tuple[int, int, int]:
+    """Register this driver, run the sweep's runs on ``pool`` and stop it; returns (runs done before this call,
+    runs completed here, runs completed by another driver)."""
+    owner: str | None = None
+    finished = False
+    try:
+        signals.install()  # ray.init replaces the SIGTERM handler with its own
+        with signals.deferred():
+            owner = store.register_owner()
+        if store.live_owners() == [owner]:
+            remove_stale_temporaries(folder)
+        statuses = {r.run_id: r.status for r in store.runs(run_ids=ids)}
+        skipped = sum(statuses[rid] == "done" for rid in ids)
+        progress.start(sweep.name, len(ids), skipped, pool.name, pool.capacity)
+        ran, elsewhere = _Loop(store, pool, owner, sweep.varying(), folder, progress, lease).run(ids)
+        finished = True
+    finally:
+        _stop(pool, store, owner, progress, cancel=not finished)
+    return skipped, ran, elsewhere
+
+
 def _stop(pool: Any, store: Store, owner: str | None, progress: SweepProgress, cancel: bool) -> None:
     """Close the executor (``cancel``, after a signal or an error: stop the workers now, do not wait for the runs
     in flight) and unregister the driver (its runs still ``running`` go back to ``pending``: a resume waits for
@@ -174,61 +187,80 @@ def _stop(pool: Any, store: Store, owner: str | None, progress: SweepProgress, c
         progress.stop()
 
 
-def _drive(
-    store: Store,
-    pool: Any,
-    owner: str,
-    ids: list[str],
-    configs: dict[str, dict[str, Any]],
-    varying: tuple[str, ...],
-    folder: Path,
-    progress: SweepProgress,
-    lease: float,
-) -> tuple[int, int]:
-    """The claim / submit / record loop; returns (runs completed here, runs completed by another driver).
+class _Loop:
+    """The claim / submit / record loop of one driver (:meth:`run`).
 
     A signal interrupts it only while it waits (for results, or for another driver): claims, submissions and
-    records are :func:`sgdstab.signals.deferred`, so each is done whole or not begun."""
-    done_at_start = {r.run_id for r in store.runs(status="done", run_ids=ids)}
-    queue = deque(rid for rid in ids if rid not in done_at_start)
-    elsewhere: list[str] = []  # claimed by another live driver: re-checked each poll
-    inflight: dict[Any, tuple[str, dict[str, Any]]] = {}
-    ran = finished_elsewhere = 0
-    last_beat = time.monotonic()
-    while True:
-        free = pool.capacity - len(inflight)
-        if free > 0 and (queue or elsewhere):
-            batch = list(elsewhere) + [queue.popleft() for _ in range(min(len(queue), max(4 * free, 32)))]
-            elsewhere = []
-            with signals.deferred():  # a claimed run is submitted and known as in flight, or not claimed
-                outcome = store.claim(owner, batch, limit=free)
-                for rid, cfg in outcome.claimed:
-                    inflight[pool.submit(cfg)] = (rid, cfg)
-            queue.extendleft(reversed(outcome.unclaimed))
-            elsewhere = outcome.elsewhere
-            finished_elsewhere += len([rid for rid in outcome.done if rid not in done_at_start])
-            for rid in outcome.done:
-                done_at_start.add(rid)
-                progress.done += 1
-            progress.update(len(inflight))
-        if not inflight:
-            if not queue and not elsewhere:
-                return ran, finished_elsewhere
-            time.sleep(POLL_SECONDS)  # only runs held by another driver remain: wait for them
-        else:
-            for handle in pool.wait(list(inflight), timeout=POLL_SECONDS if elsewhere else 1.0):
-                rid, cfg = inflight.pop(handle)
-                with signals.deferred():  # the run's files and its store record, whole
-                    kept = _record(store, pool, handle, owner, rid, cfg, varying, folder, progress)
-                progress.update(len(inflight))
-                if kept:
-                    ran += 1
-                else:  # another driver took the claim over: its record stands
-                    finished_elsewhere += 1
-        if time.monotonic() - last_beat > lease / 6:
-            with signals.deferred():
-                store.heartbeat(owner)
-            last_beat = time.monotonic()
+    records are :func:`sgdstab.utils.signals.deferred`, so each is done whole or not begun."""
+
+    def __init__(
+        self,
+        store: Store,
+        pool: Any,
+        owner: str,
+        varying: tuple[str, ...],
+        folder: Path,
+        progress: SweepProgress,
+        lease: float,
+    ) -> None:
+        self.store, self.pool, self.owner = store, pool, owner
+        self.varying, self.folder, self.progress, self.lease = varying, folder, progress, lease
+        self.done_at_start: set[str] = set()
+        self.queue: deque[str] = deque()
+        self.elsewhere: list[str] = []  # claimed by another live driver: re-checked each poll
+        self.inflight: dict[Any, tuple[str, dict[str, Any]]] = {}
+        self.ran = self.finished_elsewhere = 0
+
+    def run(self, ids: list[str]) -> tuple[int, int]:
+        """Run ``ids`` to the end; returns (runs completed here, runs completed by another driver)."""
+        self.done_at_start = {r.run_id for r in self.store.runs(status="done", run_ids=ids)}
+        self.queue = deque(rid for rid in ids if rid not in self.done_at_start)
+        last_beat = time.monotonic()
+        while True:
+            free = self.pool.capacity - len(self.inflight)
+            if free > 0 and (self.queue or self.elsewhere):
+                self._claim(free)
+            if not self.inflight:
+                if not self.queue and not self.elsewhere:
+                    return self.ran, self.finished_elsewhere
+                time.sleep(POLL_SECONDS)  # only runs held by another driver remain: wait for them
+            else:
+                self._collect()
+            if time.monotonic() - last_beat > self.lease / 6:
+                with signals.deferred():
+                    self.store.heartbeat(self.owner)
+                last_beat = time.monotonic()
+
+    def _claim(self, free: int) -> None:
+        """Claim a batch (the runs held elsewhere, then the queue's next) and submit up to ``free`` of them."""
+        batch = list(self.elsewhere) + [self.queue.popleft() for _ in range(min(len(self.queue), max(4 * free, 32)))]
+        self.elsewhere = []
+        with signals.deferred():  # a claimed run is submitted and known as in flight, or not claimed
+            outcome = self.store.claim(self.owner, batch, limit=free)
+            for rid, cfg in outcome.claimed:
+                self.inflight[self.pool.submit(cfg)] = (rid, cfg)
+        self.queue.extendleft(reversed(outcome.unclaimed))
+        self.elsewhere = outcome.elsewhere
+        self.finished_elsewhere += len([rid for rid in outcome.done if rid not in self.done_at_start])
+        for rid in outcome.done:
+            self.done_at_start.add(rid)
+            self.progress.done += 1
+        self.progress.update(len(self.inflight))
+
+    def _collect(self) -> None:
+        """Record the runs that finish within the poll interval."""
+        timeout = POLL_SECONDS if self.elsewhere else 1.0
+        for handle in self.pool.wait(list(self.inflight), timeout=timeout):
+            rid, cfg = self.inflight.pop(handle)
+            with signals.deferred():  # the run's files and its store record, whole
+                kept = _record(
+                    self.store, self.pool, handle, self.owner, rid, cfg, self.varying, self.folder, self.progress
+                )
+            self.progress.update(len(self.inflight))
+            if kept:
+                self.ran += 1
+            else:  # another driver took the claim over: its record stands
+                self.finished_elsewhere += 1
 
 
 def _record(

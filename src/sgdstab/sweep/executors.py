@@ -11,7 +11,8 @@ touch the store; the driver writes every result.
   (no fork of a process that holds torch threads or an open SQLite connection), ``workers`` processes of one
   compute thread each. A pool broken by a dead worker is replaced on the next submission. Workers ignore SIGINT
   (the driver handles a terminal's Ctrl-C once) and die with the driver, even one killed with SIGKILL
-  (:func:`sgdstab.signals.worker_setup`); ``close(cancel=True)`` ends them at once (:func:`sgdstab.signals.stop_pool`).
+  (:func:`sgdstab.utils.signals.worker_setup`); ``close(cancel=True)`` ends them at once
+  (:func:`sgdstab.utils.signals.stop_pool`).
 - ``ray``: each run is a Ray task (``num_cpus=1``) of :func:`~sgdstab.sweep.run.run_safely`; ``address=None``
   starts a private local Ray instance with ``workers`` CPUs and shuts it down afterwards, ``address="auto"``
   joins the cluster this machine belongs to, ``address="ray://HOST:10001"`` connects through Ray Client. Every
@@ -28,16 +29,12 @@ import os
 from collections import deque
 from typing import Any
 
-from sgdstab import signals
-from sgdstab.errors import SgdstabError
+from sgdstab.errors import ExecutorError
 from sgdstab.sweep.run import RunFailure, RunOutput, run_safely
+from sgdstab.utils import signals
 
 EXECUTORS = ("local", "ray", "serial")
 Outcome = RunOutput | RunFailure
-
-
-class ExecutorError(SgdstabError, RuntimeError):
-    """An executor cannot be set up: unknown name, bad worker count, Ray missing or unreachable."""
 
 
 def default_workers() -> int:

@@ -5,7 +5,7 @@ A run row: ``run_id``, ``status``, ``attempts``, ``seconds``, ``error``, then ev
 ``16-16`` text in CSV, lists in Parquet), then the results (empty for runs not done). Non-finite floats are written
 as ``nan``/``inf`` in CSV and as IEEE values in Parquet.
 
-The file is written through :mod:`sgdstab.files` (atomic and durable), and only over a regular file or at a new
+The file is written through :mod:`sgdstab.utils.files` (atomic and durable), and only over a regular file or at a new
 path: the store itself and its companions (``sweep.db``, ``-wal``, ``-shm``, ``-journal``), a symbolic link, a
 FIFO, a device, a socket, a directory, or a file in an sgdstab output directory that sgdstab did not write are
 refused in one line before anything is read, and left untouched.
@@ -18,12 +18,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from sgdstab import files
-from sgdstab.errors import SgdstabError
+from sgdstab.errors import ExportError
 from sgdstab.experiments.io import atomic_write, atomic_write_csv, atomic_write_text
 from sgdstab.sweep.config import RUN_FIELDS
 from sgdstab.sweep.run import RESULT_NAMES
 from sgdstab.sweep.store import RunRecord, Store
+from sgdstab.utils import files
 
 FORMATS = ("csv", "parquet")
 TABLES = ("runs", "metrics")
@@ -32,10 +32,6 @@ EMPTY_HEADER = {
     "runs": ("run_id", "status", "attempts", "seconds", "error", *RUN_FIELDS),
     "metrics": ("run_id", "name", "step", "value"),
 }
-
-
-class ExportError(SgdstabError, ValueError):
-    """An export cannot be written as asked (unknown format or table, pyarrow missing for Parquet)."""
 
 
 def run_row(record: RunRecord, flat: bool = True) -> dict[str, Any]:

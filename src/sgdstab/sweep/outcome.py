@@ -13,8 +13,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from sgdstab.experiments.report import fmt
 from sgdstab.sweep.store import STATUSES, RunRecord
+from sgdstab.utils.text import fmt
 
 # the outcomes of a run, in the order counts are shown: a done run is either converged or diverged
 OUTCOMES = ("converged", "diverged", "failed", "running", "pending")

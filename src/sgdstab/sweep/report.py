@@ -21,20 +21,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from sgdstab._version import __version__
-from sgdstab.errors import SgdstabError
-from sgdstab.experiments.io import (
-    OutputError,
-    atomic_write_csv,
-    atomic_write_text,
-    new_figure,
-    plain_log_ticks,
-    save_figure,
-)
+from sgdstab.errors import OutputError, SgdstabError
+from sgdstab.experiments.io import atomic_write_csv, atomic_write_text, new_figure, plain_log_ticks, save_figure
 from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table, render_report
 from sgdstab.sweep.config import SweepConfig
 from sgdstab.sweep.export import run_table
@@ -117,8 +110,34 @@ def _plot_against(done: list[RunRecord], x: str, others: list[str]) -> tuple[Any
     """Left: L where SGD stopped; right: ||H||_F at the minimum (or endpoint, hollow); diverged runs as red ×."""
     fig, (ax_loss, ax_h) = new_figure(1, 2, size=(12.0, 4.6))
     xs_all = [float(r.config[x]) for r in done]
-    log_x = min(xs_all) > 0 and max(xs_all) / min(xs_all) > 2
     converged = [r for r in done if not diverged(r)]
+    _draw_series(ax_loss, ax_h, converged, x, others)
+    bad = [r for r in done if diverged(r)]
+    if bad:
+        _mark_diverged(ax_loss, ax_h, [r.config[x] for r in bad])
+    hollow = any(not r.results.get("at_minimum") for r in converged)
+    if hollow:
+        ax_h.scatter([], [], s=36, facecolor="none", edgecolor="gray", label="not polished to a minimum: endpoint")
+    panels = (
+        (ax_loss, [_number(r.results.get("final_loss")) for r in converged]),
+        (ax_h, [_number(r.results.get("hessian_frobenius")) for r in converged]),
+    )
+    for ax, ys in panels:
+        # headroom above the loss data for the diverged markers
+        _scale_panel(ax, x, xs_all, ys, top=4.0 if bad and ax is ax_loss else 1.5)
+    ax_loss.set_ylabel("L where SGD stopped")
+    ax_loss.set_title("Loss at the end of SGD")
+    ax_h.set_ylabel(r"$\|H\|_F$ at the minimum next to it (H = G)")
+    ax_h.set_title("Flatness of the minimum reached")
+    if ax_h.get_legend_handles_labels()[0]:  # one legend for both panels (same colours), clear of the data
+        ax_h.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
+    fig.tight_layout()
+    return fig, _against_caption(x, others, len(bad), hollow)
+
+
+def _draw_series(ax_loss: Any, ax_h: Any, converged: list[RunRecord], x: str, others: list[str]) -> None:
+    """One coloured line per value of the other varying fields: the loss (left) and ||H||_F (right), the markers
+    of runs not polished to a minimum hollow."""
     groups: dict[str, list[RunRecord]] = {}
     for r in converged:
         groups.setdefault(_series_label(r.config, others), []).append(r)
@@ -132,58 +151,52 @@ def _plot_against(done: list[RunRecord], x: str, others: list[str]) -> tuple[Any
             at_min = bool(r.results.get("at_minimum"))
             face = color if at_min else "none"
             ax_h.scatter([r.config[x]], [h], s=36, facecolor=face, edgecolor=color, zorder=3)
-    bad = [r for r in done if diverged(r)]
-    if bad:
-        # a diverged run has no figures: mark where it is on the grid, at the top of the loss panel
-        ax_loss.scatter(
-            [r.config[x] for r in bad],
-            [0.96] * len(bad),
-            marker="x",
-            color="tab:red",
-            s=60,
-            transform=ax_loss.get_xaxis_transform(),
-            zorder=4,
-        )
-        ax_h.scatter([], [], marker="x", color="tab:red", s=60, label=f"diverged ({len(bad)}): × atop the left panel")
-    if any(not r.results.get("at_minimum") for r in converged):
-        ax_h.scatter([], [], s=36, facecolor="none", edgecolor="gray", label="not polished to a minimum: endpoint")
-    panels = (
-        (ax_loss, [_number(r.results.get("final_loss")) for r in converged]),
-        (ax_h, [_number(r.results.get("hessian_frobenius")) for r in converged]),
+
+
+def _mark_diverged(ax_loss: Any, ax_h: Any, xs: list[Any]) -> None:
+    # a diverged run has no figures: mark where it is on the grid, at the top of the loss panel
+    ax_loss.scatter(
+        xs,
+        [0.96] * len(xs),
+        marker="x",
+        color="tab:red",
+        s=60,
+        transform=ax_loss.get_xaxis_transform(),
+        zorder=4,
     )
+    ax_h.scatter([], [], marker="x", color="tab:red", s=60, label=f"diverged ({len(xs)}): × atop the left panel")
+
+
+def _scale_panel(ax: Any, x: str, xs_all: list[float], ys: list[float], top: float) -> None:
+    """Log axes (x too when the grid spans more than a factor 2), the y range ``top`` times above the data."""
     lo, hi = min(xs_all), max(xs_all)
-    for ax, ys in panels:
-        if log_x:
-            ax.set_xscale("log")
-            ax.set_xlim(lo / 1.25, hi * 1.25)  # room for the end markers
-        _grid_ticks(ax, xs_all, log_x)
-        ax.set_yscale("log")
-        finite = [y for y in ys if math.isfinite(y) and y > 0]
-        if finite:  # headroom above the data for the diverged markers
-            ax.set_ylim(min(finite) / 1.5, max(finite) * (4.0 if bad and ax is ax_loss else 1.5))
-        _log_ticks(ax, "y", ys)
-        ax.set_xlabel(x)
-        ax.grid(True, which="major", alpha=0.3)
-    ax_loss.set_ylabel("L where SGD stopped")
-    ax_loss.set_title("Loss at the end of SGD")
-    ax_h.set_ylabel(r"$\|H\|_F$ at the minimum next to it (H = G)")
-    ax_h.set_title("Flatness of the minimum reached")
-    if ax_h.get_legend_handles_labels()[0]:  # one legend for both panels (same colours), clear of the data
-        ax_h.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0))
-    fig.tight_layout()
-    caption = (
+    log_x = lo > 0 and hi / lo > 2
+    if log_x:
+        ax.set_xscale("log")
+        ax.set_xlim(lo / 1.25, hi * 1.25)  # room for the end markers
+    _grid_ticks(ax, xs_all, log_x)
+    ax.set_yscale("log")
+    finite = [y for y in ys if math.isfinite(y) and y > 0]
+    if finite:
+        ax.set_ylim(min(finite) / 1.5, max(finite) * top)
+    _log_ticks(ax, "y", ys)
+    ax.set_xlabel(x)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+def _against_caption(x: str, others: list[str], diverged_count: int, hollow: bool) -> str:
+    return (
         f"Left: the full-data loss L where SGD stopped against {x}, one line per "
         f"{', '.join(others) or 'run'} value (converged runs)"
-        + (f"; red × at the top: the {len(bad)} diverged run(s), whose loss blew up (not plotted)" if bad else "")
-        + f". Right: ||H||_F at the global minimum next to the SGD endpoint (Gauss–Newton polishing), against {x}"
         + (
-            "; hollow markers: runs not polished to a minimum, measured where SGD stopped"
-            if any(not r.results.get("at_minimum") for r in converged)
+            f"; red × at the top: the {diverged_count} diverged run(s), whose loss blew up (not plotted)"
+            if diverged_count
             else ""
         )
+        + f". Right: ||H||_F at the global minimum next to the SGD endpoint (Gauss–Newton polishing), against {x}"
+        + ("; hollow markers: runs not polished to a minimum, measured where SGD stopped" if hollow else "")
         + "."
     )
-    return fig, caption
 
 
 def _certificate_rows(records: list[RunRecord]) -> list[dict[str, Any]]:
@@ -298,11 +311,39 @@ def _figures(folder: Path, sweep: SweepConfig, done: list[RunRecord], store: Sto
     return figures
 
 
+@dataclass(frozen=True)
+class _Groups:
+    """The runs of a report by outcome, each claim's population (:mod:`sgdstab.sweep.outcome`)."""
+
+    failed: list[RunRecord]
+    diverged: list[RunRecord]
+    unfinished: list[RunRecord]
+    converged: list[RunRecord]
+    checked: list[RunRecord]  # converged, at a minimum, with ρ(T) computed
+
+    @classmethod
+    def of(cls, records: list[RunRecord]) -> _Groups:
+        converged = [r for r in records if outcome(r) == "converged"]
+        return cls(
+            failed=[r for r in records if r.status == "failed"],
+            diverged=[r for r in records if diverged(r)],
+            unfinished=[r for r in records if r.status in ("pending", "running")],
+            converged=converged,
+            checked=[r for r in converged if r.results.get("at_minimum") and "stable" in r.results],
+        )
+
+
 def _claims(records: list[RunRecord], fields: list[str]) -> list[Claim]:
-    failed = [r for r in records if r.status == "failed"]
-    bad = [r for r in records if diverged(r)]
-    unfinished = [r for r in records if r.status in ("pending", "running")]
-    converged = [r for r in records if outcome(r) == "converged"]
+    groups = _Groups.of(records)
+    claims = [_converged_claim(records, groups, fields), _minimum_claim(groups, fields)]
+    if groups.checked:
+        claims.append(_stability_claim(groups.checked))
+    claims.append(_bound_claim(records, groups, fields))
+    return claims
+
+
+def _converged_claim(records: list[RunRecord], groups: _Groups, fields: list[str]) -> Claim:
+    bad, failed, unfinished = groups.diverged, groups.failed, groups.unfinished
     claim = count_claim(
         "all_runs_converged",
         "every run of the sweep ran to its end without failing or diverging",
@@ -314,8 +355,11 @@ def _claims(records: list[RunRecord], fields: list[str]) -> list[Claim]:
     if parts:
         named = "; ".join(f"{_run_label(r, fields)} {status_label(r)}" for r in bad)
         claim = _with(claim, f" ({', '.join(parts)})" + (f": {named}" if named else ""))
-    claims = [claim]
+    return claim
 
+
+def _minimum_claim(groups: _Groups, fields: list[str]) -> Claim:
+    converged = groups.converged
     claim = count_claim(
         "reached_minimum",
         "every converged run was polished to a global minimum (L zero to float64 rounding, where H = G)",
@@ -327,26 +371,27 @@ def _claims(records: list[RunRecord], fields: list[str]) -> list[Claim]:
     missed = [r for r in converged if not r.results.get("at_minimum")]
     if missed:
         claim = _with(claim, "; not reached: " + "; ".join(f"{_run_label(r, fields)} {bound_note(r)}" for r in missed))
-    claims.append(claim)
+    return claim
 
-    checked = [r for r in converged if r.results.get("at_minimum") and "stable" in r.results]
-    if checked:
-        claims.append(
-            count_claim(
-                "linearly_stable",
-                "SGD can stay at every minimum reached: ρ(T) ≤ 1, i.e. η ≤ η*(B) (exact at the minimum, THEORY.md §4)",
-                [bool(r.results.get("stable")) for r in checked],
-                "minima linearly stable for the run's (η, B)",
-                ratio=[_number(r.results.get("lr_ratio")) for r in checked],
-                ratio_name="largest η/η*",
-            )
-        )
 
+def _stability_claim(checked: list[RunRecord]) -> Claim:
+    return count_claim(
+        "linearly_stable",
+        "SGD can stay at every minimum reached: ρ(T) ≤ 1, i.e. η ≤ η*(B) (exact at the minimum, THEORY.md §4)",
+        [bool(r.results.get("stable")) for r in checked],
+        "minima linearly stable for the run's (η, B)",
+        ratio=[_number(r.results.get("lr_ratio")) for r in checked],
+        ratio_name="largest η/η*",
+    )
+
+
+def _bound_claim(records: list[RunRecord], groups: _Groups, fields: list[str]) -> Claim:
+    converged, bad, failed = groups.converged, groups.diverged, groups.failed
     applies = [r for r in records if bound_applies(r)]
     ratios = [_number(r.results.get("bound_ratio")) for r in applies]
     hypothesis = (
         "a global minimum, linearly stable (ρ(T) ≤ 1)"
-        if checked
+        if groups.checked
         else "a global minimum; linear stability not checked (stability = false), so a failure may be a minimum SGD "
         "cannot stay at"
     )
@@ -367,8 +412,7 @@ def _claims(records: list[RunRecord], fields: list[str]) -> list[Claim]:
         )
     if bad or failed:
         claim = _with(claim, f"; not checked: {len(bad)} diverged, {len(failed)} failed")
-    claims.append(claim)
-    return claims
+    return claim
 
 
 def _with(claim: Claim, more: str) -> Claim:
@@ -406,6 +450,19 @@ def _write_report(
     figures = _figures(folder, sweep, done, store)
     varying = list(sweep.varying())
     stability = any("stable" in r.results for r in done)
+    sections = [_runs_section(records, varying, stability), *_notes_sections(records, done, varying)]
+    footer = (
+        f"Store: `{store.path.name}` (SQLite; `sgdstab runs list|show|export {folder}`). "
+        f"sgdstab {__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}."
+    )
+    claims = _claims(records, varying)
+    intro = _intro(sweep, records, varying, stability, seconds)
+    text = render_report(f"Sweep {sweep.name}", intro, claims, sections, figures, footer)
+    return atomic_write_text(folder / REPORT_FILE, text)
+
+
+def _runs_section(records: list[RunRecord], varying: list[str], stability: bool) -> str:
+    """The "Runs" section: one table row per run, the ratio shown as n/a where the theorem does not apply."""
     rows = []
     for r in records:
         row: dict[str, Any] = {"run": r.short_id, "status": status_label(r), **{k: r.config.get(k) for k in varying}}
@@ -422,7 +479,7 @@ def _write_report(
         *(_STABILITY_COLUMNS if stability else ()),
         ("seconds", "run time (s)"),
     ]
-    sections = [
+    return (
         "## Runs\n\n"
         "final L: where SGD stopped; L polished: after Gauss–Newton polishing to the global minimum next to it, "
         "moving θ by ||Δθ||/||θ||; ||H||_F and λ_max(H) there (where the polish did not reach a minimum: at the "
@@ -430,7 +487,12 @@ def _write_report(
         + ("; η/η* and ρ(T) at the minimum" if stability else "")
         + ".\n\n"
         + markdown_table(rows, columns)
-    ]
+    )
+
+
+def _notes_sections(records: list[RunRecord], done: list[RunRecord], varying: list[str]) -> list[str]:
+    """The sections naming the runs where the bound is not checked and the failed runs (none when empty)."""
+    sections = []
     skipped = [r for r in done if not bound_applies(r)]
     if skipped:
         lines = [f"- {_run_label(r, varying)}: {bound_note(r)}" for r in skipped]
@@ -441,8 +503,14 @@ def _write_report(
             f"- `{r.short_id}` ({', '.join(f'{k}={r.config.get(k)}' for k in varying)}): {r.error}" for r in failed
         ]
         sections.append("## Failed runs\n\nRerun the same command to retry them.\n\n" + "\n".join(lines))
+    return sections
+
+
+def _intro(
+    sweep: SweepConfig, records: list[RunRecord], varying: list[str], stability: bool, seconds: float | None
+) -> str:
     total_seconds = sum(r.seconds or 0.0 for r in records)
-    intro = (
+    return (
         f"Sweep `{sweep.name}`: {len(records)} runs over {', '.join(varying) or 'one configuration'}; "
         f"{counts_line(records)}. Each run trains an MLP with SGD (half-MSE loss L = (1/2n) Σ ||f(x_i) − y_i||², "
         "float64), measures the alignment μ where SGD stopped, polishes θ by Gauss–Newton steps to the global "
@@ -453,13 +521,6 @@ def _write_report(
         f"Run time summed over runs: {fmt(total_seconds, 3)} s"
         + (f"; wall time of the last `sgdstab sweep` call: {fmt(seconds, 3)} s." if seconds is not None else ".")
     )
-    footer = (
-        f"Store: `{store.path.name}` (SQLite; `sgdstab runs list|show|export {folder}`). "
-        f"sgdstab {__version__}, {time.strftime('%Y-%m-%d %H:%M:%S')}."
-    )
-    claims = _claims(records, varying)
-    text = render_report(f"Sweep {sweep.name}", intro, claims, sections, figures, footer)
-    return atomic_write_text(folder / REPORT_FILE, text)
 
 
 __all__ = ["REPORT_FILE", "RESULTS_FILE", "write_report"]

@@ -1,4 +1,4 @@
-"""One run of a sweep: build the data, the model and the float64 :class:`~sgdstab.problem.Problem`, train with
+"""One run of a sweep: build the data, the model and the float64 :class:`sgdstab.Problem`, train with
 :func:`sgdstab.train`, measure the alignment where SGD stopped, polish to the global minimum next to it and measure
 the curvature there — as the ``flatness`` experiment does (THEORY.md §4–§5: the Frobenius bound is a theorem at
 linearly stable *global minima*, where H = G; at the SGD endpoint L > 0 and H ≠ G).
@@ -41,15 +41,15 @@ from typing import Any
 
 import numpy as np
 
-from sgdstab.alignment import alignment
-from sgdstab.conventions import noise_scale
-from sgdstab.curvature import curvature
+from sgdstab.conventions import frobenius_bound, noise_scale
 from sgdstab.experiments.minimum import build_problem
-from sgdstab.polish import polish_to_minimum
-from sgdstab.problem import Problem
-from sgdstab.stability import stability
+from sgdstab.linear_stability.solver import stability
+from sgdstab.measure.alignment import alignment
+from sgdstab.measure.curvature import curvature
+from sgdstab.problem.problem import Problem
 from sgdstab.sweep.config import RunConfig, run_from_dict
-from sgdstab.training import train
+from sgdstab.training.polish import polish_to_minimum
+from sgdstab.training.trainer import train
 
 Scalar = float | int | str | None
 
@@ -130,7 +130,7 @@ def _measure(problem: Problem, config: RunConfig, c: float, mu: float, at_minimu
     """Curvature (and stability) at the problem's θ, the bound sqrt(1/(cμ))/η with μ from the endpoint, and
     whether the theorem applies there (see the module docstring)."""
     curv = curvature(problem, rtol=config.rtol, seed=config.seed, top=1)
-    bound = math.sqrt(1.0 / (c * mu)) / config.lr if c > 0 and mu > 0 else math.inf
+    bound = frobenius_bound(config.lr, c, mu)
     figures: dict[str, Scalar] = {
         "hessian_frobenius": curv.hessian_frobenius,
         "trace": curv.trace,

@@ -3,7 +3,7 @@
 A diverged run is shown as such (``done (diverged at step N)``), never as a plain ``done``; the Frobenius ratio
 only where the theorem applies (:mod:`sgdstab.sweep.outcome`), ``n/a`` elsewhere.
 
-Everything printed from the store goes through :func:`sgdstab.text.printable` (an escape sequence stored in an
+Everything printed from the store goes through :func:`sgdstab.utils.text.printable` (an escape sequence stored in an
 error or a worker name is shown as ``\x1b[…``, never sent to the terminal), and the table's cells are rich
 :class:`~rich.text.Text`, so stored text such as ``[bold]`` is shown as written, never read as rich markup.
 """
@@ -18,12 +18,11 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
-from sgdstab.experiments.report import fmt
 from sgdstab.sweep.artifacts import run_dir
 from sgdstab.sweep.config import RUN_FIELDS
 from sgdstab.sweep.outcome import bound_applies, bound_note, counts_line, diverged, status_label
 from sgdstab.sweep.store import RunRecord, Store
-from sgdstab.text import printable
+from sgdstab.utils.text import fmt, printable
 
 LIST_RESULTS = (
     ("final_loss", "final L"),
@@ -107,7 +106,7 @@ def _history_line(history: dict[str, list[float]]) -> str:
 
 def run_text(store: Store, record: RunRecord) -> str:
     """Everything about one run, as plain text: status, timings, config, results, history, files, error, the
-    traceback; each line with its control characters escaped (:func:`sgdstab.text.printable`)."""
+    traceback; each line with its control characters escaped (:func:`sgdstab.utils.text.printable`)."""
     r = record
     lines = [f"run {r.run_id}", f"  status    {status_label(r)} (attempts: {r.attempts})"]
     if r.status == "done":

@@ -10,7 +10,9 @@ Tables::
     results (run_id, name, value)               final figures (REAL, INTEGER or TEXT)
 
 ``status`` is ``pending`` → ``running`` (claimed) → ``done`` or ``failed``. NaN is stored as the text ``'NaN'``
-(SQLite turns a NaN REAL into NULL, which here means "no value") and read back as ``nan``.
+(SQLite turns a NaN REAL into NULL, which here means "no value") and read back as ``nan``; ±inf stay REAL. The
+``timings`` JSON is strict, non-finite times spelled as :mod:`sgdstab.utils.results` does (``"NaN"``,
+``"Infinity"``); a bare ``NaN`` written by earlier versions still reads.
 
 **Durability.** Every change is one ``BEGIN IMMEDIATE`` transaction (``synchronous = FULL``): a run's completion
 writes its metrics, its results and its ``done`` status together, so a process killed at any instant leaves the
@@ -54,8 +56,9 @@ from pathlib import Path
 from typing import Any
 
 from sgdstab._version import __version__
-from sgdstab.errors import SgdstabError
-from sgdstab.text import printable
+from sgdstab.errors import StoreError
+from sgdstab.utils.results import decode_float, encode_float, strict_json
+from sgdstab.utils.text import printable
 
 STORE_FILE = "sweep.db"
 FORMAT = "sgdstab-sweep-store"
@@ -107,20 +110,21 @@ CREATE TABLE IF NOT EXISTS results (
 """
 
 
-class StoreError(SgdstabError, RuntimeError):
-    """The sweep store is missing, not an sgdstab store, of another sweep, locked too long, or damaged."""
+# SQLite turns a NaN REAL into NULL ("no value" here): NaN is stored as text in the one spelling of
+# sgdstab.utils.results; ±inf stay REAL, which SQLite keeps
+_NAN_TEXT = encode_float(math.nan)
 
 
 def _encode(value: Any) -> Any:
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, float) and math.isnan(value):
-        return "NaN"
+        return _NAN_TEXT
     return value
 
 
 def _decode(value: Any) -> Any:
-    return math.nan if value == "NaN" else value
+    return math.nan if value == _NAN_TEXT else value
 
 
 def _capped(column: str) -> str:
@@ -229,8 +233,12 @@ class _Row:
         return parsed
 
     def timings(self, value: Any) -> dict[str, float]:
-        timings = self.json_object("timings", value, optional=True)
-        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in timings.values()):
+        raw = self.json_object("timings", value, optional=True)
+        # a non-finite time is written as "NaN"/"Infinity" (strict JSON); stores of older versions hold bare NaN
+        timings = {
+            k: v if isinstance(v, int | float) and not isinstance(v, bool) else decode_float(v) for k, v in raw.items()
+        }
+        if any(v is None for v in timings.values()):
             raise self.error("timings", value, "not a JSON object of numbers")
         return timings
 
@@ -568,51 +576,62 @@ class Store:
     def claim(self, owner: str, run_ids: Sequence[str], limit: int) -> ClaimOutcome:
         """Claim up to ``limit`` of ``run_ids`` (in order) that are pending, failed, or running under a stale
         owner, in one transaction; report what the others are."""
-        claimed: list[tuple[str, dict[str, Any]]] = []
-        done: list[str] = []
-        elsewhere: list[str] = []
-        unclaimed: list[str] = []
+        outcome = ClaimOutcome([], [], [], [])
         if not run_ids:
-            return ClaimOutcome(claimed, done, elsewhere, unclaimed)
+            return outcome
         with self._write() as conn:
             stale = self._stale_owners()
-            rows = {}
-            for start in range(0, len(run_ids), 500):
-                chunk = list(run_ids[start : start + 500])
-                marks = ",".join("?" * len(chunk))
-                for rid, status, who, cfg in conn.execute(
-                    f"SELECT run_id, {_capped('status')}, owner, {_capped('config')} FROM runs "
-                    f"WHERE run_id IN ({marks})",
-                    chunk,
-                ):
-                    check = self._run_row(rid)
-                    rows[rid] = (check.status(status), who, check.json_object("config", cfg))
+            rows = self._claim_rows(conn, run_ids)
             now = time.time()
             for rid in run_ids:
                 if rid not in rows:
                     raise StoreError(f"run {rid[:12]} is not registered in {str(self.path)!r}")
                 status, who, cfg = rows[rid]
                 if status == "done":
-                    done.append(rid)
+                    outcome.done.append(rid)
                 elif status == "running" and who not in stale and who != owner:
-                    elsewhere.append(rid)
-                elif len(claimed) >= limit:
-                    unclaimed.append(rid)
+                    outcome.elsewhere.append(rid)
+                elif len(outcome.claimed) >= limit:
+                    outcome.unclaimed.append(rid)
                 else:
-                    conn.execute(
-                        "UPDATE runs SET status = 'running', owner = ?, started = ?, attempts = attempts + 1, "
-                        "sgdstab_version = ? WHERE run_id = ?",
-                        (owner, now, __version__, rid),
-                    )
-                    claimed.append((rid, cfg))
+                    self._take(conn, rid, owner, now)
+                    outcome.claimed.append((rid, cfg))
             if stale:
-                marks = ",".join("?" * len(stale))
-                still = conn.execute(
-                    f"SELECT COUNT(*) FROM runs WHERE status = 'running' AND owner IN ({marks})", sorted(stale)
-                ).fetchone()[0]
-                if not still:
-                    conn.execute(f"DELETE FROM owners WHERE owner IN ({marks})", sorted(stale))
-        return ClaimOutcome(claimed, done, elsewhere, unclaimed)
+                self._forget_finished_owners(conn, stale)
+        return outcome
+
+    def _claim_rows(self, conn: sqlite3.Connection, run_ids: Sequence[str]) -> dict[str, tuple[str, Any, dict]]:
+        """The checked (status, owner, config) of each of ``run_ids`` found in ``runs``, read 500 ids at a time
+        (SQLite caps the number of parameters of one statement)."""
+        rows = {}
+        for start in range(0, len(run_ids), 500):
+            chunk = list(run_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            for rid, status, who, cfg in conn.execute(
+                f"SELECT run_id, {_capped('status')}, owner, {_capped('config')} FROM runs WHERE run_id IN ({marks})",
+                chunk,
+            ):
+                check = self._run_row(rid)
+                rows[rid] = (check.status(status), who, check.json_object("config", cfg))
+        return rows
+
+    @staticmethod
+    def _take(conn: sqlite3.Connection, run_id: str, owner: str, now: float) -> None:
+        conn.execute(
+            "UPDATE runs SET status = 'running', owner = ?, started = ?, attempts = attempts + 1, "
+            "sgdstab_version = ? WHERE run_id = ?",
+            (owner, now, __version__, run_id),
+        )
+
+    @staticmethod
+    def _forget_finished_owners(conn: sqlite3.Connection, stale: set[str]) -> None:
+        """Drop the stale owners from ``owners`` once none of them holds a running run any more."""
+        marks = ",".join("?" * len(stale))
+        still = conn.execute(
+            f"SELECT COUNT(*) FROM runs WHERE status = 'running' AND owner IN ({marks})", sorted(stale)
+        ).fetchone()[0]
+        if not still:
+            conn.execute(f"DELETE FROM owners WHERE owner IN ({marks})", sorted(stale))
 
     def _holds(self, conn: sqlite3.Connection, run_id: str, owner: str) -> bool:
         row = conn.execute("SELECT status, owner FROM runs WHERE run_id = ?", (run_id,)).fetchone()
@@ -647,7 +666,7 @@ class Store:
             conn.execute(
                 "UPDATE runs SET status = 'done', finished = ?, seconds = ?, timings = ?, worker = ?, error = NULL, "
                 "traceback = NULL WHERE run_id = ?",
-                (time.time(), timings.get("total"), json.dumps(dict(timings)), worker, run_id),
+                (time.time(), timings.get("total"), strict_json(dict(timings)), worker, run_id),
             )
         return True
 
@@ -749,7 +768,7 @@ class Store:
         if type(name) is str and type(step) is int and name != "step" and len(name) <= MAX_TEXT:
             if type(value) is float:
                 return name, step, value
-            if value is None or value == "NaN":
+            if value is None or value == _NAN_TEXT:
                 return name, step, math.nan
         text = str(check.text("a metric name", name))
         if text == "step":

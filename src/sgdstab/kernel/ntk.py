@@ -1,0 +1,185 @@
+"""The empirical NTK Gram matrix ``K = J Jᵀ ∈ R^{nk×nk}`` (THEORY.md §1–2), built block by block.
+
+Row and column ``i·k + c`` belong to output ``c`` of sample ``i``; ``K_ij`` is the k×k block of samples i, j.
+
+Three routes:
+
+- **layerwise** (the default for chains of Linear layers and parameter-free maps, e.g. every :func:`sgdstab.mlp`):
+  K as a sum over layers of Hadamard products of two small Gram matrices, J never formed
+  (:mod:`sgdstab.kernel.layerwise`): the fan-in fewer flops and a fraction of the memory.
+- **one Jacobian** (other models, when ``J`` and ``K`` fit together): ``J`` is computed once in chunks and
+  ``K`` is filled block by block from its upper triangle (``K_ab = J_a J_bᵀ`` for ``b ≥ a``, mirrored), i.e. half the
+  flops of ``J @ J.T``. Peak memory ≈ ``size(K) + size(J)``.
+- **recomputed blocks** (other models, when ``J`` does not fit, or ``chunk_size`` is given): for each row block
+  ``a`` its Jacobian ``J_a`` is computed once, and every column block ``J_b`` (``b ≥ a``) is recomputed. Peak memory ≈
+  ``size(K) + 2·chunk_size·k·p·itemsize`` plus one chunk's backward pass; compute grows with the number of
+  blocks (each Jacobian chunk is rebuilt up to n/chunk_size times).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sgdstab.errors import MemoryBudgetError, NtkError, StabilityError
+from sgdstab.kernel.kernel import Kernel
+from sgdstab.kernel.layerwise import layerwise_ntk
+from sgdstab.problem.chain import layer_chain
+from sgdstab.problem.problem import Problem, check_chunk_size
+from sgdstab.utils.memory import available_memory_bytes, format_bytes
+
+_GEMM_ROWS = 512  # rows of K per GEMM block: small enough to skip most of the lower triangle, large enough for
+# near-peak matmul throughput
+
+
+def ntk_memory(problem: Problem, chunk_size: int | None = None) -> dict[str, int]:
+    """Bytes needed by :func:`ntk`: ``kernel`` (K itself), ``jacobian`` (all of J) and ``blocked`` (peak of the
+    recomputed-blocks route with ``chunk_size``)."""
+    nk = problem.n * problem.k
+    item = problem.itemsize
+    chunk = problem.chunk_size if chunk_size is None else check_chunk_size(chunk_size)
+    return {
+        "kernel": nk * nk * item,
+        "jacobian": nk * problem.p * item,
+        "blocked": nk * nk * item + 2 * min(chunk, problem.n) * problem.k * problem.p * item,
+    }
+
+
+def _plan(problem: Problem, chunk_size: int | None) -> tuple[str, int]:
+    mem = ntk_memory(problem, chunk_size)
+    budget = int(available_memory_bytes() * 0.8)
+    if chunk_size is None and mem["kernel"] + mem["jacobian"] <= budget:
+        return "one_jacobian", problem.chunk_size
+    if mem["kernel"] > budget:
+        raise MemoryBudgetError(
+            f"the NTK Gram matrix (n·k = {problem.n * problem.k}) needs {format_bytes(mem['kernel'])} but only "
+            f"{format_bytes(budget)} is available; use method='matrix_free' or fewer samples"
+        )
+    chunk = problem.chunk_size if chunk_size is None else check_chunk_size(chunk_size)
+    # Shrink the chunk until two chunk Jacobians fit beside K.
+    while chunk > 1 and ntk_memory(problem, chunk)["blocked"] > budget:
+        chunk //= 2
+    if ntk_memory(problem, chunk)["blocked"] > budget:
+        raise MemoryBudgetError(
+            f"the NTK needs {format_bytes(mem['kernel'])} for K plus two Jacobian rows of "
+            f"{format_bytes(2 * problem.k * problem.p * problem.itemsize)}, more than the "
+            f"{format_bytes(budget)} available; use method='matrix_free'"
+        )
+    return "blocked", chunk
+
+
+def _symmetrize_(block: Tensor) -> None:
+    """Make a diagonal block exactly symmetric (a GEMM's J_a J_aᵀ can differ from its transpose in the last bit)."""
+    block.copy_((block + block.T) / 2)
+
+
+NTK_METHODS = ("auto", "layerwise", "jacobian")
+
+
+def ntk(problem: Problem, chunk_size: int | None = None, theta: Tensor | None = None, method: str = "auto") -> Kernel:
+    """The :class:`~sgdstab.Kernel` ``K = J Jᵀ`` at θ (default: the problem's parameters); its
+    :attr:`~sgdstab.Kernel.matrix` has shape (n·k, n·k), in the problem's dtype and on its device.
+
+    ``method``: ``"layerwise"`` (chains of Linear layers, J never formed), ``"jacobian"`` (any model, from J's
+    rows) or ``"auto"`` (layerwise where it applies, unless ``chunk_size`` is given). On the Jacobian route
+    ``chunk_size`` (samples per block) forces the recomputed-blocks variant with bounded memory:
+    peak ≈ ``(nk)²·itemsize + 2·chunk_size·k·p·itemsize``; without it, the faster one-Jacobian variant is used
+    whenever ``J`` and ``K`` fit in memory together.
+
+    Args:
+        problem: the problem whose Jacobian J (rows ``i·k + c``) is used.
+        chunk_size: samples per Jacobian block (Jacobian route only); None picks the fastest variant that fits.
+        theta: the parameters (default: the problem's).
+        method: ``"auto"``, ``"layerwise"`` or ``"jacobian"``.
+
+    Returns:
+        The :class:`~sgdstab.Kernel` (its eigendecomposition is computed only when first asked for).
+
+    Raises:
+        NtkError: an unknown method, or ``"layerwise"`` for a model that is not a chain of Linear layers.
+        MemoryBudgetError: K (and J, on the one-Jacobian route) cannot fit in memory.
+        ProblemError: a bad ``chunk_size``.
+
+    Example:
+        >>> import sgdstab
+        >>> X, Y = sgdstab.load_dataset("fashion-mnist-small", n=8, classes=(0, 6))
+        >>> problem = sgdstab.Problem(sgdstab.mlp(X.shape[1:], 1, widths=(4,), seed=0).double(), X.double(), Y.double())
+        >>> K = sgdstab.ntk(problem)
+        >>> K.n, K.k, tuple(K.matrix.shape), K.rank
+        (8, 1, (8, 8), 8)
+    """
+    return Kernel.from_gram(_gram(problem, chunk_size, theta, method), problem.n, problem.k)
+
+
+def _gram(problem: Problem, chunk_size: int | None, theta: Tensor | None, method: str) -> Tensor:
+    if method not in NTK_METHODS:
+        raise NtkError(f"unknown NTK method {method!r}; choose one of {', '.join(NTK_METHODS)}")
+    if method == "layerwise" or (method == "auto" and chunk_size is None and layer_chain(problem) is not None):
+        if method == "layerwise" and layer_chain(problem) is None:
+            raise NtkError(
+                f"method='layerwise' needs a chain of Linear layers and parameter-free maps; "
+                f"{type(problem.model).__name__} is not one (use method='jacobian')"
+            )
+        return layerwise_ntk(problem, theta=theta)
+    route, chunk = _plan(problem, chunk_size)
+    nk = problem.n * problem.k
+    K = torch.empty((nk, nk), dtype=problem.dtype, device=problem.device)
+    if route == "one_jacobian":
+        # filled in place: peak memory is J plus one chunk's block, not the blocks and a concatenated copy
+        J = torch.empty((nk, problem.p), dtype=problem.dtype, device=problem.device)
+        for s, block in problem.jacobian_blocks(chunk, theta):
+            J[s.start * problem.k : s.stop * problem.k] = block
+            del block
+        for a in range(0, nk, _GEMM_ROWS):
+            a_end = min(a + _GEMM_ROWS, nk)
+            block = J[a:a_end] @ J[a:].T  # (rows of block a) × (columns a..end): upper triangle only
+            K[a:a_end, a:] = block
+            K[a_end:, a:a_end] = block[:, a_end - a :].T
+            _symmetrize_(K[a:a_end, a:a_end])
+        return K
+    k = problem.k
+    blocks = list(problem.chunks(chunk))
+    for ia, sa in enumerate(blocks):
+        Ja = next(problem.jacobian_blocks(chunk, theta, start=sa.start))[1]
+        ra = slice(sa.start * k, sa.stop * k)
+        K[ra, ra] = Ja @ Ja.T
+        _symmetrize_(K[ra, ra])
+        for sb in blocks[ia + 1 :]:
+            Jb = next(problem.jacobian_blocks(chunk, theta, start=sb.start))[1]
+            rb = slice(sb.start * k, sb.stop * k)
+            Kab = Ja @ Jb.T
+            K[ra, rb] = Kab
+            K[rb, ra] = Kab.T
+    return K
+
+
+def as_kernel(obj: Any) -> Kernel:
+    """A :class:`Kernel` from a ``Kernel`` (returned as is), a :class:`~sgdstab.Problem` (its NTK at θ) or a plain
+    square tensor/array (k = 1, n = its size).
+
+    Args:
+        obj: a Kernel, a Problem (meant to be at a global minimum) or a square, symmetric PSD tensor or array.
+
+    Returns:
+        The Kernel.
+
+    Raises:
+        StabilityError: anything else, or a matrix that is not square, finite, symmetric and PSD.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> sgdstab.as_kernel(torch.eye(3, dtype=torch.float64))
+        Kernel(n=3, k=1, rank=3, λ_max=1)
+    """
+    if isinstance(obj, Kernel):
+        return obj
+    if isinstance(obj, Problem):
+        return ntk(obj)
+    if isinstance(obj, Tensor | np.ndarray):
+        if obj.ndim != 2 or obj.shape[0] != obj.shape[1]:
+            raise StabilityError(f"K must be a square matrix, got shape {tuple(obj.shape)}")
+        return Kernel(obj if isinstance(obj, Tensor) else torch.from_numpy(np.asarray(obj)), int(obj.shape[0]), 1)
+    raise StabilityError(f"expected a Problem, a Kernel or a square tensor, got {type(obj).__name__}")

@@ -1,0 +1,366 @@
+"""Monte-Carlo of linearized SGD at a global minimum: typical (Lyapunov) versus mean-square growth (THEORY.md §4).
+
+At a global minimum SGD linearizes, on the residual ``u = Jδ ∈ R^{nk}``, to
+
+    u_{t+1} = (I − (η/B) K D_ξ) u_t,   D_ξ = diag(ξ) ⊗ I_k,   ξ_i = multiplicity of sample i in the batch.
+
+:func:`sgdstab.stability` gives the exact growth of the *second moment*: ``E||u_t||² ~ ρ(T)^t``. A single
+run grows at the *typical* (almost-sure) rate, the Lyapunov exponent ``lim (1/t) log ||u_t||²``, and by Jensen
+``typical ≤ log ρ(T)``, usually by a wide margin (THEORY.md §4: about half of log ρ at 1.25–3 η* on a random
+n = 50, B = 5 kernel). This module measures the typical rate by simulation (:func:`simulate_linearized`) and the
+learning rate where it crosses zero (:func:`typical_critical_learning_rate`) — a *second* threshold, above the
+mean-square η*: between the two, E L̃_t grows while typical runs still converge.
+
+**The Monte-Carlo mean square is not log ρ.** E||u_t||² is dominated by rare paths, so an average of ||u_t||² over a
+few dozen chains is heavy-tailed and under-estimates ρ(T)^t for long runs; :attr:`Simulation.mean_square_rate` is
+reported for comparison only, and :attr:`Simulation.predicted_rate` (= log ρ(T), exact) is the mean-square rate.
+Never pass the typical rate off as the mean-square rate, or the reverse.
+
+**Cost.** Each chain-step gathers only the batch's B·k columns of K (K is symmetric, so rows): O(nk·B·k) flops, never
+a full ``K @ u``. All chains advance at once in float64; each chain is renormalized every step, its log-norm
+accumulated, so long runs neither overflow nor underflow.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from sgdstab.conventions import check_batch_size, check_learning_rate, check_sampling
+from sgdstab.errors import StabilityError
+from sgdstab.kernel.ntk import as_kernel
+from sgdstab.linear_stability.solver import critical_learning_rate, stability
+from sgdstab.utils.memory import check_allocation
+from sgdstab.utils.results import ResultMixin
+
+__all__ = ["Simulation", "TypicalThreshold", "simulate_linearized", "typical_critical_learning_rate"]
+
+MAX_STORED_LOG_NORMS = 200_000  # entries of Simulation.log_norms kept; longer records are subsampled in time
+_BOOTSTRAP = 2000  # bootstrap resamples for the CI of the median chain rate
+_BOOTSTRAP_MAX_CHAINS = 512  # beyond this many chains, the order-statistic interval of the median instead
+_CHUNK = 256  # steps of batch indices drawn at once
+
+HEAVY_TAIL_NOTE = (
+    "mean_square_rate is a Monte-Carlo estimate of the growth of E||u_t||²: the second moment is dominated by rare "
+    "paths, so over finitely many chains it under-estimates log ρ(T) (= predicted_rate, exact). typical_rate is the "
+    "Lyapunov exponent of a single run (median over chains); by Jensen it is ≤ log ρ(T), often far below it. "
+    "Compare a single run's escape slope with typical_rate and an ensemble mean of the loss with predicted_rate; "
+    "never pass one off as the other."
+)
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or int(value) < 1:
+        raise StabilityError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Simulation(ResultMixin):
+    """Monte-Carlo of linearized SGD (THEORY.md §4). Rates are per step, of ``log ||u_t||²`` (i.e. of log L̃).
+
+    ``typical_rate``: median over chains of the least-squares slope of ``log ||u_t||²`` over the second half of the
+    run (the Lyapunov exponent, what one run shows); ``typical_rate_ci``: a 95% bootstrap interval (over chains) of
+    that median (the order-statistic interval beyond 512 chains); ``chain_rates``: the per-chain slopes.
+    ``mean_square_rate``: slope over the second half of ``log mean_chains ||u_t||²`` — a heavy-tailed Monte-Carlo
+    estimate that under-estimates ``predicted_rate`` (see ``notes``). ``predicted_rate`` = ``log ρ(T)`` from
+    :func:`sgdstab.stability`, the exact growth rate of ``E||u_t||²``; ``critical_lr`` the mean-square η*.
+    ``log_norms``: ``log ||u_t||²`` per step (rows) and
+    chain (columns) at the steps ``log_norm_steps`` (every step unless the record was subsampled).
+    """
+
+    typical_rate: float
+    typical_rate_ci: tuple[float, float]
+    mean_square_rate: float
+    predicted_rate: float
+    critical_lr: float
+    lr_ratio: float
+    lr: float
+    batch_size: int
+    sampling: str
+    steps: int
+    chains: int
+    seed: int
+    n: int
+    k: int
+    fit_start: int
+    chain_rates: np.ndarray
+    log_norm_steps: np.ndarray
+    log_norms: np.ndarray
+    seconds: float
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TypicalThreshold(ResultMixin):
+    """The learning rate where the *typical* (Lyapunov) rate of linearized SGD crosses zero — a second threshold,
+    above the mean-square critical η* (THEORY.md §4). Between ``critical_lr`` and ``lr``, E L̃_t grows while typical
+    runs still converge.
+
+    ``lr``: the crossing (linear interpolation of the typical rate within the final bisection bracket);
+    ``lr_ci``: (largest η tested whose 95% CI of the typical rate lies entirely below 0, or η* if none — where
+    Jensen guarantees typical ≤ 0; smallest η tested whose CI lies entirely above 0). ``critical_lr``: mean-square
+    η*; ``ratio`` = lr/η*. ``tested``: (η, typical rate, CI low, CI high) per simulation, in the order run.
+    """
+
+    lr: float
+    lr_ci: tuple[float, float]
+    critical_lr: float
+    ratio: float
+    batch_size: int
+    sampling: str
+    steps: int
+    chains: int
+    seed: int
+    evaluations: int
+    tested: tuple[tuple[float, float, float, float], ...]
+    seconds: float
+    notes: tuple[str, ...] = ()
+
+
+def _slopes(y: Tensor, t: Tensor) -> Tensor:
+    """Least-squares slopes of the columns of y (len(t) × m) against t."""
+    tc = t - t.mean()
+    yc = y - y.mean(dim=0, keepdim=True)
+    return (tc[:, None] * yc).sum(dim=0) / (tc * tc).sum()
+
+
+def _draw(gen: torch.Generator, count: int, chains: int, n: int, b: int, with_replacement: bool) -> Tensor:
+    """Batch indices for ``count`` steps: (count, chains, b)."""
+    if with_replacement:
+        return torch.randint(n, (count, chains, b), generator=gen)
+    if b == n:
+        return torch.arange(n).expand(count, chains, n)  # GD: every sample once (order is irrelevant)
+    return torch.rand(count, chains, n, generator=gen, dtype=torch.float64).argsort(dim=-1)[..., :b]
+
+
+def simulate_linearized(  # noqa: C901, PLR0912, PLR0915 (split pending, issue 14)
+    problem_or_kernel: Any,
+    lr: float,
+    batch_size: int,
+    steps: int,
+    chains: int = 64,
+    seed: int = 0,
+    sampling: str = "with_replacement",
+    u0: Tensor | np.ndarray | None = None,
+) -> Simulation:
+    """Simulate ``chains`` independent runs of linearized SGD ``u ← (I − (η/B) K D_ξ) u`` for ``steps`` steps.
+
+    ``problem_or_kernel``: as for :func:`sgdstab.stability`. ``u0`` (length nk): the starting residual,
+    the same for every chain; default ``K g/||K g||`` with g standard normal (seeded), a random unit vector in
+    range(K). With replacement the batch is B i.i.d. uniform indices; without, a uniform B-subset. ``seed`` fixes
+    u0, the batches and the bootstrap, so equal seeds give common random numbers across learning rates.
+    Rates are fitted over the second half of the run (``t ≥ steps // 2``). Raises :class:`StabilityError`
+    (or :class:`~sgdstab.conventions.ConventionError`) on invalid input.
+    """
+    start = time.perf_counter()
+    eta = check_learning_rate(lr)
+    scheme = check_sampling(sampling)
+    steps = _positive_int("steps", steps)
+    chains = _positive_int("chains", chains)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or not 0 <= seed < 2**63:
+        raise StabilityError(f"seed must be an integer in [0, 2**63), got {seed!r}")
+    seed = int(seed)
+    ker = as_kernel(problem_or_kernel)
+    n, k, nk = ker.n, ker.k, ker.nk
+    b = check_batch_size(batch_size, n)
+    # the record of log-norms, the chains' residuals and one step's gathered batch rows of K, all float64
+    check_allocation(
+        8 * ((steps + 1) * chains + 2 * chains * nk + chains * b * k * nk),
+        f"simulating {chains} chains of linearized SGD for {steps} steps (n·k = {nk}, B = {b})",
+        "use fewer chains or steps",
+    )
+    K = ker.K
+    gen = torch.Generator().manual_seed(seed)
+
+    if u0 is None:
+        g = torch.randn(nk, generator=gen, dtype=torch.float64)
+        v = K @ g
+        norm = float(torch.linalg.vector_norm(v))
+        if norm == 0.0:
+            raise StabilityError("K = 0: range(K) is empty, nothing to simulate")
+        v = v / norm
+    else:
+        v = torch.as_tensor(np.asarray(u0) if not isinstance(u0, Tensor) else u0).detach().to("cpu", torch.float64)
+        v = v.reshape(-1)
+        if v.shape[0] != nk:
+            raise StabilityError(f"u0 must have n·k = {nk} entries, got {v.shape[0]}")
+        if not bool(torch.isfinite(v).all()) or float(torch.linalg.vector_norm(v)) == 0.0:
+            raise StabilityError("u0 must be finite and non-zero")
+    norm0 = torch.linalg.vector_norm(v)
+    u = (v / norm0).expand(chains, nk).clone()
+    log_norm = torch.full((chains,), float(torch.log(norm0)), dtype=torch.float64)
+    record = torch.empty(steps + 1, chains, dtype=torch.float64)
+    record[0] = 2.0 * log_norm
+
+    offsets = torch.arange(k)
+    scale = eta / b
+    chain_idx = torch.arange(chains)[:, None]
+    with_replacement = scheme == "with_replacement"
+    t = 0
+    while t < steps:
+        count = min(_CHUNK, steps - t)
+        idx = _draw(gen, count, chains, n, b, with_replacement)
+        rows_all = (idx[..., None] * k + offsets).reshape(count, chains, b * k) if k > 1 else idx
+        for j in range(count):
+            rows = rows_all[j]  # (chains, B·k); repeated indices carry the multiplicity ξ_i
+            ub = u[chain_idx, rows]  # (chains, B·k)
+            Kb = K[rows]  # (chains, B·k, nk): the batch rows of K (= columns, K symmetric)
+            u = u - scale * torch.bmm(ub.unsqueeze(1), Kb).squeeze(1)
+            s = torch.linalg.vector_norm(u, dim=1)
+            log_norm = log_norm + torch.log(s)
+            u = u / torch.where(s > 0, s, torch.ones_like(s))[:, None]
+            t += 1
+            record[t] = 2.0 * log_norm
+
+    fit_start = steps // 2
+    tt = torch.arange(fit_start, steps + 1, dtype=torch.float64)
+    tail = record[fit_start:]
+    notes = [HEAVY_TAIL_NOTE]
+    finite = bool(torch.isfinite(tail).all())
+    if finite:
+        rates = _slopes(tail, tt)
+        log_mean = torch.logsumexp(tail, dim=1) - math.log(chains)
+        ms_rate = float(_slopes(log_mean[:, None], tt)[0])
+    else:
+        notes.append("some chain reached u = 0 exactly (e.g. η = n/λ on an eigenvector): its rate is −inf")
+        rates = torch.where(torch.isfinite(tail).all(dim=0), _slopes(torch.nan_to_num(tail), tt), -math.inf)
+        log_mean = torch.logsumexp(tail, dim=1) - math.log(chains)
+        ms_rate = float(_slopes(log_mean[:, None], tt)[0]) if bool(torch.isfinite(log_mean).all()) else -math.inf
+    rates_np = rates.numpy()
+    typical = float(np.median(rates_np))
+    rng = np.random.default_rng(seed)
+    if chains > _BOOTSTRAP_MAX_CHAINS:  # order-statistic interval for the median (normal approximation)
+        half = 1.96 * math.sqrt(chains) / 2
+        order = np.sort(rates_np)
+        lo_i = max(0, math.floor(chains / 2 - half) - 1)
+        hi_i = min(chains - 1, math.ceil(chains / 2 + half))
+        ci = (float(order[lo_i]), float(order[hi_i]))
+    elif chains > 1:
+        boot = np.median(rates_np[rng.integers(0, chains, size=(_BOOTSTRAP, chains))], axis=1)
+        ci = (float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975)))
+    else:
+        ci = (-math.inf, math.inf)
+        notes.append("one chain: no confidence interval for the typical rate")
+    if steps < 20:
+        notes.append(f"only {steps} steps: the rates are fitted over {steps - fit_start + 1} points and are rough")
+
+    st = stability(ker, eta, b, scheme, with_certificates=False)
+
+    stride = max(1, math.ceil((steps + 1) * chains / MAX_STORED_LOG_NORMS))
+    kept = np.arange(0, steps + 1, stride)
+    if kept[-1] != steps:
+        kept = np.append(kept, steps)
+    if stride > 1:
+        notes.append(f"log_norms subsampled every {stride} steps (see log_norm_steps)")
+    return Simulation(
+        typical_rate=typical,
+        typical_rate_ci=ci,
+        mean_square_rate=ms_rate,
+        predicted_rate=st.escape_rate,
+        critical_lr=st.critical_lr,
+        lr_ratio=st.lr_ratio,
+        lr=eta,
+        batch_size=b,
+        sampling=scheme,
+        steps=steps,
+        chains=chains,
+        seed=seed,
+        n=n,
+        k=k,
+        fit_start=fit_start,
+        chain_rates=rates_np,
+        log_norm_steps=kept,
+        log_norms=record.numpy()[kept],
+        seconds=time.perf_counter() - start,
+        notes=tuple(notes),
+    )
+
+
+def typical_critical_learning_rate(  # noqa: C901, PLR0912 (split pending, issue 14)
+    problem_or_kernel: Any,
+    batch_size: int,
+    sampling: str = "with_replacement",
+    steps: int = 2000,
+    chains: int = 64,
+    seed: int = 0,
+    tol: float = 0.01,
+) -> TypicalThreshold:
+    """The learning rate where the typical (Lyapunov) rate of linearized SGD crosses zero: a second threshold above
+    the mean-square η* (THEORY.md §4), found by bisection on η in [η*, upper].
+
+    At η* the typical rate is ≤ log ρ = 0 (Jensen); ``upper`` starts at 2η* and doubles until the 95% CI of the
+    typical rate lies above 0. Every simulation uses the same ``seed`` (common random numbers), so the typical
+    rate is a smooth function of η along the search. ``tol``: relative width of the final bracket.
+    """
+    start = time.perf_counter()
+    if not isinstance(tol, int | float) or not 0 < tol < 1:
+        raise StabilityError(f"tol must be a number in (0, 1), got {tol!r}")
+    scheme = check_sampling(sampling)
+    steps = _positive_int("steps", steps)
+    chains = _positive_int("chains", chains)
+    ker = as_kernel(problem_or_kernel)
+    b = check_batch_size(batch_size, ker.n)
+    eta_star = critical_learning_rate(ker, b, scheme)
+    if not math.isfinite(eta_star):
+        raise StabilityError("η* is infinite (K = 0): there is no threshold")
+    tested: list[tuple[float, float, float, float]] = []
+    notes: list[str] = [
+        "a second threshold above the mean-square η*: between critical_lr and lr, E L̃ grows like ρ(T)^t while "
+        "typical runs still converge (THEORY.md §4)"
+    ]
+
+    def typical(eta: float) -> float:
+        sim = simulate_linearized(ker, eta, b, steps, chains=chains, seed=seed, sampling=scheme)
+        tested.append((eta, sim.typical_rate, sim.typical_rate_ci[0], sim.typical_rate_ci[1]))
+        return sim.typical_rate
+
+    lo, f_lo = eta_star, typical(eta_star)
+    if f_lo > 0:
+        notes.append(f"typical rate at η* is {f_lo:.3g} > 0 (noise or too few steps); it should be ≤ 0")
+    hi = 2.0 * eta_star
+    f_hi = typical(hi)
+    doublings = 0
+    while tested[-1][2] <= 0:
+        if f_hi <= 0:
+            lo, f_lo = hi, f_hi
+        doublings += 1
+        if doublings > 40:
+            raise StabilityError("the typical rate never became positive while doubling η (40 doublings)")
+        hi *= 2.0
+        f_hi = typical(hi)
+    while hi - lo > tol * lo:
+        mid = 0.5 * (lo + hi)
+        f_mid = typical(mid)
+        if f_mid > 0:
+            hi, f_hi = mid, f_mid
+        else:
+            lo, f_lo = mid, f_mid
+    if f_hi > f_lo and f_lo <= 0 < f_hi:
+        crossing = lo + (hi - lo) * (-f_lo) / (f_hi - f_lo)
+    else:
+        crossing = 0.5 * (lo + hi)
+    below = [eta for eta, _, _, high in tested if high < 0]
+    above = [eta for eta, _, low, _ in tested if low > 0]
+    lr_ci = (max([eta_star, *below]), min(above))
+    return TypicalThreshold(
+        lr=crossing,
+        lr_ci=lr_ci,
+        critical_lr=eta_star,
+        ratio=crossing / eta_star,
+        batch_size=b,
+        sampling=scheme,
+        steps=steps,
+        chains=chains,
+        seed=seed,
+        evaluations=len(tested),
+        tested=tuple(tested),
+        seconds=time.perf_counter() - start,
+        notes=tuple(notes),
+    )

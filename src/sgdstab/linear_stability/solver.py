@@ -1,0 +1,787 @@
+"""Linear (mean-square) stability of SGD at a global minimum, from the NTK Gram matrix K (THEORY.md §4).
+
+At a global minimum θ*, SGD linearizes to ``u_{t+1} = (I − (η/B) K D_ξ) u_t`` on the residual ``u = Jδ``, and the
+second moment ``M_t = E[u_t u_tᵀ]`` follows
+
+    T(M) = (I − ηK/n) M (I − ηK/n) + η² c [ (1/n) K bdiag(M) K − (1/n²) K M K ],
+
+``c`` = :func:`sgdstab.noise_scale`. θ* is mean-square stable iff ``ρ(T) ≤ 1``; ``E L̃_t`` grows like
+``ρ(T)^t`` otherwise. Writing ``T = I − 2ηC + η²D`` with ``C(M) = (KM + MK)/(2n)`` and
+``D(M) = ((1−c)/n²) KMK + (c/n) K bdiag(M) K``, the critical learning rate is ``η* = 2/λ_max(C⁻¹D)``.
+
+**Coordinates.** Everything runs in K's eigenbasis restricted to range(K) (the null space of K never moves):
+``K = U Λ Uᵀ`` with the r eigenvalues above the cutoff of :func:`sgdstab.kernel.figures.kernel_eigen`. With
+``V = U Λ^{1/2}`` (so ``K = V Vᵀ``) and the congruence ``M = V N Vᵀ`` (``N_ab = M̃_ab/√(λ_a λ_b)``), the operators
+become *self-adjoint* on symmetric r×r matrices with the Frobenius inner product:
+
+    T̂(N) = S ∘ N + (η²c/n) Vᵀ bdiag(V N Vᵀ) V,      S_ab = p_a p_b − (η²c/n²) λ_a λ_b,  p_a = 1 − ηλ_a/n,
+    Ĉ(N) = ĉ ∘ N,  ĉ_ab = (λ_a + λ_b)/(2n),      D̂(N) = ((1−c)/n²) λ_a λ_b N_ab + (c/n) Vᵀ bdiag(V N Vᵀ) V.
+
+(The bdiag term ``K bdiag(M) K`` alone is not self-adjoint in M; in N it is ``Ψ* P Ψ`` with ``Ψ(N) = V N Vᵀ`` and
+P the block-diagonal projection.) T̂ is similar to T on Sym(range K), so it has the same, real, spectrum; it maps
+PSD to PSD, so by Perron–Frobenius for cones ``ρ(T)`` is its largest eigenvalue, attained by a PSD eigenmatrix.
+``C⁻¹D`` is similar to the PSD operator ``Ĉ^{-1/2} D̂ Ĉ^{-1/2}``. Both are therefore *symmetric* eigenproblems
+(so Lanczos, ``scipy.sparse.linalg.eigsh(which="LA")``, replaces Arnoldi), on symmetric r×r matrices vectorized by
+their upper triangle with off-diagonal entries scaled by √2 (an isometry onto R^{r(r+1)/2}; a full r² vectorization
+would add a spurious antisymmetric block):
+
+- ``dense``: ``eigh`` of the materialized r(r+1)/2-square matrix, when that is small (``DENSE_MAX_DIM``);
+- ``lanczos``: η* always, and ρ above η* (beyond 1.002 η*), where T̂'s top eigenvalue is isolated;
+- ``lobpcg``: ρ below and at η* (up to 1.002 η*). There T̂'s top is a cluster just below 1 of slowly contracting
+  modes (those of K's smallest eigenvalues), on which Lanczos and the power method crawl (~10³ products). Instead
+  ``ρ = 1 − λ_min(Z)``, ``Z = I − T̂ = 2ηĈ − η²D̂``, by LOBPCG preconditioned with Ĉ⁻¹: below η*,
+  ``2η(1 − η/η*)Ĉ ⪯ Z ⪯ 2ηĈ``. At η* Lanczos crawls too (ρ = 1 sits on the cluster; 300–1900 products, off by up
+  to 7e-9), LOBPCG does not.
+- ``power``: power iteration from ``M = I`` (N = Λ⁻¹), the fallback, with a convergence flag (it may crawl on the
+  cluster below 1 below η*, and then says so).
+
+``tol`` is the target relative accuracy of the eigenvalues; iterations stop on residuals ~ √tol, since for a
+symmetric problem the eigenvalue error is about residual²/gap. LOBPCG, whose Rayleigh quotient is always on the low
+side of ρ, tightens its residual until residual²/gap ≤ tol·ρ, the gap read off its block, refining the top vector
+alone (at a fixed 10·√tol it was off by up to 3e-6 relative, 1e-8 typically); tests hold every route to 1e-9 of a
+dense operator, and the default route at and below η* to 1e-11 (measured ≤ 2e-12 over 480 random cases). At c = 0
+(GD) T̂ and Ĉ^{-1/2} D̂ Ĉ^{-1/2} are diagonal and every route returns the closed forms ρ = max_a (1 − ηλ_a/n)²,
+η* = 2n/λ_max(K). Near ρ = 1 the relative accuracy of ``escape_rate = log ρ`` is tol·ρ/|log ρ|, not tol.
+
+**Cost.** One application of T̂ (or of ``Ĉ^{-1/2} D̂ Ĉ^{-1/2}``) costs one GEMM of size nk × r × r (``W = V N``)
+and one symmetric Gram matrix ``Ṽᵀ diag(e) Ṽ`` (another nk × r × r product, done by blocks at ~0.75 of a GEMM),
+about ``3.5·nk·r²`` flops, plus O(n k² r) (k > 1: n small k×k eigendecompositions); a solve takes ~17–35
+products for η* and ~17–100 more for ρ. K's eigendecomposition costs O((nk)³) once per :class:`Kernel`. For nk
+beyond ~1200, ``method="galerkin"`` restricts both operators to the top r eigen-subspace of K (r = 64, 128, 256, …
+until ρ and η* change by less than ``galerkin_rtol`` between successive r, each level warm-started from the last).
+That restriction is a compression of a self-adjoint operator, so ρ and ``λ_max(C⁻¹D)`` grow with r towards their
+exact values: the Galerkin ρ is a lower bound and its η* an upper bound. It converges fast when K's spectrum
+decays fast (λ_j ~ j^-2.5: r = 128 of 3000 for 1e-3) and slowly when it does not (j^-1.5: r = 2048 of 3000),
+because the noise term couples the top modes to all others.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import scipy.sparse.linalg as spla
+import torch
+from torch import Tensor
+
+from sgdstab.conventions import check_batch_size, check_learning_rate, check_sampling, noise_scale
+from sgdstab.errors import StabilityError
+from sgdstab.kernel import figures as kf
+from sgdstab.kernel.kernel import Kernel
+from sgdstab.kernel.ntk import as_kernel
+from sgdstab.utils.results import ResultMixin
+
+if TYPE_CHECKING:
+    from sgdstab.linear_stability.certificates import Certificates
+
+METHODS: tuple[str, ...] = ("auto", "exact", "dense", "lanczos", "power", "galerkin")
+
+DENSE_MAX_DIM = 300  # dense eigh of the materialized operator when r(r+1)/2 is at most this (≈ 0.03 s; Lanczos
+# is ~100× faster at r(r+1)/2 = 1500) ...
+_DENSE_MAX_ENTRIES = 4_000_000  # ... and its n·k²·r(r+1)/2 building block fits comfortably
+EXACT_MAX_RANK = 1200  # method="auto": exact up to this rank of K, Galerkin beyond
+GALERKIN_START = 64
+_POWER_MAX_MATVECS = 5_000
+_NCV = 16  # Lanczos basis size: one restart usually suffices
+# residual tolerances = factor·√tol (symmetric problems: eigenvalue error ≲ residual²/gap); set from measurements
+_RESIDUAL = 0.1  # Lanczos (ARPACK, relative to the eigenvalue)
+_RESIDUAL_LOBPCG = 10.0  # LOBPCG on Z: first residual target, relative to max |diag Z| (then tightened to the gap)
+_LOBPCG_REFINEMENTS = 4
+# ρ by LOBPCG on Z = I − T̂ up to this multiple of η*, by Lanczos beyond. At η* itself (ρ = 1 on top of the cluster)
+# Lanczos took 300–1900 products and was off by up to 7e-9 relative, LOBPCG 42–73 products and 1e-14; at 1.002 η*
+# they cost about the same (rank 36–40 kernels)
+_LOBPCG_MAX_RATIO = 1 + 2e-3
+
+
+# --------------------------------------------------------------------------------------------------- operators
+def stability_operator(
+    kernel: Any, lr: float, batch_size: int, sampling: str = "with_replacement"
+) -> Callable[[Tensor], Tensor]:
+    """The second-moment map ``M ↦ T(M)`` on symmetric nk × nk matrices (THEORY.md §4), exact on the whole space.
+
+    Implemented through K's range eigenbasis (K is replaced by its truncation to eigenvalues above the cutoff,
+    a change below rounding): ``(I − ηK/n)`` and ``K X K`` are applied as rank-r updates, so one call costs
+    O((nk)²·r). Components of M in null(K) are carried exactly (``I − ηK/n`` is the identity there).
+    """
+    ker = as_kernel(kernel)
+    eta = check_learning_rate(lr)
+    c = noise_scale(batch_size, ker.n, check_sampling(sampling))
+    n, k = ker.n, ker.k
+    lam, U = ker.range_basis()
+    q = eta * lam / n
+
+    def apply(M: Tensor) -> Tensor:
+        M64 = torch.as_tensor(M, dtype=torch.float64)
+        if M64.shape != (ker.nk, ker.nk):
+            raise StabilityError(f"M must be {ker.nk} × {ker.nk}, got shape {tuple(M64.shape)}")
+        AM = M64 - U @ (q[:, None] * (U.T @ M64))  # (I − ηK/n) M
+        AMA = AM - ((AM @ U) * q[None, :]) @ U.T  # … (I − ηK/n)
+        Bd = torch.zeros_like(M64)
+        blocks = kf.block_diagonal(M64, n, k)
+        B4 = Bd.reshape(n, k, n, k)
+        idx = torch.arange(n)
+        B4[idx, :, idx, :] = blocks
+        X = Bd / n - M64 / n**2
+        KXK = U @ (lam[:, None] * (U.T @ X @ U) * lam[None, :]) @ U.T
+        out = AMA + eta**2 * c * KXK
+        return (out + out.T) / 2
+
+    return apply
+
+
+class _SymForm:
+    """The self-adjoint forms T̂, Ĉ^{-1/2} D̂ Ĉ^{-1/2} on Sym(r), vectorized by the √2-scaled upper triangle.
+
+    Vectors may carry leading batch dimensions (``(..., m)``); packing and unpacking are gathers.
+    """
+
+    def __init__(self, lam: Tensor, U: Tensor, n: int, k: int) -> None:
+        self.lam = lam
+        self.n, self.k = n, k
+        self.r = r = int(lam.shape[0])
+        self.V = U * lam.sqrt()[None, :]
+        self.V3 = self.V.reshape(n, k, r)
+        ia, ib = torch.triu_indices(r, r)
+        self.ia, self.ib = ia, ib
+        self.m = m = int(ia.shape[0])
+        self.w = torch.full((m,), math.sqrt(2.0), dtype=torch.float64)
+        self.w[ia == ib] = 1.0
+        self.upper = ia * r + ib  # flat position of each packed entry
+        full_to_packed = torch.empty(r * r, dtype=torch.long)
+        full_to_packed[ia * r + ib] = torch.arange(m)
+        full_to_packed[ib * r + ia] = torch.arange(m)
+        self.full_to_packed = full_to_packed
+        self.lam_a, self.lam_b = lam[ia], lam[ib]
+        self._dense_bdiag: Tensor | None = None
+
+    # vectorization (an isometry Sym(r) → R^m)
+    def pack(self, N: Tensor) -> Tensor:
+        lead = N.shape[:-2]
+        return N.reshape(*lead, self.r * self.r).index_select(-1, self.upper) * self.w
+
+    def unpack(self, v: Tensor) -> Tensor:
+        return (v / self.w).index_select(-1, self.full_to_packed).reshape(*v.shape[:-1], self.r, self.r)
+
+    def bdiag(self, v: Tensor) -> Tensor:
+        """Packed ``Vᵀ bdiag(V N Vᵀ) V``: one nk × r × r GEMM (``V N``) and one symmetric Gram matrix (≈ 0.75 of a
+        GEMM, :func:`_upper_gram`) per vector. For k > 1 each diagonal k×k block is diagonalized first,
+        ``B_i = Q_i diag(e_i) Q_iᵀ``, so that ``Vᵀ bdiag(B) V = Ṽᵀ diag(e) Ṽ`` with ``Ṽ_i = Q_iᵀ V_i``."""
+        N = self.unpack(v)
+        W = torch.matmul(self.V, N)  # (..., nk, r)
+        lead = W.shape[:-2]
+        if self.k == 1:
+            e = (W * self.V).sum(-1)
+            Vt = self.V.expand(*lead, *self.V.shape)
+        else:
+            W4 = W.reshape(*lead, self.n, self.k, self.r)
+            blocks = torch.matmul(W4, self.V3.transpose(1, 2))  # (..., n, k, k): diagonal blocks of V N Vᵀ
+            e, Q = torch.linalg.eigh((blocks + blocks.transpose(-1, -2)) / 2)
+            Vt = torch.matmul(Q.transpose(-1, -2), self.V3).reshape(*lead, self.n * self.k, self.r)
+            e = e.reshape(*lead, self.n * self.k)
+        return self.pack(_upper_gram(Vt, e[..., None] * Vt))
+
+    def dense_bdiag(self) -> Tensor:
+        """The m × m matrix of :meth:`bdiag`: ``Gᵀ G`` with ``G[(i,x,y), (a,b)] = (V_i Q_ab V_iᵀ)_xy``."""
+        if self._dense_bdiag is None:
+            Xa, Xb = self.V3[:, :, self.ia], self.V3[:, :, self.ib]  # (n, k, m)
+            G = (Xa[:, :, None, :] * Xb[:, None, :, :] + Xb[:, :, None, :] * Xa[:, None, :, :]) * (self.w / 2)
+            G = G.reshape(-1, self.m)
+            self._dense_bdiag = G.T @ G
+        return self._dense_bdiag
+
+    def dense_ok(self) -> bool:
+        return self.m <= DENSE_MAX_DIM and self.n * self.k**2 * self.m <= _DENSE_MAX_ENTRIES
+
+    # the operators' diagonal (entrywise) parts, packed
+    def t_diag(self, eta: float, c: float) -> Tensor:
+        n = self.n
+        pa, pb = 1 - eta * self.lam_a / n, 1 - eta * self.lam_b / n
+        return pa * pb - eta**2 * c * self.lam_a * self.lam_b / n**2
+
+    def z_diag(self, eta: float, c: float) -> Tensor:
+        """Diagonal part of Z = I − T̂ = 2ηĈ − η²D̂ (computed without cancellation)."""
+        n = self.n
+        return eta * (self.lam_a + self.lam_b) / n - eta**2 * (1 - c) * self.lam_a * self.lam_b / n**2
+
+    def c_diag(self) -> Tensor:
+        return (self.lam_a + self.lam_b) / (2 * self.n)
+
+    def d_diag(self, c: float) -> Tensor:
+        return (1 - c) * self.lam_a * self.lam_b / self.n**2
+
+    def identity_start(self) -> Tensor:
+        """Packed N for M = P_range (M̃ = I): N = Λ^{-1}, normalized."""
+        v = self.pack(torch.diag(1 / self.lam))
+        return v / v.norm()
+
+
+_GRAM_BLOCK = 512  # below this many columns the upper-triangular Gram matrix is one GEMM
+
+
+def _upper_gram(X: Tensor, Y: Tensor) -> Tensor:
+    """The upper triangle (diagonal blocks included) of ``Xᵀ Y`` for ``Y = diag(e) X``, i.e. of a symmetric
+    matrix, by recursive halving: 1.5× (one split) to 1× instead of 2× ``nk·r²`` flops. The strictly
+    lower part of the result is zero or garbage; callers read the upper triangle only. Leading batch dimensions
+    are allowed. (BLAS ``syrk`` would do the same, but mixing SciPy's BLAS threads with torch's thread pool
+    measured 1.5× slower than this on a busy 2-core machine.)"""
+    r = X.shape[-1]
+    if r <= _GRAM_BLOCK:
+        return torch.matmul(X.transpose(-1, -2), Y)
+    h = r // 2
+    out = torch.zeros(*X.shape[:-2], r, r, dtype=X.dtype)
+    out[..., :h, :h] = _upper_gram(X[..., :h], Y[..., :h])
+    out[..., h:, h:] = _upper_gram(X[..., h:], Y[..., h:])
+    out[..., :h, h:] = torch.matmul(X[..., :h].transpose(-1, -2), Y[..., h:])
+    return out
+
+
+@dataclass
+class _Eig:
+    value: float
+    vector: Tensor | None
+    converged: bool
+    matvecs: int
+    route: str
+
+
+def _top_eigen(
+    matvec: Callable[[Tensor], Tensor],
+    dense: Callable[[], Tensor] | None,
+    m: int,
+    route: str,
+    tol: float,
+    v0: Tensor | None,
+) -> _Eig:
+    """Largest (algebraic) eigenvalue of a symmetric operator of dimension m, with its eigenvector."""
+    if m == 0:
+        return _Eig(0.0, None, True, 0, route)
+    if route == "dense" or m < 3:
+        assert dense is not None
+        A = dense()
+        values, vectors = torch.linalg.eigh((A + A.T) / 2)
+        # the largest |eigenvalue|; for T̂ Perron–Frobenius makes it the largest one, so this is a check
+        if float(-values[0]) > float(values[-1]):
+            return _Eig(float(-values[0]), vectors[:, 0], True, 0, "dense")
+        return _Eig(float(values[-1]), vectors[:, -1], True, 0, "dense")
+    if route == "lanczos":
+        count = [0]
+
+        def mv(x: np.ndarray) -> np.ndarray:
+            count[0] += 1
+            return matvec(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))).numpy()
+
+        op = spla.LinearOperator((m, m), matvec=mv, dtype=np.float64)
+        start = None if v0 is None else v0.numpy()
+        try:
+            vals, vecs = spla.eigsh(
+                op, k=1, which="LA", v0=start, tol=_RESIDUAL * math.sqrt(tol), ncv=min(m - 1, _NCV), maxiter=2000
+            )
+            return _Eig(float(vals[0]), torch.from_numpy(vecs[:, 0].copy()), True, count[0], "lanczos")
+        except spla.ArpackNoConvergence as exc:
+            start_t = torch.from_numpy(exc.eigenvectors[:, 0].copy()) if exc.eigenvectors.size else v0
+            res = _power(matvec, m, tol, start_t)
+            res.matvecs += count[0]
+            res.route = "lanczos+power"
+            return res
+    if route == "power":
+        return _power(matvec, m, tol, v0)
+    raise StabilityError(f"unknown eigen route {route!r}")
+
+
+def _power(matvec: Callable[[Tensor], Tensor], m: int, tol: float, v0: Tensor | None) -> _Eig:
+    """Power iteration with Rayleigh quotients; converged when the residual ‖Ax − θx‖ ≤ tol^0.8·|θ|
+    and θ changed by at most tol·|θ|."""
+    x = torch.ones(m, dtype=torch.float64) if v0 is None else v0.clone()
+    x = x / x.norm()
+    theta_old = math.nan
+    for it in range(1, _POWER_MAX_MATVECS + 1):
+        y = matvec(x)
+        theta = float(x @ y)
+        res = float((y - theta * x).norm())
+        ny = float(y.norm())
+        if ny == 0:
+            return _Eig(0.0, x, True, it, "power")
+        if res <= tol**0.8 * abs(theta) and abs(theta - theta_old) <= tol * abs(theta):
+            return _Eig(theta, x, True, it, "power")
+        theta_old = theta
+        x = y / ny
+    return _Eig(theta, x, False, _POWER_MAX_MATVECS, "power")
+
+
+def _diagonal_top(diag: Tensor, m: int) -> _Eig:
+    """The top eigenvalue of a diagonal operator: exact. At c = 0 (GD: B = n without replacement) T̂ = S ∘ N with
+    S_ab = p_a p_b is diagonal, and its largest eigenvalue p_a² ≥ |p_a p_b| is ρ = max_a (1 − ηλ_a/n)²; likewise
+    Ĉ^{-1/2} D̂ Ĉ^{-1/2} has diagonal 2λ_aλ_b/(n(λ_a + λ_b)), largest λ_max/n, so η* = 2n/λ_max(K) exactly."""
+    if m == 0:
+        return _Eig(0.0, None, True, 0, "diagonal")
+    i = int(torch.argmax(diag))
+    vector = torch.zeros(m, dtype=torch.float64)
+    vector[i] = 1.0
+    return _Eig(float(diag[i]), vector, True, 0, "diagonal")
+
+
+def _rho(
+    form: _SymForm, eta: float, c: float, route: str, tol: float, v0: Tensor | None, eta_star: float = math.nan
+) -> _Eig:
+    """ρ(T) = the largest eigenvalue of T̂. On the Lanczos route, at and below η* (where T̂'s top is a cluster near 1 of
+    slowly contracting modes, on which Lanczos crawls) it is computed as 1 − λ_min(Z), Z = I − T̂ = 2ηĈ − η²D̂, by
+    LOBPCG preconditioned with Ĉ⁻¹: below η*, 2η(1 − η/η*)Ĉ ⪯ Z ⪯ 2ηĈ, so the preconditioned condition
+    number is at most 1/(1 − η/η*)."""
+    sdiag = form.t_diag(eta, c)
+    coef = eta**2 * c / form.n
+    if coef == 0:
+        return _diagonal_top(sdiag, form.m)
+
+    def mv(v: Tensor) -> Tensor:
+        out = sdiag * v
+        if coef:
+            out = out + coef * form.bdiag(v)
+        return out
+
+    def dense() -> Tensor:
+        out = torch.diag(sdiag)
+        return out + coef * form.dense_bdiag() if coef else out
+
+    if route == "power":
+        # from M = I (N = Λ⁻¹), which meets every PSD matrix, hence the Perron eigenmatrix; never from the η*
+        # eigenmatrix, which may itself be an eigenvector of T̂ with a smaller eigenvalue (exactly so at c = 0)
+        v0 = form.identity_start()
+    if route == "lanczos" and form.m >= 16 and eta < eta_star * _LOBPCG_MAX_RATIO:
+        # the η* eigenvector y of Ĉ^{-1/2} D̂ Ĉ^{-1/2} is Ĉ^{1/2} u for the mode u with Z u = 0 at η*: start from u.
+        # Started from y itself LOBPCG (preconditioned by Ĉ⁻¹, which favours the cluster) converged to the cluster
+        # and returned ρ = 0.99989 at η*, where ρ = 1 (NTK, n·k = 1000), flagged converged
+        start = None if v0 is None else v0 * form.c_diag().rsqrt()
+        res = _rho_lobpcg(form, eta, c, tol, None if start is None else start / start.norm())
+        if res.converged:
+            return res
+        more = _top_eigen(mv, dense, form.m, route, tol, res.vector)
+        more.matvecs += res.matvecs
+        return more
+    return _top_eigen(mv, dense, form.m, route, tol, v0)
+
+
+def _rho_lobpcg(form: _SymForm, eta: float, c: float, tol: float, v0: Tensor | None) -> _Eig:
+    zdiag = form.z_diag(eta, c)
+    coef = eta**2 * c / form.n
+    prec = 1.0 / (2 * eta * form.c_diag())
+    count = [0]
+
+    def z(X: np.ndarray) -> np.ndarray:
+        Xt = torch.from_numpy(np.ascontiguousarray(np.asarray(X).reshape(form.m, -1).T))
+        count[0] += Xt.shape[0]
+        out = zdiag * Xt
+        if coef:
+            out = out - coef * form.bdiag(Xt)
+        return out.T.numpy()
+
+    def p(X: np.ndarray) -> np.ndarray:
+        return np.asarray(X).reshape(form.m, -1) * prec.numpy()[:, None]
+
+    # starts: the η* eigenmatrix, the slowest diagonal mode (smallest λ is packed index 0), M = I
+    starts = [form.identity_start()]
+    if v0 is not None:
+        starts.insert(0, v0)
+    slow = torch.zeros(form.m, dtype=torch.float64)
+    slow[0] = 1.0
+    starts.append(slow)
+    X0 = torch.stack(starts, 1).numpy()
+    A = spla.LinearOperator((form.m, form.m), matvec=z, matmat=z, dtype=np.float64)
+    M = spla.LinearOperator((form.m, form.m), matvec=p, matmat=p, dtype=np.float64)
+    scale = float(zdiag.abs().max())
+    # The Rayleigh quotient σ of a vector with residual ‖Zx − σx‖ = res lies above λ_min(Z) by about res²/gap: ρ
+    # comes out low by that much (2.6e-8 relative at a fixed residual of 10·√tol·scale). So the residual target is
+    # tightened until res²/gap ≤ tol·ρ, with the gap read off the block's next Ritz value.
+    target = _RESIDUAL_LOBPCG * math.sqrt(tol) * scale
+    x, sigma, res, ok, gap = X0, math.nan, math.inf, False, scale
+    for _ in range(_LOBPCG_REFINEMENTS):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vals, vecs = spla.lobpcg(A, x, M=M, largest=False, tol=target, maxiter=400)
+        order = np.argsort(vals)
+        x = vecs[:, order]
+        best = torch.from_numpy(np.ascontiguousarray(x[:, 0]))
+        best = best / best.norm()
+        zx = torch.from_numpy(z(best.numpy()[:, None])[:, 0])
+        sigma = float(best @ zx)
+        res = float((zx - sigma * best).norm())
+        if len(vals) > 1:
+            gap = float(vals[order[1]] - vals[order[0]])
+        needed = math.sqrt(tol * max(1.0 - sigma, 1e-300) * max(gap, 1e-300))
+        ok = res <= max(needed, 1e-300) or res <= 1e-15 * max(scale, 1e-300)
+        if ok:
+            break
+        if res <= 1.01 * target:
+            target = min(target, 0.5 * needed)
+            # refine the best vector alone: LOBPCG's tolerance binds every block column, and the others sit in the
+            # slowly converging cluster (measured: 44 products instead of 88 for the same ρ to 1e-13, n·k = 1000)
+            x = x[:, :1]
+    return _Eig(1.0 - sigma, best, ok, count[0], "lobpcg")
+
+
+def _critical(form: _SymForm, c: float, route: str, tol: float, v0: Tensor | None) -> _Eig:
+    """Largest eigenvalue of Ĉ^{-1/2} D̂ Ĉ^{-1/2} (= λ_max(C⁻¹D)); η* = 2 / it."""
+    s = form.c_diag().rsqrt()
+    ddiag = form.d_diag(c) * s * s
+    coef = c / form.n
+    if coef == 0:
+        return _diagonal_top(ddiag, form.m)
+
+    def mv(v: Tensor) -> Tensor:
+        out = ddiag * v
+        if coef:
+            out = out + coef * s * form.bdiag(s * v)
+        return out
+
+    def dense() -> Tensor:
+        out = torch.diag(ddiag)
+        if coef:
+            out = out + coef * (s[:, None] * form.dense_bdiag() * s[None, :])
+        return out
+
+    if v0 is None:
+        v0 = form.pack(torch.eye(form.r, dtype=torch.float64))
+        v0 = v0 / v0.norm() if form.m else v0
+    return _top_eigen(mv, dense, form.m, route, tol, v0)
+
+
+def _eta_star(top: float) -> float:
+    return 2.0 / top if top > 0 else math.inf
+
+
+def _psd_check(form: _SymForm, vector: Tensor | None, rtol: float) -> tuple[bool, float]:
+    """Is the eigenmatrix N (⇔ M̃ = Λ^{1/2} N Λ^{1/2}) PSD within ``rtol``? Returns (ok, λ_min/λ_max of ±N)."""
+    if vector is None or form.m == 0:
+        return True, 0.0
+    N = form.unpack(vector)
+    values = torch.linalg.eigvalsh(N)
+    if float(values.sum()) < 0:
+        values = -values.flip(0)
+    top = float(values[-1])
+    ratio = float(values[0]) / top if top > 0 else -1.0
+    return ratio >= -rtol, ratio
+
+
+# --------------------------------------------------------------------------------------------------- results
+@dataclass(frozen=True)
+class Stability(ResultMixin):
+    """Mean-square linear stability of SGD at a global minimum (THEORY.md §4).
+
+    ``rho``: spectral radius of the second-moment operator T on Sym(range K); ``stable``: ``rho ≤ 1 + tol``;
+    ``escape_rate``: ``log rho`` per step (the growth rate of E L̃_t, not of a typical run); ``critical_lr``: the
+    exact η* for this batch size and scheme; ``lr_ratio`` = lr/η*. ``method``: the route that produced ρ
+    (``dense``; ``lanczos`` above η*, ``lobpcg`` at or below it; ``power``; ``lanczos+power`` when ARPACK did not
+    converge; ``diagonal`` at c = 0, where T̂ is diagonal and ρ its closed form, whichever exact method was asked;
+    or ``galerkin``); ``exact`` is False for Galerkin, whose
+    ``error`` is the last relative change of ρ and η* between successive subspace ranks (0 when exact), and whose
+    ρ is a lower bound and η* an upper bound. ``subspace_rank``: the r used (``rank`` for exact routes).
+    ``eigenmatrix_psd``: the top eigenmatrix found is PSD, as Perron–Frobenius says it can be chosen (within
+    1e-8 relative for the dense route, 1e-3 for iterative ones, whose eigenvectors are only accurate to about
+    √tol over the gap; False also flags a degenerate top eigenvalue); ``eigenmatrix_min_ratio`` its λ_min/λ_max.
+    ``matvecs`` counts operator applications for ρ and η* together; ``seconds`` includes the certificates.
+    ``kernel_condition``: λ_max/λ_min of K on its range (the dynamics live there); above 1e12 a note says that
+    the smallest directions are resolved to only a few digits.
+    """
+
+    rho: float
+    stable: bool
+    escape_rate: float
+    critical_lr: float
+    lr_ratio: float
+    lr: float
+    batch_size: int
+    sampling: str
+    c: float
+    n: int
+    k: int
+    rank: int
+    subspace_rank: int
+    method: str
+    exact: bool
+    error: float
+    converged: bool
+    matvecs: int
+    seconds: float
+    eigenmatrix_psd: bool
+    eigenmatrix_min_ratio: float
+    certificates: Certificates | None
+    notes: tuple[str, ...] = ()
+    kernel_condition: float = 1.0
+
+    def __str__(self) -> str:
+        text = ResultMixin.__str__(dataclasses.replace(self, certificates=None))
+        if self.certificates is None:
+            return text
+        lines = [line for line in text.splitlines() if not line.lstrip().startswith("certificates ")]
+        return "\n".join(lines) + "\n" + "\n".join("  " + line for line in str(self.certificates).splitlines())
+
+
+ILL_CONDITIONED = 1e12  # λ_max/λ_min on range K beyond which float64 resolves the small end to ≲ 4 digits
+
+
+def _condition(ker: Kernel) -> float:
+    lam, _ = ker.range_basis()
+    return float(lam[-1] / lam[0]) if len(lam) else 1.0
+
+
+def _kernel_notes(ker: Kernel) -> list[str]:
+    """Singular and ill-conditioned kernels, said plainly (duplicate samples make K singular)."""
+    notes = []
+    if 0 < ker.rank < ker.nk:
+        notes.append(
+            f"K is singular: rank {ker.rank} of n·k = {ker.nk} (duplicate samples, or fewer parameters than n·k); "
+            "the analysis runs on range K, where the residual dynamics live"
+        )
+    cond = _condition(ker)
+    if cond > ILL_CONDITIONED:
+        notes.append(
+            f"K is ill-conditioned on its range (λ_max/λ_min = {cond:.2g}): its smallest directions, and any "
+            "figure they decide, are resolved to only a few digits"
+        )
+    return notes
+
+
+def _route(method: str, rank: int, form_dense_ok: bool) -> str:
+    if method not in METHODS:
+        raise StabilityError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    if method in ("auto", "exact"):
+        if method == "auto" and rank > EXACT_MAX_RANK:
+            return "galerkin"
+        return "dense" if form_dense_ok else "lanczos"
+    return method
+
+
+def _dense_ok_for(rank: int, n: int, k: int) -> bool:
+    m = rank * (rank + 1) // 2
+    return m <= DENSE_MAX_DIM and n * k * k * m <= _DENSE_MAX_ENTRIES
+
+
+def _embed(small: _SymForm, big: _SymForm, v: Tensor) -> Tensor:
+    """A packed eigenmatrix of the top-``small.r`` subspace as a packed matrix of the top-``big.r`` one (λ ascending,
+    so the small subspace is the last ``small.r`` indices)."""
+    N = torch.zeros(big.r, big.r, dtype=torch.float64)
+    N[big.r - small.r :, big.r - small.r :] = small.unpack(v)
+    out = big.pack(N)
+    return out / out.norm()
+
+
+def _form(ker: Kernel, top: int | None = None) -> _SymForm:
+    return ker.memo(f"stability-form:{top}", lambda: _SymForm(*ker.range_basis(top), ker.n, ker.k))
+
+
+@dataclass
+class _Solution:
+    rho: _Eig
+    crit: _Eig | None
+    subspace: int
+    error: float
+    method: str
+    matvecs: int
+    converged: bool
+    form: _SymForm
+    notes: list[str]
+
+
+def _solve(
+    ker: Kernel, eta: float | None, c: float, method: str, tol: float, galerkin_rtol: float, want_critical: bool
+) -> _Solution:
+    """ρ (if ``eta``) and λ_max(C⁻¹D) (if ``want_critical``) on the route ``method`` asks for."""
+    rank = ker.rank
+    route = _route(method, rank, _dense_ok_for(rank, ker.n, ker.k))
+    notes: list[str] = []
+    if route != "galerkin":
+        form = _form(ker)
+        crit = _critical(form, c, route, tol, None) if want_critical else None
+        rho = (
+            _rho(form, eta, c, route, tol, crit.vector if crit else None, _eta_star(crit.value) if crit else math.nan)
+            if eta is not None
+            else None
+        )
+        parts = [e for e in (rho, crit) if e is not None]
+        return _Solution(
+            rho=rho,  # type: ignore[arg-type]
+            crit=crit,
+            subspace=rank,
+            error=0.0,
+            method=parts[0].route if parts else route,
+            matvecs=sum(e.matvecs for e in parts),
+            converged=all(e.converged for e in parts),
+            form=form,
+            notes=notes,
+        )
+    if not 0 < galerkin_rtol < 1:
+        raise StabilityError(f"galerkin_rtol must be in (0, 1), got {galerkin_rtol!r}")
+    sizes = []
+    r = GALERKIN_START
+    while r < rank:
+        sizes.append(r)
+        r *= 2
+    sizes.append(rank)
+    # each level's eigenproblem only needs to be far more accurate than the Galerkin change it is compared with
+    level_tol = max(tol, 1e-3 * galerkin_rtol**2)
+    prev: tuple[float, float] | None = None
+    matvecs, converged, error = 0, True, math.inf
+    rho = crit = None
+    # the full-rank form is built only if the levels reach it: its packing arrays alone take ~32·r² bytes
+    # (≈ 3 GB at r = 10⁴), and _form keeps it on the kernel
+    form: _SymForm | None = None
+    for r in sizes:
+        prev_form, form = form, (_SymForm(*ker.range_basis(r), ker.n, ker.k) if r < rank else _form(ker))
+        sub = "dense" if form.dense_ok() else "lanczos"
+        # warm start from the previous level's eigenmatrix (its subspace is the top corner of this one's)
+        v0 = (
+            _embed(prev_form, form, crit.vector)
+            if prev_form is not None and crit is not None and crit.vector is not None
+            else None
+        )
+        crit = _critical(form, c, sub, level_tol if r < rank else tol, v0) if want_critical else None
+        rho = (
+            _rho(
+                form,
+                eta,
+                c,
+                sub,
+                level_tol if r < rank else tol,
+                crit.vector if crit else None,
+                _eta_star(crit.value) if crit else math.nan,
+            )
+            if eta is not None
+            else None
+        )
+        parts = [e for e in (rho, crit) if e is not None]
+        matvecs += sum(e.matvecs for e in parts)
+        converged = all(e.converged for e in parts)
+        now = (rho.value if rho else 0.0, crit.value if crit else 0.0)
+        if r == rank:
+            error = 0.0
+            break
+        if prev is not None:
+            error = max(abs(a - b) / max(abs(a), 1e-300) for a, b in zip(now, prev, strict=True))
+            if error < galerkin_rtol:
+                break
+        prev = now
+    assert form is not None
+    if error == 0.0:
+        notes.append(f"Galerkin reached the full rank r = {rank}: exact")
+    else:
+        notes.append(f"Galerkin on the top {form.r} of {rank} eigen-directions of K; relative change {error:.2g}")
+    return _Solution(rho, crit, form.r, error, "galerkin", matvecs, converged, form, notes)  # type: ignore[arg-type]
+
+
+def critical_learning_rate(
+    problem_or_kernel: Any,
+    batch_size: int,
+    sampling: str = "with_replacement",
+    *,
+    method: str = "auto",
+    tol: float = 1e-10,
+    galerkin_rtol: float = 1e-3,
+) -> float:
+    """The exact mean-square critical learning rate ``η* = 2/λ_max(C⁻¹D)`` (THEORY.md §4), no bisection.
+
+    ``ρ(T) ≤ 1`` exactly for ``η ≤ η*``. ``B = n`` without replacement (c = 0) gives ``2n/λ_max(K) = 2/λ_max(H)``;
+    ``inf`` when K = 0. ``method`` as in :func:`stability` (``"galerkin"`` returns an upper bound on η*).
+    """
+    ker = as_kernel(problem_or_kernel)
+    c = noise_scale(batch_size, ker.n, check_sampling(sampling))
+    sol = _solve(ker, None, c, method, _check_tol(tol), galerkin_rtol, want_critical=True)
+    assert sol.crit is not None
+    return _eta_star(sol.crit.value)
+
+
+def _check_tol(tol: float) -> float:
+    if not isinstance(tol, int | float) or not 0 < tol < 1e-2:
+        raise StabilityError(f"tol must be a number in (0, 0.01), got {tol!r}")
+    return float(tol)
+
+
+def stability(
+    problem_or_kernel: Any,
+    lr: float,
+    batch_size: int,
+    sampling: str = "with_replacement",
+    *,
+    method: str = "auto",
+    tol: float = 1e-10,
+    galerkin_rtol: float = 1e-3,
+    mu: float | None = None,
+    residual: Tensor | None = None,
+    with_certificates: bool = True,
+) -> Stability:
+    """Mean-square linear stability of SGD(lr, batch_size, sampling) at a global minimum (THEORY.md §4).
+
+    ``problem_or_kernel``: a :class:`~sgdstab.Problem` at a global minimum (K = its NTK), a :class:`Kernel`, or a
+    plain square tensor (k = 1). ``lr`` is on the half-MSE loss L (convert with ``Problem.half_mse_lr``).
+    ``method``: ``"auto"`` (exact when rank K ≤ 1200, Galerkin beyond), ``"exact"`` (dense or Lanczos by size),
+    ``"dense"``, ``"lanczos"``, ``"power"`` or ``"galerkin"``. ``tol``: eigen-solver relative tolerance.
+    ``mu``/``residual`` pass a measured loss alignment to the certificates (:func:`sgdstab.certificates`).
+    """
+    from sgdstab.linear_stability.certificates import certificates as _certificates
+    from sgdstab.problem.problem import Problem
+
+    start = time.perf_counter()
+    eta = check_learning_rate(lr)
+    scheme = check_sampling(sampling)
+    tol = _check_tol(tol)
+    if method not in METHODS:
+        raise StabilityError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    ker = as_kernel(problem_or_kernel)
+    b = check_batch_size(batch_size, ker.n)
+    c = noise_scale(b, ker.n, scheme)
+    notes: list[str] = []
+    if isinstance(problem_or_kernel, Problem):
+        P = problem_or_kernel
+        loss = float(P.loss())
+        scale = 0.5 * float((P.Y * P.Y).sum()) / P.n
+        if loss > 100 * torch.finfo(P.dtype).eps * max(scale, 1e-30):
+            notes.append(
+                f"θ is not a global minimum (L = {loss:.3g}): the analysis linearizes with the Gauss–Newton kernel"
+            )
+    sol = _solve(ker, eta, c, method, tol, galerkin_rtol, want_critical=True)
+    notes += sol.notes
+    assert sol.crit is not None and sol.rho is not None
+    rho = sol.rho.value
+    if ker.rank == 0:
+        notes.append("K = 0: nothing moves; ρ is taken as 0")
+    notes += _kernel_notes(ker)
+    # an iterative eigenvector is accurate to about its residual over the gap: judge PSD-ness accordingly
+    psd, ratio = _psd_check(sol.form, sol.rho.vector, 1e-8 if sol.rho.route == "dense" else 1e-3)
+    if not psd:
+        notes.append(
+            f"top eigenmatrix is not PSD (λ_min/λ_max = {ratio:.2g}): the top eigenvalue is (nearly) degenerate"
+        )
+    if not sol.converged:
+        notes.append("the eigen-solver did not converge: ρ and η* are the last iterates")
+    cert = _certificates(ker, eta, b, scheme, mu=mu, residual=residual) if with_certificates else None
+    eta_star = _eta_star(sol.crit.value)
+    return Stability(
+        rho=rho,
+        stable=rho <= 1.0 + tol,
+        escape_rate=math.log(rho) if rho > 0 else -math.inf,
+        critical_lr=eta_star,
+        lr_ratio=eta / eta_star,
+        lr=eta,
+        batch_size=b,
+        sampling=scheme,
+        c=c,
+        n=ker.n,
+        k=ker.k,
+        rank=ker.rank,
+        subspace_rank=sol.subspace,
+        method=sol.method,
+        exact=sol.method != "galerkin" or sol.error == 0.0,
+        error=sol.error,
+        converged=sol.converged,
+        matvecs=sol.matvecs,
+        seconds=time.perf_counter() - start,
+        eigenmatrix_psd=psd,
+        eigenmatrix_min_ratio=ratio,
+        certificates=cert,
+        notes=tuple(notes),
+        kernel_condition=_condition(ker),
+    )
