@@ -36,7 +36,6 @@ exactly when η < 2/λ_max(H)); ``settled``, ``settled_flatter`` (λ_max and ||H
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sgdstab.conventions import SAMPLING_SCHEMES, noise_scale
+from sgdstab.conventions import SAMPLING_SCHEMES, frobenius_bound, noise_scale
 from sgdstab.experiments.base import Context, Experiment, Outcome
 from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure
@@ -297,7 +296,7 @@ def _settle(problem: Problem, cfg: EscapeConfig, lr: float, c: float, index: int
     curv = curvature(problem, method="kernel", rtol=2e-2, seed=cfg.seed, top=1)
     align = alignment(problem, method="kernel", hessian=False)
     eta_star_new = critical_learning_rate(ntk(problem), b, scheme)
-    bound = math.sqrt(1 / (c * align.mu)) / lr if c > 0 and align.mu > 0 else math.inf
+    bound = frobenius_bound(lr, c, align.mu)
     ctx.stage(
         f"  settled: {hist.steps[-1]} steps, L = {loss:.2e}, ||H||_F = {fmt(curv.hessian_frobenius, 4)} ≤? "
         f"sqrt(1/(cμ))/η = {fmt(bound, 4)}; η/η*(new) = {fmt(lr / eta_star_new, 3)}"

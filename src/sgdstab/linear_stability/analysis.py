@@ -33,6 +33,7 @@ from sgdstab.conventions import (
     check_learning_rate,
     check_loss_convention,
     check_sampling,
+    frobenius_bound,
     is_global_minimum,
     noise_scale,
     zero_predictor_loss,
@@ -283,7 +284,7 @@ def analyze(
     if eta is not None and batch_size is not None:
         c = noise_scale(batch_size, problem.n, sampling)
         mu = align.mu
-        bound = math.sqrt(1 / (c * mu)) / eta if c > 0 and mu > 0 else math.inf
+        bound = frobenius_bound(eta, c, mu)
         figures |= {"c": c, "frobenius_bound": bound, "frobenius_ratio": curv.hessian_frobenius / bound}
         if kernel is not None:
             st = stability(kernel, eta, batch_size, sampling, mu=mu if math.isfinite(mu) and mu > 0 else None)
