@@ -305,3 +305,12 @@ def test_estimator_errors() -> None:
         hutchpp(A, sketch=30, max_matvecs=40)
     with pytest.raises(EstimatorError, match="operator"):
         hutchpp(object())
+
+
+def test_matrix_free_gathers_the_split_modules() -> None:
+    from sgdstab.estimators import eigen, matrix_free, trace
+
+    assert matrix_free.top_eigenpairs is eigen.top_eigenpairs and matrix_free.EigenResult is eigen.EigenResult
+    assert matrix_free.hutchpp is trace.hutchpp and matrix_free.hutchinson is trace.hutchinson
+    assert matrix_free.TraceFrobResult is trace.TraceFrobResult
+    assert set(matrix_free.__all__) >= {"top_eigenpairs", "hutchpp", "hutchinson", "EigenResult", "TraceFrobResult"}

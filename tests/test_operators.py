@@ -85,7 +85,7 @@ def test_dense_jacobian_matches_autograd_loop() -> None:
     theta = problem.theta.clone().requires_grad_(True)
     rows = []
     for i in range(problem.n):
-        out = problem._f_single(theta, problem.X[i])
+        out = problem.output_function()(theta, problem.X[i])
         for c in range(problem.k):
             (g,) = torch.autograd.grad(out[c], theta, retain_graph=True)
             rows.append(g)

@@ -169,3 +169,20 @@ def test_wrong_theta_shape_refused():
     P = Problem(_mlp(1), *_data())
     with pytest.raises(ProblemError, match="flat vector of"):
         P.loss(torch.zeros(3, dtype=torch.float64))
+
+
+def test_public_seams_agree_with_the_values_they_build():
+    # forward / batch_outputs / batch_loss_sum / parameters_or are what operators and chain build on
+    P = Problem(_linear(), X3, Y3)
+    theta = P.theta + 0.25
+    params = P.layout.unflatten(theta)
+    assert torch.equal(P.forward(params, X3), P.batch_outputs(theta, X3))
+    assert torch.equal(P.batch_outputs(theta, X3), P.outputs(theta))
+    assert P.batch_loss_sum(theta, X3, Y3).item() == pytest.approx(P.loss(theta).item() * P.n, rel=1e-15)
+    assert P.parameters_or(None) is P.theta
+    assert torch.equal(P.parameters_or(theta.float()), theta)  # moved to the problem's dtype
+    with pytest.raises(ProblemError, match="flat vector of 3 parameters"):
+        P.parameters_or(torch.zeros(2, dtype=torch.float64))
+    # the private names stay as aliases while other layers move to the public ones
+    assert Problem._forward is Problem.forward and Problem._batch_loss_sum is Problem.batch_loss_sum
+    assert Problem._theta is Problem.parameters_or

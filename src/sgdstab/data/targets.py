@@ -15,7 +15,6 @@ Rules:
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,18 +22,18 @@ import numpy as np
 import torch
 
 from sgdstab.errors import DataError
+from sgdstab.utils import validation
 
 SUBSETS = ("first", "stratified")
 
 
 def check_int(value: Any, what: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """Return ``value`` as a Python int, rejecting bools, floats and strings; enforce ``minimum`` and ``maximum``."""
-    if isinstance(value, bool):
-        raise DataError(f"{what} must be an integer, got {value!r}")
-    try:
-        result = operator.index(value)
-    except TypeError:
-        raise DataError(f"{what} must be an integer, got {value!r}") from None
+    """Return ``value`` as a Python int, rejecting bools, floats and strings; enforce ``minimum`` and ``maximum``.
+
+    The type check is :func:`sgdstab.utils.validation.check_int`'s; the range messages keep the data layer's
+    ASCII wording (``n must be >= 1, got 0``), which users and the tests match.
+    """
+    result = validation.check_int(value, what, error=DataError)
     if minimum is not None and result < minimum:
         raise DataError(f"{what} must be >= {minimum}, got {result}")
     if maximum is not None and result > maximum:

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from sgdstab.errors import StabilityError
 from sgdstab.kernel import figures as kf
+from sgdstab.utils.validation import check_int
 
 T = TypeVar("T")
 
@@ -154,12 +155,17 @@ class Kernel:
         return f"Kernel(n={self.n}, k={self.k}, rank={self.rank}, λ_max={float(self._eigen.values[-1]):.4g})"
 
 
-def _check_sizes(K: Tensor, n: Any, k: Any) -> tuple[int, int]:
+def _check_sizes(K: Tensor, n: int, k: int) -> tuple[int, int]:
     if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
         raise StabilityError(f"K must be a non-empty square matrix, got shape {tuple(K.shape)}")
-    for name, value in (("n", n), ("k", k)):
-        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-            raise StabilityError(f"{name} must be a positive integer, got {value!r}")
-    if int(n) * int(k) != K.shape[0]:
-        raise StabilityError(f"K is {K.shape[0]} × {K.shape[0]} but n·k = {n}·{k} = {int(n) * int(k)}")
-    return int(n), int(k)
+    n, k = _positive_int(n, "n"), _positive_int(k, "k")
+    if n * k != K.shape[0]:
+        raise StabilityError(f"K is {K.shape[0]} × {K.shape[0]} but n·k = {n}·{k} = {n * k}")
+    return n, k
+
+
+def _positive_int(value: int, name: str) -> int:
+    try:
+        return check_int(value, name, minimum=1, error=StabilityError)
+    except StabilityError:
+        raise StabilityError(f"{name} must be a positive integer, got {value!r}") from None

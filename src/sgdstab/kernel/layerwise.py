@@ -103,8 +103,16 @@ def layerwise_ntk(problem: Problem, theta: Tensor | None = None, chunk_size: int
     check_allocation(
         _memory(problem, chain), f"the layerwise NTK (n·k = {nk})", "use method='matrix_free' or fewer samples"
     )
-    th = problem.theta if theta is None else problem._theta(theta)
-    params = problem.layout.unflatten(th)
+    grams, rows = _layer_factors(problem, chain, problem.parameters_or(theta), chunk_size)
+    return _assemble(problem, grams, rows)
+
+
+def _layer_factors(
+    problem: Problem, chain: LayerChain, theta: Tensor, chunk_size: int | None
+) -> tuple[list[Tensor], list[Tensor]]:
+    """Per trained layer: ``S = a aᵀ·[weight trained] + [bias trained]`` (n × n) and ``M = B`` as (nk × w_l)."""
+    n, k = problem.n, problem.k
+    params = problem.layout.unflatten(theta)
     steps = [chain.steps[i] for i in chain.linear_indices]
     widths = _widths(chain, problem)
     per_sample = problem.itemsize * k * max(widths) * (len(widths) + 4)
@@ -117,7 +125,6 @@ def layerwise_ntk(problem: Problem, theta: Tensor | None = None, chunk_size: int
             for layer in range(len(steps)):
                 inputs[layer].append(a_chunk[layer])
                 factors[layer].append(b_chunk[layer])
-    # per layer: S = a aᵀ·[weight trained] + [bias trained] (n × n), and M = B as (nk × w)
     grams: list[Tensor] = []
     rows: list[Tensor] = []
     for layer, step in enumerate(steps):
@@ -128,8 +135,15 @@ def layerwise_ntk(problem: Problem, theta: Tensor | None = None, chunk_size: int
         if step.bias is not None:
             S += 1.0
         grams.append(S)
-        rows.append(torch.cat(factors[layer]).reshape(nk, -1))
+        rows.append(torch.cat(factors[layer]).reshape(n * k, -1))
         inputs[layer] = factors[layer] = []
+    return grams, rows
+
+
+def _assemble(problem: Problem, grams: list[Tensor], rows: list[Tensor]) -> Tensor:
+    """``K = Σ_layers (S ⊗ 1_{k×k}) ∘ (M Mᵀ)``, by blocks of rows: the upper triangle computed, mirrored."""
+    n, k = problem.n, problem.k
+    nk = n * k
     K = torch.empty((nk, nk), dtype=problem.dtype, device=problem.device)
     block_rows = max(k, (_GEMM_ROWS // k) * k)
     for r0 in range(0, nk, block_rows):

@@ -18,7 +18,7 @@ Three routes:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TypeAlias
 
 import numpy as np
 import torch
@@ -30,6 +30,10 @@ from sgdstab.kernel.layerwise import layerwise_ntk
 from sgdstab.problem.chain import layer_chain
 from sgdstab.problem.problem import Problem, check_chunk_size
 from sgdstab.utils.memory import available_memory_bytes, format_bytes
+
+KernelSource: TypeAlias = Problem | Kernel | Tensor | np.ndarray
+"""What every consumer of K accepts and hands to :func:`as_kernel`: a :class:`~sgdstab.Problem` (its NTK at θ), a
+:class:`~sgdstab.Kernel`, or a square symmetric PSD matrix as a tensor or array (k = 1)."""
 
 _GEMM_ROWS = 512  # rows of K per GEMM block: small enough to skip most of the lower triangle, large enough for
 # near-peak matmul throughput
@@ -125,22 +129,33 @@ def _gram(problem: Problem, chunk_size: int | None, theta: Tensor | None, method
             )
         return layerwise_ntk(problem, theta=theta)
     route, chunk = _plan(problem, chunk_size)
+    if route == "one_jacobian":
+        return _gram_one_jacobian(problem, chunk, theta)
+    return _gram_recomputed_blocks(problem, chunk, theta)
+
+
+def _gram_one_jacobian(problem: Problem, chunk: int, theta: Tensor | None) -> Tensor:
+    """K from all of J, computed once: the upper triangle by row blocks, mirrored."""
     nk = problem.n * problem.k
     K = torch.empty((nk, nk), dtype=problem.dtype, device=problem.device)
-    if route == "one_jacobian":
-        # filled in place: peak memory is J plus one chunk's block, not the blocks and a concatenated copy
-        J = torch.empty((nk, problem.p), dtype=problem.dtype, device=problem.device)
-        for s, block in problem.jacobian_blocks(chunk, theta):
-            J[s.start * problem.k : s.stop * problem.k] = block
-            del block
-        for a in range(0, nk, _GEMM_ROWS):
-            a_end = min(a + _GEMM_ROWS, nk)
-            block = J[a:a_end] @ J[a:].T  # (rows of block a) × (columns a..end): upper triangle only
-            K[a:a_end, a:] = block
-            K[a_end:, a:a_end] = block[:, a_end - a :].T
-            _symmetrize_(K[a:a_end, a:a_end])
-        return K
-    k = problem.k
+    # filled in place: peak memory is J plus one chunk's block, not the blocks and a concatenated copy
+    J = torch.empty((nk, problem.p), dtype=problem.dtype, device=problem.device)
+    for s, block in problem.jacobian_blocks(chunk, theta):
+        J[s.start * problem.k : s.stop * problem.k] = block
+        del block
+    for a in range(0, nk, _GEMM_ROWS):
+        a_end = min(a + _GEMM_ROWS, nk)
+        block = J[a:a_end] @ J[a:].T  # (rows of block a) × (columns a..end): upper triangle only
+        K[a:a_end, a:] = block
+        K[a_end:, a:a_end] = block[:, a_end - a :].T
+        _symmetrize_(K[a:a_end, a:a_end])
+    return K
+
+
+def _gram_recomputed_blocks(problem: Problem, chunk: int, theta: Tensor | None) -> Tensor:
+    """K block by block when J does not fit: each row block's Jacobian once, every later column block's again."""
+    nk, k = problem.n * problem.k, problem.k
+    K = torch.empty((nk, nk), dtype=problem.dtype, device=problem.device)
     blocks = list(problem.chunks(chunk))
     for ia, sa in enumerate(blocks):
         Ja = next(problem.jacobian_blocks(chunk, theta, start=sa.start))[1]
@@ -156,7 +171,7 @@ def _gram(problem: Problem, chunk_size: int | None, theta: Tensor | None, method
     return K
 
 
-def as_kernel(obj: Any) -> Kernel:
+def as_kernel(obj: KernelSource) -> Kernel:
     """A :class:`Kernel` from a ``Kernel`` (returned as is), a :class:`~sgdstab.Problem` (its NTK at θ) or a plain
     square tensor/array (k = 1, n = its size).
 

@@ -9,7 +9,7 @@ second moment ``M_t = E[u_t u_tᵀ]`` follows
 ``ρ(T)^t`` otherwise. Writing ``T = I − 2ηC + η²D`` with ``C(M) = (KM + MK)/(2n)`` and
 ``D(M) = ((1−c)/n²) KMK + (c/n) K bdiag(M) K``, the critical learning rate is ``η* = 2/λ_max(C⁻¹D)``.
 
-**Coordinates.** Everything runs in K's eigenbasis restricted to range(K) (the null space of K never moves):
+**Coordinates** (the forms live in :mod:`sgdstab.linear_stability.operator`). Everything runs in K's eigenbasis restricted to range(K) (the null space of K never moves):
 ``K = U Λ Uᵀ`` with the r eigenvalues above the cutoff of :func:`sgdstab.kernel.figures.kernel_eigen`. With
 ``V = U Λ^{1/2}`` (so ``K = V Vᵀ``) and the congruence ``M = V N Vᵀ`` (``N_ab = M̃_ab/√(λ_a λ_b)``), the operators
 become *self-adjoint* on symmetric r×r matrices with the Frobenius inner product:
@@ -63,7 +63,6 @@ import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import scipy.sparse.linalg as spla
@@ -72,19 +71,24 @@ from torch import Tensor
 
 from sgdstab.conventions import check_batch_size, check_learning_rate, check_sampling, noise_scale
 from sgdstab.errors import StabilityError
-from sgdstab.kernel import figures as kf
 from sgdstab.kernel.kernel import Kernel
-from sgdstab.kernel.ntk import as_kernel
+from sgdstab.kernel.ntk import KernelSource, as_kernel
+from sgdstab.linear_stability.certificates import Certificates, certificates
+from sgdstab.linear_stability.checks import check_galerkin_rtol, check_method, check_tol
+from sgdstab.linear_stability.operator import (
+    SymmetricForm,
+    dense_ok_for,
+    embed,
+    stability_operator,
+    symmetric_form,
+)
+from sgdstab.problem.problem import Problem
 from sgdstab.utils.results import ResultMixin
 
-if TYPE_CHECKING:
-    from sgdstab.linear_stability.certificates import Certificates
+__all__ = ["EXACT_MAX_RANK", "METHODS", "Stability", "critical_learning_rate", "stability", "stability_operator"]
 
 METHODS: tuple[str, ...] = ("auto", "exact", "dense", "lanczos", "power", "galerkin")
 
-DENSE_MAX_DIM = 300  # dense eigh of the materialized operator when r(r+1)/2 is at most this (≈ 0.03 s; Lanczos
-# is ~100× faster at r(r+1)/2 = 1500) ...
-_DENSE_MAX_ENTRIES = 4_000_000  # ... and its n·k²·r(r+1)/2 building block fits comfortably
 EXACT_MAX_RANK = 1200  # method="auto": exact up to this rank of K, Galerkin beyond
 GALERKIN_START = 64
 _POWER_MAX_MATVECS = 5_000
@@ -99,148 +103,7 @@ _LOBPCG_REFINEMENTS = 4
 _LOBPCG_MAX_RATIO = 1 + 2e-3
 
 
-# --------------------------------------------------------------------------------------------------- operators
-def stability_operator(
-    kernel: Any, lr: float, batch_size: int, sampling: str = "with_replacement"
-) -> Callable[[Tensor], Tensor]:
-    """The second-moment map ``M ↦ T(M)`` on symmetric nk × nk matrices (THEORY.md §4), exact on the whole space.
-
-    Implemented through K's range eigenbasis (K is replaced by its truncation to eigenvalues above the cutoff,
-    a change below rounding): ``(I − ηK/n)`` and ``K X K`` are applied as rank-r updates, so one call costs
-    O((nk)²·r). Components of M in null(K) are carried exactly (``I − ηK/n`` is the identity there).
-    """
-    ker = as_kernel(kernel)
-    eta = check_learning_rate(lr)
-    c = noise_scale(batch_size, ker.n, check_sampling(sampling))
-    n, k = ker.n, ker.k
-    lam, U = ker.range_basis()
-    q = eta * lam / n
-
-    def apply(M: Tensor) -> Tensor:
-        M64 = torch.as_tensor(M, dtype=torch.float64)
-        if M64.shape != (ker.nk, ker.nk):
-            raise StabilityError(f"M must be {ker.nk} × {ker.nk}, got shape {tuple(M64.shape)}")
-        AM = M64 - U @ (q[:, None] * (U.T @ M64))  # (I − ηK/n) M
-        AMA = AM - ((AM @ U) * q[None, :]) @ U.T  # … (I − ηK/n)
-        Bd = torch.zeros_like(M64)
-        blocks = kf.block_diagonal(M64, n, k)
-        B4 = Bd.reshape(n, k, n, k)
-        idx = torch.arange(n)
-        B4[idx, :, idx, :] = blocks
-        X = Bd / n - M64 / n**2
-        KXK = U @ (lam[:, None] * (U.T @ X @ U) * lam[None, :]) @ U.T
-        out = AMA + eta**2 * c * KXK
-        return (out + out.T) / 2
-
-    return apply
-
-
-class _SymForm:
-    """The self-adjoint forms T̂, Ĉ^{-1/2} D̂ Ĉ^{-1/2} on Sym(r), vectorized by the √2-scaled upper triangle.
-
-    Vectors may carry leading batch dimensions (``(..., m)``); packing and unpacking are gathers.
-    """
-
-    def __init__(self, lam: Tensor, U: Tensor, n: int, k: int) -> None:
-        self.lam = lam
-        self.n, self.k = n, k
-        self.r = r = int(lam.shape[0])
-        self.V = U * lam.sqrt()[None, :]
-        self.V3 = self.V.reshape(n, k, r)
-        ia, ib = torch.triu_indices(r, r)
-        self.ia, self.ib = ia, ib
-        self.m = m = int(ia.shape[0])
-        self.w = torch.full((m,), math.sqrt(2.0), dtype=torch.float64)
-        self.w[ia == ib] = 1.0
-        self.upper = ia * r + ib  # flat position of each packed entry
-        full_to_packed = torch.empty(r * r, dtype=torch.long)
-        full_to_packed[ia * r + ib] = torch.arange(m)
-        full_to_packed[ib * r + ia] = torch.arange(m)
-        self.full_to_packed = full_to_packed
-        self.lam_a, self.lam_b = lam[ia], lam[ib]
-        self._dense_bdiag: Tensor | None = None
-
-    # vectorization (an isometry Sym(r) → R^m)
-    def pack(self, N: Tensor) -> Tensor:
-        lead = N.shape[:-2]
-        return N.reshape(*lead, self.r * self.r).index_select(-1, self.upper) * self.w
-
-    def unpack(self, v: Tensor) -> Tensor:
-        return (v / self.w).index_select(-1, self.full_to_packed).reshape(*v.shape[:-1], self.r, self.r)
-
-    def bdiag(self, v: Tensor) -> Tensor:
-        """Packed ``Vᵀ bdiag(V N Vᵀ) V``: one nk × r × r GEMM (``V N``) and one symmetric Gram matrix (≈ 0.75 of a
-        GEMM, :func:`_upper_gram`) per vector. For k > 1 each diagonal k×k block is diagonalized first,
-        ``B_i = Q_i diag(e_i) Q_iᵀ``, so that ``Vᵀ bdiag(B) V = Ṽᵀ diag(e) Ṽ`` with ``Ṽ_i = Q_iᵀ V_i``."""
-        N = self.unpack(v)
-        W = torch.matmul(self.V, N)  # (..., nk, r)
-        lead = W.shape[:-2]
-        if self.k == 1:
-            e = (W * self.V).sum(-1)
-            Vt = self.V.expand(*lead, *self.V.shape)
-        else:
-            W4 = W.reshape(*lead, self.n, self.k, self.r)
-            blocks = torch.matmul(W4, self.V3.transpose(1, 2))  # (..., n, k, k): diagonal blocks of V N Vᵀ
-            e, Q = torch.linalg.eigh((blocks + blocks.transpose(-1, -2)) / 2)
-            Vt = torch.matmul(Q.transpose(-1, -2), self.V3).reshape(*lead, self.n * self.k, self.r)
-            e = e.reshape(*lead, self.n * self.k)
-        return self.pack(_upper_gram(Vt, e[..., None] * Vt))
-
-    def dense_bdiag(self) -> Tensor:
-        """The m × m matrix of :meth:`bdiag`: ``Gᵀ G`` with ``G[(i,x,y), (a,b)] = (V_i Q_ab V_iᵀ)_xy``."""
-        if self._dense_bdiag is None:
-            Xa, Xb = self.V3[:, :, self.ia], self.V3[:, :, self.ib]  # (n, k, m)
-            G = (Xa[:, :, None, :] * Xb[:, None, :, :] + Xb[:, :, None, :] * Xa[:, None, :, :]) * (self.w / 2)
-            G = G.reshape(-1, self.m)
-            self._dense_bdiag = G.T @ G
-        return self._dense_bdiag
-
-    def dense_ok(self) -> bool:
-        return self.m <= DENSE_MAX_DIM and self.n * self.k**2 * self.m <= _DENSE_MAX_ENTRIES
-
-    # the operators' diagonal (entrywise) parts, packed
-    def t_diag(self, eta: float, c: float) -> Tensor:
-        n = self.n
-        pa, pb = 1 - eta * self.lam_a / n, 1 - eta * self.lam_b / n
-        return pa * pb - eta**2 * c * self.lam_a * self.lam_b / n**2
-
-    def z_diag(self, eta: float, c: float) -> Tensor:
-        """Diagonal part of Z = I − T̂ = 2ηĈ − η²D̂ (computed without cancellation)."""
-        n = self.n
-        return eta * (self.lam_a + self.lam_b) / n - eta**2 * (1 - c) * self.lam_a * self.lam_b / n**2
-
-    def c_diag(self) -> Tensor:
-        return (self.lam_a + self.lam_b) / (2 * self.n)
-
-    def d_diag(self, c: float) -> Tensor:
-        return (1 - c) * self.lam_a * self.lam_b / self.n**2
-
-    def identity_start(self) -> Tensor:
-        """Packed N for M = P_range (M̃ = I): N = Λ^{-1}, normalized."""
-        v = self.pack(torch.diag(1 / self.lam))
-        return v / v.norm()
-
-
-_GRAM_BLOCK = 512  # below this many columns the upper-triangular Gram matrix is one GEMM
-
-
-def _upper_gram(X: Tensor, Y: Tensor) -> Tensor:
-    """The upper triangle (diagonal blocks included) of ``Xᵀ Y`` for ``Y = diag(e) X``, i.e. of a symmetric
-    matrix, by recursive halving: 1.5× (one split) to 1× instead of 2× ``nk·r²`` flops. The strictly
-    lower part of the result is zero or garbage; callers read the upper triangle only. Leading batch dimensions
-    are allowed. (BLAS ``syrk`` would do the same, but mixing SciPy's BLAS threads with torch's thread pool
-    measured 1.5× slower than this on a busy 2-core machine.)"""
-    r = X.shape[-1]
-    if r <= _GRAM_BLOCK:
-        return torch.matmul(X.transpose(-1, -2), Y)
-    h = r // 2
-    out = torch.zeros(*X.shape[:-2], r, r, dtype=X.dtype)
-    out[..., :h, :h] = _upper_gram(X[..., :h], Y[..., :h])
-    out[..., h:, h:] = _upper_gram(X[..., h:], Y[..., h:])
-    out[..., :h, h:] = torch.matmul(X[..., :h].transpose(-1, -2), Y[..., h:])
-    return out
-
-
+# --------------------------------------------------------------------------------------------------- eigen routes
 @dataclass
 class _Eig:
     value: float
@@ -270,28 +133,33 @@ def _top_eigen(
             return _Eig(float(-values[0]), vectors[:, 0], True, 0, "dense")
         return _Eig(float(values[-1]), vectors[:, -1], True, 0, "dense")
     if route == "lanczos":
-        count = [0]
-
-        def mv(x: np.ndarray) -> np.ndarray:
-            count[0] += 1
-            return matvec(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))).numpy()
-
-        op = spla.LinearOperator((m, m), matvec=mv, dtype=np.float64)
-        start = None if v0 is None else v0.numpy()
-        try:
-            vals, vecs = spla.eigsh(
-                op, k=1, which="LA", v0=start, tol=_RESIDUAL * math.sqrt(tol), ncv=min(m - 1, _NCV), maxiter=2000
-            )
-            return _Eig(float(vals[0]), torch.from_numpy(vecs[:, 0].copy()), True, count[0], "lanczos")
-        except spla.ArpackNoConvergence as exc:
-            start_t = torch.from_numpy(exc.eigenvectors[:, 0].copy()) if exc.eigenvectors.size else v0
-            res = _power(matvec, m, tol, start_t)
-            res.matvecs += count[0]
-            res.route = "lanczos+power"
-            return res
+        return _lanczos(matvec, m, tol, v0)
     if route == "power":
         return _power(matvec, m, tol, v0)
     raise StabilityError(f"unknown eigen route {route!r}")
+
+
+def _lanczos(matvec: Callable[[Tensor], Tensor], m: int, tol: float, v0: Tensor | None) -> _Eig:
+    """Top eigenpair by ARPACK's Lanczos (``eigsh``, which="LA"); the power method goes on where it fails."""
+    count = [0]
+
+    def mv(x: np.ndarray) -> np.ndarray:
+        count[0] += 1
+        return matvec(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64).reshape(-1))).numpy()
+
+    op = spla.LinearOperator((m, m), matvec=mv, dtype=np.float64)
+    start = None if v0 is None else v0.numpy()
+    try:
+        vals, vecs = spla.eigsh(
+            op, k=1, which="LA", v0=start, tol=_RESIDUAL * math.sqrt(tol), ncv=min(m - 1, _NCV), maxiter=2000
+        )
+        return _Eig(float(vals[0]), torch.from_numpy(vecs[:, 0].copy()), True, count[0], "lanczos")
+    except spla.ArpackNoConvergence as exc:
+        start_t = torch.from_numpy(exc.eigenvectors[:, 0].copy()) if exc.eigenvectors.size else v0
+        res = _power(matvec, m, tol, start_t)
+        res.matvecs += count[0]
+        res.route = "lanczos+power"
+        return res
 
 
 def _power(matvec: Callable[[Tensor], Tensor], m: int, tol: float, v0: Tensor | None) -> _Eig:
@@ -327,7 +195,7 @@ def _diagonal_top(diag: Tensor, m: int) -> _Eig:
 
 
 def _rho(
-    form: _SymForm, eta: float, c: float, route: str, tol: float, v0: Tensor | None, eta_star: float = math.nan
+    form: SymmetricForm, eta: float, c: float, route: str, tol: float, v0: Tensor | None, eta_star: float = math.nan
 ) -> _Eig:
     """ρ(T) = the largest eigenvalue of T̂. On the Lanczos route, at and below η* (where T̂'s top is a cluster near 1 of
     slowly contracting modes, on which Lanczos crawls) it is computed as 1 − λ_min(Z), Z = I − T̂ = 2ηĈ − η²D̂, by
@@ -366,7 +234,7 @@ def _rho(
     return _top_eigen(mv, dense, form.m, route, tol, v0)
 
 
-def _rho_lobpcg(form: _SymForm, eta: float, c: float, tol: float, v0: Tensor | None) -> _Eig:
+def _rho_lobpcg(form: SymmetricForm, eta: float, c: float, tol: float, v0: Tensor | None) -> _Eig:
     zdiag = form.z_diag(eta, c)
     coef = eta**2 * c / form.n
     prec = 1.0 / (2 * eta * form.c_diag())
@@ -424,7 +292,7 @@ def _rho_lobpcg(form: _SymForm, eta: float, c: float, tol: float, v0: Tensor | N
     return _Eig(1.0 - sigma, best, ok, count[0], "lobpcg")
 
 
-def _critical(form: _SymForm, c: float, route: str, tol: float, v0: Tensor | None) -> _Eig:
+def _critical(form: SymmetricForm, c: float, route: str, tol: float, v0: Tensor | None) -> _Eig:
     """Largest eigenvalue of Ĉ^{-1/2} D̂ Ĉ^{-1/2} (= λ_max(C⁻¹D)); η* = 2 / it."""
     s = form.c_diag().rsqrt()
     ddiag = form.d_diag(c) * s * s
@@ -454,17 +322,26 @@ def _eta_star(top: float) -> float:
     return 2.0 / top if top > 0 else math.inf
 
 
-def _psd_check(form: _SymForm, vector: Tensor | None, rtol: float) -> tuple[bool, float]:
-    """Is the eigenmatrix N (⇔ M̃ = Λ^{1/2} N Λ^{1/2}) PSD within ``rtol``? Returns (ok, λ_min/λ_max of ±N)."""
+@dataclass(frozen=True)
+class _EigenmatrixShape:
+    """Whether the top eigenmatrix N (⇔ M̃ = Λ^{1/2} N Λ^{1/2}) is PSD within a tolerance, and its λ_min/λ_max
+    (of ±N, the sign that makes its trace non-negative)."""
+
+    psd: bool
+    min_ratio: float
+
+
+def _psd_check(form: SymmetricForm, vector: Tensor | None, rtol: float) -> _EigenmatrixShape:
+    """Is the eigenmatrix N PSD within ``rtol``?"""
     if vector is None or form.m == 0:
-        return True, 0.0
+        return _EigenmatrixShape(True, 0.0)
     N = form.unpack(vector)
     values = torch.linalg.eigvalsh(N)
     if float(values.sum()) < 0:
         values = -values.flip(0)
     top = float(values[-1])
     ratio = float(values[0]) / top if top > 0 else -1.0
-    return ratio >= -rtol, ratio
+    return _EigenmatrixShape(ratio >= -rtol, ratio)
 
 
 # --------------------------------------------------------------------------------------------------- results
@@ -547,8 +424,7 @@ def _kernel_notes(ker: Kernel) -> list[str]:
 
 
 def _route(method: str, rank: int, form_dense_ok: bool) -> str:
-    if method not in METHODS:
-        raise StabilityError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    check_method(method, METHODS)
     if method in ("auto", "exact"):
         if method == "auto" and rank > EXACT_MAX_RANK:
             return "galerkin"
@@ -556,35 +432,21 @@ def _route(method: str, rank: int, form_dense_ok: bool) -> str:
     return method
 
 
-def _dense_ok_for(rank: int, n: int, k: int) -> bool:
-    m = rank * (rank + 1) // 2
-    return m <= DENSE_MAX_DIM and n * k * k * m <= _DENSE_MAX_ENTRIES
-
-
-def _embed(small: _SymForm, big: _SymForm, v: Tensor) -> Tensor:
-    """A packed eigenmatrix of the top-``small.r`` subspace as a packed matrix of the top-``big.r`` one (λ ascending,
-    so the small subspace is the last ``small.r`` indices)."""
-    N = torch.zeros(big.r, big.r, dtype=torch.float64)
-    N[big.r - small.r :, big.r - small.r :] = small.unpack(v)
-    out = big.pack(N)
-    return out / out.norm()
-
-
-def _form(ker: Kernel, top: int | None = None) -> _SymForm:
-    return ker.memo(f"stability-form:{top}", lambda: _SymForm(*ker.range_basis(top), ker.n, ker.k))
-
-
-@dataclass
+# --------------------------------------------------------------------------------------------------- solves
+@dataclass(frozen=True)
 class _Solution:
-    rho: _Eig
+    """One solve: ρ (None when no learning rate was asked about), λ_max(C⁻¹D) (None when not asked for), the
+    subspace rank and form they were found on, and how."""
+
+    rho: _Eig | None
     crit: _Eig | None
     subspace: int
     error: float
     method: str
     matvecs: int
     converged: bool
-    form: _SymForm
-    notes: list[str]
+    form: SymmetricForm
+    notes: tuple[str, ...]
 
 
 def _solve(
@@ -592,67 +454,88 @@ def _solve(
 ) -> _Solution:
     """ρ (if ``eta``) and λ_max(C⁻¹D) (if ``want_critical``) on the route ``method`` asks for."""
     rank = ker.rank
-    route = _route(method, rank, _dense_ok_for(rank, ker.n, ker.k))
-    notes: list[str] = []
+    route = _route(method, rank, dense_ok_for(rank, ker.n, ker.k))
     if route != "galerkin":
-        form = _form(ker)
-        crit = _critical(form, c, route, tol, None) if want_critical else None
-        rho = (
-            _rho(form, eta, c, route, tol, crit.vector if crit else None, _eta_star(crit.value) if crit else math.nan)
-            if eta is not None
-            else None
-        )
-        parts = [e for e in (rho, crit) if e is not None]
-        return _Solution(
-            rho=rho,  # type: ignore[arg-type]
-            crit=crit,
-            subspace=rank,
-            error=0.0,
-            method=parts[0].route if parts else route,
-            matvecs=sum(e.matvecs for e in parts),
-            converged=all(e.converged for e in parts),
-            form=form,
-            notes=notes,
-        )
-    if not 0 < galerkin_rtol < 1:
-        raise StabilityError(f"galerkin_rtol must be in (0, 1), got {galerkin_rtol!r}")
+        return _solve_exact(ker, eta, c, route, tol, want_critical)
+    return _solve_galerkin(ker, eta, c, tol, check_galerkin_rtol(galerkin_rtol), want_critical)
+
+
+def _rho_and_critical(
+    form: SymmetricForm,
+    eta: float | None,
+    c: float,
+    route: str,
+    tol: float,
+    want_critical: bool,
+    v0: Tensor | None = None,
+) -> tuple[_Eig | None, _Eig | None]:
+    """λ_max(C⁻¹D) from ``v0`` (if ``want_critical``), then ρ at ``eta`` (if given), started from its eigenvector."""
+    crit = _critical(form, c, route, tol, v0) if want_critical else None
+    if eta is None:
+        return None, crit
+    if crit is None:
+        return _rho(form, eta, c, route, tol, None, math.nan), None
+    return _rho(form, eta, c, route, tol, crit.vector, _eta_star(crit.value)), crit
+
+
+def _solve_exact(ker: Kernel, eta: float | None, c: float, route: str, tol: float, want_critical: bool) -> _Solution:
+    form = symmetric_form(ker)
+    rho, crit = _rho_and_critical(form, eta, c, route, tol, want_critical)
+    parts = [e for e in (rho, crit) if e is not None]
+    return _Solution(
+        rho=rho,
+        crit=crit,
+        subspace=ker.rank,
+        error=0.0,
+        method=parts[0].route if parts else route,
+        matvecs=sum(e.matvecs for e in parts),
+        converged=all(e.converged for e in parts),
+        form=form,
+        notes=(),
+    )
+
+
+def _galerkin_ranks(rank: int) -> list[int]:
+    """The subspace ranks Galerkin tries: GALERKIN_START, doubling, then the full rank."""
     sizes = []
     r = GALERKIN_START
     while r < rank:
         sizes.append(r)
         r *= 2
     sizes.append(rank)
+    return sizes
+
+
+def _relative_change(now: tuple[float, float], prev: tuple[float, float]) -> float:
+    return max(abs(a - b) / max(abs(a), 1e-300) for a, b in zip(now, prev, strict=True))
+
+
+def _warm_start(prev_form: SymmetricForm | None, form: SymmetricForm, crit: _Eig | None) -> Tensor | None:
+    """The previous level's η* eigenmatrix embedded in this level's subspace (whose top corner it spans)."""
+    if prev_form is None or crit is None or crit.vector is None:
+        return None
+    return embed(prev_form, form, crit.vector)
+
+
+def _solve_galerkin(
+    ker: Kernel, eta: float | None, c: float, tol: float, galerkin_rtol: float, want_critical: bool
+) -> _Solution:
+    """ρ and λ_max(C⁻¹D) on the top r eigen-directions of K, r doubling until both change by less than
+    ``galerkin_rtol`` (or r reaches the rank: exact), each level warm-started from the last."""
+    rank = ker.rank
     # each level's eigenproblem only needs to be far more accurate than the Galerkin change it is compared with
     level_tol = max(tol, 1e-3 * galerkin_rtol**2)
     prev: tuple[float, float] | None = None
     matvecs, converged, error = 0, True, math.inf
     rho = crit = None
     # the full-rank form is built only if the levels reach it: its packing arrays alone take ~32·r² bytes
-    # (≈ 3 GB at r = 10⁴), and _form keeps it on the kernel
-    form: _SymForm | None = None
-    for r in sizes:
-        prev_form, form = form, (_SymForm(*ker.range_basis(r), ker.n, ker.k) if r < rank else _form(ker))
+    # (≈ 3 GB at r = 10⁴), and symmetric_form keeps it on the kernel
+    form: SymmetricForm | None = None
+    for r in _galerkin_ranks(rank):
+        prev_form, form = form, (SymmetricForm(*ker.range_basis(r), ker.n, ker.k) if r < rank else symmetric_form(ker))
         sub = "dense" if form.dense_ok() else "lanczos"
-        # warm start from the previous level's eigenmatrix (its subspace is the top corner of this one's)
-        v0 = (
-            _embed(prev_form, form, crit.vector)
-            if prev_form is not None and crit is not None and crit.vector is not None
-            else None
-        )
-        crit = _critical(form, c, sub, level_tol if r < rank else tol, v0) if want_critical else None
-        rho = (
-            _rho(
-                form,
-                eta,
-                c,
-                sub,
-                level_tol if r < rank else tol,
-                crit.vector if crit else None,
-                _eta_star(crit.value) if crit else math.nan,
-            )
-            if eta is not None
-            else None
-        )
+        v0 = _warm_start(prev_form, form, crit)
+        rho, crit = _rho_and_critical(form, eta, c, sub, level_tol if r < rank else tol, want_critical, v0)
         parts = [e for e in (rho, crit) if e is not None]
         matvecs += sum(e.matvecs for e in parts)
         converged = all(e.converged for e in parts)
@@ -661,20 +544,21 @@ def _solve(
             error = 0.0
             break
         if prev is not None:
-            error = max(abs(a - b) / max(abs(a), 1e-300) for a, b in zip(now, prev, strict=True))
+            error = _relative_change(now, prev)
             if error < galerkin_rtol:
                 break
         prev = now
     assert form is not None
     if error == 0.0:
-        notes.append(f"Galerkin reached the full rank r = {rank}: exact")
+        note = f"Galerkin reached the full rank r = {rank}: exact"
     else:
-        notes.append(f"Galerkin on the top {form.r} of {rank} eigen-directions of K; relative change {error:.2g}")
-    return _Solution(rho, crit, form.r, error, "galerkin", matvecs, converged, form, notes)  # type: ignore[arg-type]
+        note = f"Galerkin on the top {form.r} of {rank} eigen-directions of K; relative change {error:.2g}"
+    return _Solution(rho, crit, form.r, error, "galerkin", matvecs, converged, form, (note,))
 
 
+# --------------------------------------------------------------------------------------------------- public
 def critical_learning_rate(
-    problem_or_kernel: Any,
+    problem_or_kernel: KernelSource,
     batch_size: int,
     sampling: str = "with_replacement",
     *,
@@ -685,23 +569,67 @@ def critical_learning_rate(
     """The exact mean-square critical learning rate ``η* = 2/λ_max(C⁻¹D)`` (THEORY.md §4), no bisection.
 
     ``ρ(T) ≤ 1`` exactly for ``η ≤ η*``. ``B = n`` without replacement (c = 0) gives ``2n/λ_max(K) = 2/λ_max(H)``;
-    ``inf`` when K = 0. ``method`` as in :func:`stability` (``"galerkin"`` returns an upper bound on η*).
+    ``inf`` when K = 0.
+
+    Args:
+        problem_or_kernel: a :class:`~sgdstab.Problem` at a global minimum (K = its NTK), a
+            :class:`~sgdstab.Kernel`, or a square symmetric PSD tensor (k = 1).
+        batch_size: B, in 1..n.
+        sampling: ``"with_replacement"`` or ``"without_replacement"``.
+        method: as in :func:`stability` (``"galerkin"`` returns an upper bound on η*).
+        tol: the eigen-solver's relative tolerance, in (0, 0.01).
+        galerkin_rtol: Galerkin's stopping rule, in (0, 1).
+
+    Returns:
+        η* on the half-MSE loss L (``inf`` when K = 0).
+
+    Raises:
+        ConventionError: a bad batch size or sampling scheme.
+        StabilityError: a bad kernel, method, ``tol`` or ``galerkin_rtol``.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> K = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> round(sgdstab.critical_learning_rate(K, 2, "without_replacement"), 12)  # GD: 2n/λ_max(K)
+        1.333333333333
     """
     ker = as_kernel(problem_or_kernel)
     c = noise_scale(batch_size, ker.n, check_sampling(sampling))
-    sol = _solve(ker, None, c, method, _check_tol(tol), galerkin_rtol, want_critical=True)
+    sol = _solve(ker, None, c, method, check_tol(tol), galerkin_rtol, want_critical=True)
     assert sol.crit is not None
     return _eta_star(sol.crit.value)
 
 
-def _check_tol(tol: float) -> float:
-    if not isinstance(tol, int | float) or not 0 < tol < 1e-2:
-        raise StabilityError(f"tol must be a number in (0, 0.01), got {tol!r}")
-    return float(tol)
+def _minimum_notes(source: KernelSource) -> list[str]:
+    """For a Problem: say so when θ is not a global minimum (K is then the Gauss–Newton kernel)."""
+    if not isinstance(source, Problem):
+        return []
+    loss = float(source.loss())
+    scale = 0.5 * float((source.Y * source.Y).sum()) / source.n
+    if loss > 100 * torch.finfo(source.dtype).eps * max(scale, 1e-30):
+        return [f"θ is not a global minimum (L = {loss:.3g}): the analysis linearizes with the Gauss–Newton kernel"]
+    return []
+
+
+def _solution_notes(ker: Kernel, sol: _Solution, shape: _EigenmatrixShape) -> list[str]:
+    """What a reader of ρ and η* should know: the Galerkin level, a zero, singular or ill-conditioned K, a top
+    eigenmatrix that is not PSD, a solver that did not converge."""
+    notes = list(sol.notes)
+    if ker.rank == 0:
+        notes.append("K = 0: nothing moves; ρ is taken as 0")
+    notes += _kernel_notes(ker)
+    if not shape.psd:
+        notes.append(
+            f"top eigenmatrix is not PSD (λ_min/λ_max = {shape.min_ratio:.2g}): the top eigenvalue is (nearly) "
+            "degenerate"
+        )
+    if not sol.converged:
+        notes.append("the eigen-solver did not converge: ρ and η* are the last iterates")
+    return notes
 
 
 def stability(
-    problem_or_kernel: Any,
+    problem_or_kernel: KernelSource,
     lr: float,
     batch_size: int,
     sampling: str = "with_replacement",
@@ -715,49 +643,50 @@ def stability(
 ) -> Stability:
     """Mean-square linear stability of SGD(lr, batch_size, sampling) at a global minimum (THEORY.md §4).
 
-    ``problem_or_kernel``: a :class:`~sgdstab.Problem` at a global minimum (K = its NTK), a :class:`Kernel`, or a
-    plain square tensor (k = 1). ``lr`` is on the half-MSE loss L (convert with ``Problem.half_mse_lr``).
-    ``method``: ``"auto"`` (exact when rank K ≤ 1200, Galerkin beyond), ``"exact"`` (dense or Lanczos by size),
-    ``"dense"``, ``"lanczos"``, ``"power"`` or ``"galerkin"``. ``tol``: eigen-solver relative tolerance.
-    ``mu``/``residual`` pass a measured loss alignment to the certificates (:func:`sgdstab.certificates`).
-    """
-    from sgdstab.linear_stability.certificates import certificates as _certificates
-    from sgdstab.problem.problem import Problem
+    Args:
+        problem_or_kernel: a :class:`~sgdstab.Problem` at a global minimum (K = its NTK; elsewhere a note says
+            K is the Gauss–Newton kernel), a :class:`~sgdstab.Kernel`, or a square symmetric PSD tensor (k = 1).
+        lr: the learning rate on the half-MSE loss L (convert with ``Problem.half_mse_lr``).
+        batch_size: B, in 1..n.
+        sampling: ``"with_replacement"`` or ``"without_replacement"`` (B = n without replacement is GD).
+        method: ``"auto"`` (exact when rank K ≤ 1200, Galerkin beyond), ``"exact"`` (dense or Lanczos by size),
+            ``"dense"``, ``"lanczos"``, ``"power"`` or ``"galerkin"``.
+        tol: the eigen-solver's relative tolerance, in (0, 0.01).
+        galerkin_rtol: Galerkin's stopping rule (relative change of ρ and η* between subspace ranks), in (0, 1).
+        mu, residual: a measured loss alignment, or the residual to compute it from, for the certificates
+            (:func:`sgdstab.certificates`).
+        with_certificates: also compute every certificate of THEORY.md §5.
 
+    Returns:
+        A :class:`Stability`: ρ(T), whether it is ≤ 1, η*, the route taken and (by default) the certificates.
+
+    Raises:
+        ConventionError: a bad learning rate, batch size or sampling scheme.
+        StabilityError: a bad kernel, method, ``tol``, ``galerkin_rtol``, ``mu`` or ``residual``.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> K = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> st = sgdstab.stability(K, 1.0, 2, "without_replacement")  # GD: ρ = max (1 − ηλ/n)²
+        >>> round(st.rho, 12), st.stable, round(st.critical_lr, 12)
+        (0.25, True, 1.333333333333)
+    """
     start = time.perf_counter()
     eta = check_learning_rate(lr)
     scheme = check_sampling(sampling)
-    tol = _check_tol(tol)
-    if method not in METHODS:
-        raise StabilityError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
+    tol = check_tol(tol)
+    check_method(method, METHODS)
     ker = as_kernel(problem_or_kernel)
     b = check_batch_size(batch_size, ker.n)
     c = noise_scale(b, ker.n, scheme)
-    notes: list[str] = []
-    if isinstance(problem_or_kernel, Problem):
-        P = problem_or_kernel
-        loss = float(P.loss())
-        scale = 0.5 * float((P.Y * P.Y).sum()) / P.n
-        if loss > 100 * torch.finfo(P.dtype).eps * max(scale, 1e-30):
-            notes.append(
-                f"θ is not a global minimum (L = {loss:.3g}): the analysis linearizes with the Gauss–Newton kernel"
-            )
+    notes = _minimum_notes(problem_or_kernel)
     sol = _solve(ker, eta, c, method, tol, galerkin_rtol, want_critical=True)
-    notes += sol.notes
     assert sol.crit is not None and sol.rho is not None
     rho = sol.rho.value
-    if ker.rank == 0:
-        notes.append("K = 0: nothing moves; ρ is taken as 0")
-    notes += _kernel_notes(ker)
     # an iterative eigenvector is accurate to about its residual over the gap: judge PSD-ness accordingly
-    psd, ratio = _psd_check(sol.form, sol.rho.vector, 1e-8 if sol.rho.route == "dense" else 1e-3)
-    if not psd:
-        notes.append(
-            f"top eigenmatrix is not PSD (λ_min/λ_max = {ratio:.2g}): the top eigenvalue is (nearly) degenerate"
-        )
-    if not sol.converged:
-        notes.append("the eigen-solver did not converge: ρ and η* are the last iterates")
-    cert = _certificates(ker, eta, b, scheme, mu=mu, residual=residual) if with_certificates else None
+    shape = _psd_check(sol.form, sol.rho.vector, 1e-8 if sol.rho.route == "dense" else 1e-3)
+    notes += _solution_notes(ker, sol, shape)
+    cert = certificates(ker, eta, b, scheme, mu=mu, residual=residual) if with_certificates else None
     eta_star = _eta_star(sol.crit.value)
     return Stability(
         rho=rho,
@@ -779,8 +708,8 @@ def stability(
         converged=sol.converged,
         matvecs=sol.matvecs,
         seconds=time.perf_counter() - start,
-        eigenmatrix_psd=psd,
-        eigenmatrix_min_ratio=ratio,
+        eigenmatrix_psd=shape.psd,
+        eigenmatrix_min_ratio=shape.min_ratio,
         certificates=cert,
         notes=tuple(notes),
         kernel_condition=_condition(ker),

@@ -113,7 +113,20 @@ class ModelSpec:
     random-feature width); ``activation`` (one of :data:`ACTIVATIONS`; must be ``"identity"`` for
     ``linear_net``); ``bias`` (biases in trainable layers); ``seed`` (init seed); ``channels`` and
     ``kernel_size`` (cnn only; kernel size odd); ``init_scale`` (multiplies every trainable initial tensor).
-    Validated on construction; tuple fields also accept lists.
+    Validated on construction (:class:`~sgdstab.errors.ModelSpecError` names the field); tuple fields also accept
+    lists, and an int input shape stands for ``(d,)``.
+
+    Example:
+        >>> from sgdstab import ModelSpec
+        >>> spec = ModelSpec("mlp", [4], 2, widths=[8, 8])
+        >>> spec.input_shape, spec.widths
+        ((4,), (8, 8))
+        >>> ModelSpec.from_dict(spec.to_dict()) == spec
+        True
+        >>> ModelSpec("mlp", (4,), 2)
+        Traceback (most recent call last):
+        ...
+        sgdstab.errors.ModelSpecError: widths must not be empty for kind='mlp'; use kind='linear_net' for a linear model
     """
 
     kind: str
@@ -290,7 +303,29 @@ def _init_(model: nn.Module, spec: ModelSpec) -> None:
 
 
 def build_model(spec: ModelSpec) -> nn.Module:
-    """Build the float32 model described by ``spec`` (deterministic from its seed); sets ``model.spec``."""
+    """Build the float32 model described by ``spec`` (deterministic from its seed); sets ``model.spec``.
+
+    Args:
+        spec: the validated description of the model.
+
+    Returns:
+        The model (:class:`torch.nn.Module`), initialised from a private generator seeded ``spec.seed`` (the global
+        RNG is neither used nor advanced); ``build_model(spec)`` twice gives equal weights.
+
+    Raises:
+        ModelSpecError: ``spec`` is not a :class:`ModelSpec` (a dict goes through :meth:`ModelSpec.from_dict`).
+        MemoryBudgetError: its parameters cannot fit in the memory available.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> spec = sgdstab.ModelSpec("mlp", (4,), 1, widths=(3,))
+        >>> model = sgdstab.build_model(spec)
+        >>> model.spec == spec, sgdstab.count_parameters(model)
+        (True, 19)
+        >>> x = torch.ones(2, 4)
+        >>> torch.equal(model(x), sgdstab.build_model(spec)(x))
+        True
+    """
     if not isinstance(spec, ModelSpec):
         got = type(spec).__name__
         raise ModelSpecError(f"build_model needs a ModelSpec, got {got}; use ModelSpec.from_dict")
@@ -325,7 +360,33 @@ def mlp(
     seed: int = 0,
     init_scale: float = 1.0,
 ) -> nn.Module:
-    """Fully connected net ``d -> widths... -> outputs``, activation between layers, none after the last."""
+    """Fully connected net ``d -> widths... -> outputs``, activation between layers, none after the last.
+
+    Args:
+        input_shape: per-sample input shape (flattened by the model), or ``d`` for ``(d,)``.
+        outputs: outputs k per sample.
+        widths: hidden widths, one per hidden layer (at least one).
+        activation: one of :data:`ACTIVATIONS`.
+        bias: biases in every layer.
+        seed: initialisation seed.
+        init_scale: multiplies every initial weight and bias.
+
+    Returns:
+        The float32 model, mapping ``(N, *input_shape)`` to ``(N, outputs)``, with its :class:`ModelSpec` as
+        ``model.spec``.
+
+    Raises:
+        ModelSpecError: an argument is out of range or of the wrong type (the message names it).
+        MemoryBudgetError: the parameters cannot fit in the memory available.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> model = sgdstab.mlp(4, 2, widths=(8,))
+        >>> model(torch.zeros(3, 4)).shape
+        torch.Size([3, 2])
+        >>> sgdstab.count_parameters(model)  # (4·8 + 8) + (8·2 + 2)
+        58
+    """
     return build_model(
         ModelSpec(
             "mlp",
@@ -351,7 +412,35 @@ def cnn(
     seed: int = 0,
     init_scale: float = 1.0,
 ) -> nn.Module:
-    """Small conv net: ``[conv same -> activation -> avgpool 2] * len(channels)``, flatten, MLP head."""
+    """Small conv net: ``[conv same -> activation -> avgpool 2] * len(channels)``, flatten, MLP head.
+
+    Args:
+        input_shape: ``(C, H, W)``; flat inputs ``(N, C·H·W)`` are reshaped to it.
+        outputs: outputs k per sample.
+        channels: output channels of each conv block (at least one); a block halves H and W while both are ≥ 2.
+        kernel_size: odd conv kernel size ('same' padding).
+        widths: hidden widths of the MLP head (may be empty).
+        activation: one of :data:`ACTIVATIONS`.
+        bias: biases in every conv and linear layer.
+        seed: initialisation seed.
+        init_scale: multiplies every initial weight and bias.
+
+    Returns:
+        The float32 model, mapping ``(N, C, H, W)`` to ``(N, outputs)``, with its :class:`ModelSpec` as
+        ``model.spec``.
+
+    Raises:
+        ModelSpecError: an argument is out of range or of the wrong type (the message names it).
+        MemoryBudgetError: the parameters cannot fit in the memory available.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> model = sgdstab.cnn((1, 8, 8), 3, channels=(2,), widths=(4,))
+        >>> model(torch.zeros(5, 1, 8, 8)).shape
+        torch.Size([5, 3])
+        >>> sgdstab.count_parameters(model)  # conv 1·2·9 + 2, head (2·4·4)·4 + 4, then 4·3 + 3
+        167
+    """
     spec = ModelSpec(
         "cnn",
         input_shape,
@@ -375,7 +464,33 @@ def linear_net(
     seed: int = 0,
     init_scale: float = 1.0,
 ) -> nn.Module:
-    """Deep linear network ``W_L ... W_1 flatten(x)`` (no activation); ``widths=()``: plain linear model."""
+    """Deep linear network ``W_L ... W_1 flatten(x)`` (no activation); ``widths=()``: plain linear model.
+
+    Args:
+        input_shape: per-sample input shape (flattened by the model), or ``d`` for ``(d,)``.
+        outputs: outputs k per sample.
+        widths: hidden widths (``()`` for one linear layer).
+        bias: biases in every layer (default none: a product of matrices).
+        seed: initialisation seed.
+        init_scale: multiplies every initial weight and bias.
+
+    Returns:
+        The float32 model, mapping ``(N, *input_shape)`` to ``(N, outputs)``, with its :class:`ModelSpec` as
+        ``model.spec``.
+
+    Raises:
+        ModelSpecError: an argument is out of range or of the wrong type (the message names it).
+        MemoryBudgetError: the parameters cannot fit in the memory available.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> model = sgdstab.linear_net(3, 2, widths=(4,))
+        >>> sgdstab.count_parameters(model)  # 3·4 + 4·2, no biases
+        20
+        >>> x = torch.randn(5, 3)
+        >>> torch.allclose(model(2 * x), 2 * model(x))  # linear in x
+        True
+    """
     return build_model(
         ModelSpec(
             "linear_net",
@@ -399,7 +514,31 @@ def random_features(
     seed: int = 0,
     init_scale: float = 1.0,
 ) -> nn.Module:
-    """Random-features model: frozen ``N(0, 1/d)`` first layer (a buffer), activation, trainable readout."""
+    """Random-features model: frozen ``N(0, 1/d)`` first layer (a buffer), activation, trainable readout.
+
+    Args:
+        input_shape: per-sample input shape (flattened by the model), or ``d`` for ``(d,)``.
+        outputs: outputs k per sample.
+        width: random features (rows of the frozen first layer).
+        activation: one of :data:`ACTIVATIONS`.
+        bias: a bias in the readout.
+        seed: seed of the frozen features and of the readout's initial weights.
+        init_scale: multiplies the readout's initial weights (not the frozen features).
+
+    Returns:
+        The float32 model, mapping ``(N, *input_shape)`` to ``(N, outputs)``, with its :class:`ModelSpec` as
+        ``model.spec``; only the readout is trainable.
+
+    Raises:
+        ModelSpecError: an argument is out of range or of the wrong type (the message names it).
+        MemoryBudgetError: the parameters cannot fit in the memory available.
+
+    Example:
+        >>> import sgdstab
+        >>> model = sgdstab.random_features(5, 1, width=16)
+        >>> model.feature_weight.shape, sgdstab.count_parameters(model)  # readout 16 + bias 1
+        (torch.Size([16, 5]), 17)
+    """
     spec = ModelSpec(
         "random_features",
         input_shape,
@@ -417,7 +556,26 @@ def random_features(
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of trainable scalars (``requires_grad`` parameters) in ``model``."""
+    """Number of trainable scalars (``requires_grad`` parameters) in ``model``.
+
+    Args:
+        model: any :class:`torch.nn.Module`.
+
+    Returns:
+        The count p of numbers in θ; frozen parameters and buffers are not counted.
+
+    Raises:
+        AttributeError: ``model`` has no ``parameters()`` (it is not a module).
+
+    Example:
+        >>> import sgdstab
+        >>> model = sgdstab.mlp(3, 1, widths=(4,))
+        >>> sgdstab.count_parameters(model)  # (3·4 + 4) + (4·1 + 1)
+        21
+        >>> _ = model.net[0].requires_grad_(False)
+        >>> sgdstab.count_parameters(model)
+        5
+    """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 

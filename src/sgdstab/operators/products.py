@@ -87,14 +87,14 @@ def _as_block(problem: Problem, V: Tensor) -> Tensor:
 
 
 def _theta(problem: Problem, theta: Tensor | None) -> Tensor:
-    return problem._theta(theta).detach()
+    return problem.parameters_or(theta).detach()
 
 
 def _outputs_fn(problem: Problem, x: Tensor) -> Callable[[Tensor], Tensor]:
     """θ ↦ f(x_batch; θ), shape (m, k)."""
 
     def fn(t: Tensor) -> Tensor:
-        return problem._forward(problem.layout.unflatten(t), x)
+        return problem.batch_outputs(t, x)
 
     return fn
 
@@ -137,7 +137,7 @@ def _hvp_single(problem: Problem, th: Tensor, w: Tensor) -> Tensor:
     for s in problem.chunks():
         with torch.enable_grad():
             t = th.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(problem._batch_loss_sum(t, problem.X[s], problem.Y[s]), t, create_graph=True)
+            (g,) = torch.autograd.grad(problem.batch_loss_sum(t, problem.X[s], problem.Y[s]), t, create_graph=True)
             (hw,) = torch.autograd.grad(g @ w, t)
         out += hw
     return out / problem.n
@@ -165,7 +165,7 @@ class _GradientGraph:
             saved[0] = 0
             with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda x: x):
                 t = self.th.detach().requires_grad_(True)
-                loss = self.problem._batch_loss_sum(t, self.problem.X[s], self.problem.Y[s])
+                loss = self.problem.batch_loss_sum(t, self.problem.X[s], self.problem.Y[s])
                 (g,) = torch.autograd.grad(loss, t, create_graph=True)
             if self.bytes + saved[0] > self.budget:
                 break  # the remaining chunks are recomputed per product
@@ -184,7 +184,7 @@ class _GradientGraph:
             else:
                 with torch.enable_grad():
                     t = self.th.detach().requires_grad_(True)
-                    loss = self.problem._batch_loss_sum(t, self.problem.X[s], self.problem.Y[s])
+                    loss = self.problem.batch_loss_sum(t, self.problem.X[s], self.problem.Y[s])
                     (g,) = torch.autograd.grad(loss, t, create_graph=True)
                     (hw,) = torch.autograd.grad(g @ w, t)
             out += hw
@@ -200,7 +200,7 @@ def _hvp_rows(problem: Problem, th: Tensor, W: Tensor) -> Tensor:
         x, y = problem.X[s], problem.Y[s]
 
         def loss_chunk(t: Tensor, x: Tensor = x, y: Tensor = y) -> Tensor:
-            return problem._batch_loss_sum(t, x, y)
+            return problem.batch_loss_sum(t, x, y)
 
         g = grad(loss_chunk)
 
@@ -226,7 +226,7 @@ def hessian_matmat(problem: Problem, V: Tensor, theta: Tensor | None = None) -> 
 
 def _residual_weights(problem: Problem, th: Tensor, s: slice) -> Tensor:
     with torch.no_grad():
-        return (problem._forward(problem.layout.unflatten(th), problem.X[s]) - problem.Y[s]).detach()
+        return (problem.batch_outputs(th, problem.X[s]) - problem.Y[s]).detach()
 
 
 def _rvp_single(problem: Problem, th: Tensor, w: Tensor) -> Tensor:
@@ -235,7 +235,7 @@ def _rvp_single(problem: Problem, th: Tensor, w: Tensor) -> Tensor:
     for s in problem.chunks():
         with torch.enable_grad():
             t = th.detach().requires_grad_(True)
-            f = problem._forward(problem.layout.unflatten(t), problem.X[s])
+            f = problem.batch_outputs(t, problem.X[s])
             weights = (f.detach() - problem.Y[s]).detach()
             (g,) = torch.autograd.grad((f * weights).sum(), t, create_graph=True)
             (rw,) = torch.autograd.grad(g @ w, t)

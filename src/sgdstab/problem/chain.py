@@ -99,7 +99,7 @@ def layer_chain(problem: Problem) -> LayerChain | None:
     params = problem.layout.unflatten(problem.theta)
     with torch.no_grad():
         mine = chain.apply(params, prefix(problem.X[:m])).reshape(m, -1)
-        theirs = problem.outputs()[:m] if problem.n <= 8 else problem._forward(params, problem.X[:m])
+        theirs = problem.outputs()[:m] if problem.n <= 8 else problem.forward(params, problem.X[:m])
     tol = 1e-4 if problem.dtype == torch.float32 else 1e-10
     if mine.shape != theirs.shape or not torch.allclose(mine, theirs, rtol=tol, atol=tol * float(theirs.abs().max())):
         return None

@@ -23,6 +23,7 @@ from torch.func import functional_call, grad, jacrev, vmap
 from sgdstab.conventions import check_loss_convention, half_mse_learning_rate, loss_scale
 from sgdstab.errors import ProblemError
 from sgdstab.utils.memory import check_allocation, format_bytes
+from sgdstab.utils.validation import check_int
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 _INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
@@ -45,11 +46,6 @@ class ParameterLayout:
 
     def flatten(self, tensors: dict[str, Tensor]) -> Tensor:
         return torch.cat([tensors[name].reshape(-1) for name in self.names])
-
-    def flatten_batched(self, tensors: dict[str, Tensor], batch_dims: int) -> Tensor:
-        """Flatten a dict of tensors with ``batch_dims`` leading dimensions to shape (*batch, p)."""
-        parts = [tensors[name].flatten(batch_dims) for name in self.names]
-        return torch.cat(parts, dim=batch_dims)
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         chunks = torch.split(theta, list(self.numels))
@@ -113,9 +109,7 @@ def _check_exact_integers(t: Tensor, name: str, dtype: torch.dtype) -> None:
 def check_chunk_size(chunk_size: object) -> int:
     """``chunk_size`` as an int ≥ 1 (samples per vectorized chunk), else :class:`ProblemError`."""
     # a chunk size ≤ 0 would make range() yield no chunks at all, and every sum over chunks silently zero
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ProblemError(f"chunk_size must be an integer ≥ 1, got {chunk_size!r}")
-    return chunk_size
+    return check_int(chunk_size, "chunk_size", minimum=1, error=ProblemError)
 
 
 def _check_finite(t: Tensor, what: str) -> None:
@@ -176,7 +170,24 @@ class Problem:
             of the model; the user's model is never modified.
         chunk_size: samples per vectorized chunk for per-sample derivatives (default: from a memory budget).
 
-    Data are moved to the model's device; every result stays there.
+    Data are moved to the model's device; every result stays there. Other layers build on the public seams
+    :meth:`forward`, :meth:`batch_outputs`, :meth:`batch_loss_sum` and :meth:`parameters_or`.
+
+    Raises:
+        ProblemError: the model is not a module, couples or randomizes samples, has no trainable parameters or
+            fails on X; X or Y are not real, dense, finite tensors of matching sample counts; the model's output
+            width is not Y's k; ``dtype`` or ``chunk_size`` is invalid.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> X = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(4, 3)
+        >>> problem = sgdstab.Problem(sgdstab.mlp(3, 1, widths=(4,)), X, X.sum(1), dtype=torch.float64)
+        >>> problem.n, problem.k, problem.p
+        (4, 1, 21)
+        >>> problem.gradient().shape, problem.jacobian().shape
+        (torch.Size([21]), torch.Size([4, 21]))
+        >>> bool(problem.loss() > 0)
+        True
     """
 
     def __init__(
@@ -225,13 +236,30 @@ class Problem:
         _check_finite(self.theta, "model parameters")
 
     # ------------------------------------------------------------------ the functional model
-    def _forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+    def forward(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """f(x; params) for a batch ``x``, shape (m, k): the model run functionally (``torch.func``) on the
+        trainable tensors ``params`` (name → tensor, e.g. ``layout.unflatten(θ)``), with the frozen parameters
+        and buffers held constant. Differentiable in ``params``; nothing is checked (the hot path)."""
         out = functional_call(self.model, (params, self._constants), (x,))
         return out.reshape(x.shape[0], -1)
 
+    def batch_outputs(self, theta: Tensor, x: Tensor) -> Tensor:
+        """f(x; θ) for a batch ``x`` and a flat θ of shape (p,), shape (m, k); differentiable in θ."""
+        return self.forward(self.layout.unflatten(theta), x)
+
+    def batch_loss_sum(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        """½ Σ_i ||f(x_i; θ) − y_i||² over a batch (a sum, not a mean: callers divide by the true n once, so an
+        unequal last chunk is weighted correctly); differentiable in θ."""
+        r = self.forward(self.layout.unflatten(theta), x) - y
+        return 0.5 * (r * r).sum()
+
+    # the private names other layers used before the public seams existed
+    _forward = forward
+    _batch_loss_sum = batch_loss_sum
+
     def _f_single(self, theta: Tensor, x: Tensor) -> Tensor:
         """f(x; θ) ∈ R^k for one sample x (no batch dimension)."""
-        return self._forward(self.layout.unflatten(theta), x.unsqueeze(0))[0]
+        return self.forward(self.layout.unflatten(theta), x.unsqueeze(0))[0]
 
     def _probe(self, x: Tensor) -> Tensor:
         """The model's outputs on a copy of ``x``, refusing (one line) a model that fails or writes into its
@@ -239,7 +267,7 @@ class Problem:
         params = self.layout.unflatten(self.theta)
         copy_ = x.clone()
         try:
-            out = self._forward(params, copy_)
+            out = self.forward(params, copy_)
         except Exception as exc:  # the model cannot run on these inputs: say so in one line
             message = " ".join(f"{type(exc).__name__}: {exc}".split())
             raise ProblemError(f"model failed on X of shape {tuple(self.X.shape)}: {message}") from exc
@@ -304,7 +332,7 @@ class Problem:
     def _alone(self, i: int) -> Tensor:
         """The output of sample ``i`` run as a batch of one (the per-sample derivatives need the model to run so)."""
         try:
-            return self._forward(self.layout.unflatten(self.theta), self.X[i : i + 1].clone())
+            return self.batch_outputs(self.theta, self.X[i : i + 1].clone())
         except Exception as exc:
             message = " ".join(f"{type(exc).__name__}: {exc}".split())
             raise ProblemError(
@@ -329,7 +357,13 @@ class Problem:
         return torch.empty((), dtype=self.dtype).element_size()
 
     # ------------------------------------------------------------------ parameters
-    def _theta(self, theta: Tensor | None) -> Tensor:
+    def parameters_or(self, theta: Tensor | None) -> Tensor:
+        """``theta`` checked (a real tensor of shape (p,)) and moved to the problem's device and dtype, or the
+        current θ when ``theta`` is None: how every method with a ``theta=`` argument reads it.
+
+        Raises:
+            ProblemError: ``theta`` is not a real tensor, or not of shape (p,).
+        """
         if theta is None:
             return self.theta
         if not isinstance(theta, Tensor) or theta.is_complex() or theta.dtype == torch.bool:
@@ -339,9 +373,11 @@ class Problem:
             raise ProblemError(f"θ must be a flat vector of {self.p} parameters, got shape {tuple(theta.shape)}")
         return theta.to(device=self.device, dtype=self.dtype)
 
+    _theta = parameters_or
+
     def set_parameters(self, theta: Tensor) -> None:
         """Move the problem to θ (and write θ into the model's parameters)."""
-        theta = self._theta(theta).detach().clone()
+        theta = self.parameters_or(theta).detach().clone()
         _check_finite(theta, "θ")
         self.theta = theta
         named = dict(self.model.named_parameters())
@@ -367,9 +403,9 @@ class Problem:
 
     def outputs(self, theta: Tensor | None = None) -> Tensor:
         """f(x_i; θ) for every sample, shape (n, k)."""
-        params = self.layout.unflatten(self._theta(theta))
+        params = self.layout.unflatten(self.parameters_or(theta))
         with torch.no_grad():
-            return torch.cat([self._forward(params, self.X[s]) for s in self.chunks()])
+            return torch.cat([self.forward(params, self.X[s]) for s in self.chunks()])
 
     def residuals(self, theta: Tensor | None = None) -> Tensor:
         """r_i = f(x_i; θ) − y_i, shape (n, k)."""
@@ -380,15 +416,11 @@ class Problem:
         r = self.residuals(theta)
         return 0.5 * (r * r).sum() / self.n
 
-    def _batch_loss_sum(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        r = self._forward(self.layout.unflatten(theta), x) - y
-        return 0.5 * (r * r).sum()
-
     def gradient(self, theta: Tensor | None = None) -> Tensor:
         """∇L(θ), shape (p,)."""
-        th = self._theta(theta)
+        th = self.parameters_or(theta)
         g = torch.zeros_like(th)
-        grad_fn = grad(self._batch_loss_sum)
+        grad_fn = grad(self.batch_loss_sum)
         for s in self.chunks():
             g += grad_fn(th, self.X[s], self.Y[s])
         return g / self.n
@@ -397,7 +429,7 @@ class Problem:
         """θ ↦ L(θ) as a differentiable function on the full data (for torch.func transforms on small problems)."""
 
         def loss_fn(theta: Tensor) -> Tensor:
-            total = sum(self._batch_loss_sum(theta, self.X[s], self.Y[s]) for s in self.chunks())
+            total = sum(self.batch_loss_sum(theta, self.X[s], self.Y[s]) for s in self.chunks())
             return total / self.n  # type: ignore[operator]
 
         return loss_fn
@@ -418,7 +450,7 @@ class Problem:
         self, chunk_size: int | None = None, theta: Tensor | None = None
     ) -> Iterator[tuple[slice, Tensor]]:
         """Yield ``(samples, grads)``, ``grads`` of shape (m, p) holding ∇ℓ_i, for consecutive chunks."""
-        th = self._theta(theta)
+        th = self.parameters_or(theta)
 
         def sample_loss(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
             r = self._f_single(t, x) - y
@@ -437,7 +469,7 @@ class Problem:
         self, chunk_size: int | None = None, theta: Tensor | None = None, start: int = 0
     ) -> Iterator[tuple[slice, Tensor]]:
         """Yield ``(samples, J_block)``, ``J_block`` of shape (m·k, p), for consecutive chunks from ``start``."""
-        th = self._theta(theta)
+        th = self.parameters_or(theta)
         fn = vmap(jacrev(self._f_single), in_dims=(None, 0))
         for s in self.chunks(chunk_size, start):
             block = fn(th, self.X[s])  # (m, k, p)
