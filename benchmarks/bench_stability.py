@@ -65,6 +65,7 @@ from _common import (
 
 # the module (the package re-exports a function of the same name)
 S: Any = importlib.import_module("sgdstab.linear_stability.solver")
+O: Any = importlib.import_module("sgdstab.linear_stability.operator")  # the forms the solvers apply
 
 SAMPLING = "with_replacement"
 FULL: dict[str, Any] = {
@@ -96,7 +97,7 @@ def build_kernel(family: str, nk: int) -> tuple[Kernel, dict[str, float]]:
         n, k = nk // K_OUT, K_OUT
         X, Y = sgdstab.load_dataset("fashion-mnist-small", n=n)
         model = sgdstab.mlp(X.shape[1:], Y.shape[1], widths=NTK_WIDTHS, activation="tanh", seed=0)
-        K = sgdstab.ntk(sgdstab.Problem(model, X, Y))
+        K = sgdstab.ntk(sgdstab.Problem(model, X, Y)).matrix
     elif family == "random":
         n, k = nk, 1
         g = torch.Generator().manual_seed(0)
@@ -279,7 +280,7 @@ def section_bisection(settings: dict[str, Any]) -> list[dict[str, Any]]:
             direct[f"tol_{tol:g}"] = {"eta_star": value, "seconds": secs, "matvecs_with_rho": st.matvecs}
         eta_ref = direct["tol_1e-10"]["eta_star"]
         direct["tol_1e-06"]["error"] = rel_err(direct["tol_1e-06"]["eta_star"], eta_ref)
-        form = S._form(ker)
+        form = O.symmetric_form(ker)
         lo, hi = 0.0, 2 * ker.n / float(ker.eigen.values[-1])
         evaluations, products, unconverged, seconds = 0, 0, 0, 0.0
         reached: dict[str, Any] = {}

@@ -162,7 +162,7 @@ def run_loader(problem: sgdstab.Problem, config: Config) -> tuple[float, Tensor]
 
 
 def run_func(problem: sgdstab.Problem, config: Config) -> tuple[float, Tensor]:
-    grad_fn = grad(problem._batch_loss_sum)
+    grad_fn = grad(problem.batch_loss_sum)
     theta, b, lr = problem.theta.clone(), config.batch_size, config.lr
     start = now()
     gen = torch.Generator().manual_seed(SEED)

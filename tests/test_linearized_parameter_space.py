@@ -13,7 +13,7 @@ from sgdstab import ntk
 
 def _outputs(problem, idx):
     def fn(theta):
-        return problem._forward(problem.layout.unflatten(theta), problem.X[idx])
+        return problem.forward(problem.layout.unflatten(theta), problem.X[idx])
 
     return fn
 

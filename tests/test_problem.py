@@ -183,6 +183,3 @@ def test_public_seams_agree_with_the_values_they_build():
     assert torch.equal(P.parameters_or(theta.float()), theta)  # moved to the problem's dtype
     with pytest.raises(ProblemError, match="flat vector of 3 parameters"):
         P.parameters_or(torch.zeros(2, dtype=torch.float64))
-    # the private names stay as aliases while other layers move to the public ones
-    assert Problem._forward is Problem.forward and Problem._batch_loss_sum is Problem.batch_loss_sum
-    assert Problem._theta is Problem.parameters_or

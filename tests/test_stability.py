@@ -354,6 +354,31 @@ def test_problem_input_and_result_object():
     assert any("not a global minimum" in note for note in near.notes)
 
 
+def test_an_ntk_kernel_decomposes_lazily_and_agrees_with_a_checked_kernel_of_its_matrix():
+    """ntk() returns a Kernel whose eigendecomposition is deferred to first use (Kernel.from_gram): every consumer
+    must reach it through the Kernel and get what a checked Kernel of the same matrix gives."""
+    from references import tiny_problem
+    from sgdstab.kernel.ntk import ntk
+    from sgdstab.linear_stability.certificates import kernel_curvature
+
+    P = tiny_problem("mlp", 2, "minimum")
+    assert P.dtype == torch.float64
+    lazy = ntk(P)
+    assert not lazy.has_eigen and "not yet computed" in repr(lazy)
+    checked = Kernel(ntk(P).matrix.double(), P.n, P.k)
+    assert checked.has_eigen
+    for lr, B in [(0.05, 3), (0.5, 1)]:
+        a, b = stability(lazy, lr, B), stability(checked, lr, B)
+        assert (a.rho, a.critical_lr, a.rank, a.method) == (b.rho, b.critical_lr, b.rank, b.method)
+        assert a.certificates.to_dict() == b.certificates.to_dict()
+    assert lazy.has_eigen and lazy.has_memo("stability-form:None")
+    assert critical_learning_rate(ntk(P), 2) == critical_learning_rate(checked, 2)
+    assert kernel_curvature(ntk(P)) == kernel_curvature(checked)
+    T_lazy, T_checked = stability_operator(ntk(P), 0.1, 2), stability_operator(checked, 0.1, 2)
+    M = torch.eye(P.n * P.k, dtype=torch.float64)
+    assert torch.equal(T_lazy(M), T_checked(M))
+
+
 # ------------------------------------------------------------------------------------------------ bad input
 @pytest.mark.parametrize(
     ("kwargs", "error"),

@@ -21,7 +21,7 @@ import math
 import os
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -131,32 +131,55 @@ def _example(name: str, tp: Any, default: Any) -> str:
     return f"{name} = {_toml_value(default)}" if default is not None else name
 
 
-def _coerce_scalar(name: str, tp: Any, value: Any, hint: str) -> Any:  # noqa: C901, PLR0912 (split pending, issue 14)
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, float) and value.is_integer() and math.isfinite(value):
-            value = int(value)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return _int64(name, value)
-    elif tp is float:
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            try:
-                return float(value)
-            except OverflowError:  # an int of 309+ digits (from a dict: the file parsers refuse it earlier)
-                raise ConfigError(
-                    f"config field {name!r} must be a finite number, got an integer of {len(str(abs(value)))} "
-                    f"digits; write e.g. {hint}"
-                ) from None
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    else:  # pragma: no cover - a config class with an unsupported type is a programming error
+def _coerce_scalar(name: str, tp: Any, value: Any, hint: str) -> Any:
+    coerce = _SCALAR_COERCERS.get(tp)
+    if coerce is None:  # pragma: no cover - a config class with an unsupported type is a programming error
         raise TypeError(f"config field {name!r} has unsupported type {tp!r}")
-    raise ConfigError(
-        f"config field {name!r} must be {_TYPE_WORDS[tp]}, got {value!r} ({_kind(value)}); write e.g. {hint}"
-    )
+    result = coerce(name, value, hint)
+    if result is _WRONG_TYPE:
+        raise ConfigError(
+            f"config field {name!r} must be {_TYPE_WORDS[tp]}, got {value!r} ({_kind(value)}); write e.g. {hint}"
+        )
+    return result
+
+
+_WRONG_TYPE = object()  # what a scalar coercer returns for a value of the wrong type
+
+
+def _as_bool(name: str, value: Any, hint: str) -> Any:
+    return value if isinstance(value, bool) else _WRONG_TYPE
+
+
+def _as_int(name: str, value: Any, hint: str) -> Any:
+    if isinstance(value, float) and value.is_integer() and math.isfinite(value):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return _int64(name, value)
+    return _WRONG_TYPE
+
+
+def _as_float(name: str, value: Any, hint: str) -> Any:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return _WRONG_TYPE
+    try:
+        return float(value)
+    except OverflowError:  # an int of 309+ digits (from a dict: the file parsers refuse it earlier)
+        raise ConfigError(
+            f"config field {name!r} must be a finite number, got an integer of {len(str(abs(value)))} "
+            f"digits; write e.g. {hint}"
+        ) from None
+
+
+def _as_str(name: str, value: Any, hint: str) -> Any:
+    return value if isinstance(value, str) else _WRONG_TYPE
+
+
+_SCALAR_COERCERS: dict[type, Callable[[str, Any, str], Any]] = {
+    bool: _as_bool,
+    int: _as_int,
+    float: _as_float,
+    str: _as_str,
+}
 
 
 def _int64(name: str, value: int) -> int:

@@ -27,20 +27,22 @@ import dataclasses
 import itertools
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sgdstab.conventions import SAMPLING_SCHEMES
+from sgdstab.conventions import SAMPLING_SCHEMES, zero_predictor_loss
 from sgdstab.experiments.base import Context, Experiment, Outcome
 from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure
-from sgdstab.experiments.minimum import NetConfig, build_problem, describe_network, find_minimum
+from sgdstab.experiments.minimum import Minimum, NetConfig, build_problem, describe_network, find_minimum
 from sgdstab.experiments.report import Claim, count_claim, fmt, markdown_table
+from sgdstab.kernel.kernel import Kernel
 from sgdstab.kernel.ntk import ntk
-from sgdstab.linear_stability.certificates import kernel_curvature
+from sgdstab.linear_stability.certificates import KernelCurvature, kernel_curvature
 from sgdstab.linear_stability.diagram import (
     LABELS,
     PLOT_LABELS,
@@ -50,6 +52,7 @@ from sgdstab.linear_stability.diagram import (
 )
 from sgdstab.linear_stability.solver import stability
 from sgdstab.measure.alignment import alignment
+from sgdstab.problem.problem import Problem
 
 _REL = 1e-9  # relative tolerance of the exact comparisons (η* is solved to ~1e-10)
 _BOUNDARY = 1e-6  # grid points this close to η* are not checked (ρ ≈ 1 within the eigen-solver's tolerance)
@@ -114,19 +117,9 @@ def body(cfg: DiagramConfig, ctx: Context) -> Outcome:
         f"data and model: {cfg.dataset}, n = {cfg.n}, classes {list(cfg.classes)}, {cfg.network} {list(cfg.widths)}"
     )
     problem, data = build_problem(cfg)
-    ctx.stage(f"GD at η = {cfg.gd_lr} to L ≤ {cfg.gd_until_loss:g}, then Gauss–Newton polishing")
-    measured: dict[str, float] = {}
-
-    def measure_mu(p: Any) -> None:
-        if cfg.measured_mu and float(p.loss()) > 0:
-            measured["mu"] = alignment(p, method="kernel", hessian=False).mu
-
-    minimum, _ = find_minimum(
-        problem, cfg.gd_lr, cfg.gd_max_steps, cfg.gd_until_loss, cfg.polish_steps, cfg.seed, at_gd_end=measure_mu
-    )
-    mu = measured.get("mu")
+    minimum, mu = _polished_minimum(problem, cfg, ctx)
     loss, taken, moved = minimum.loss, minimum.polish_steps, minimum.polish_distance
-    scale = float((problem.Y**2).sum()) / (2 * problem.n)
+    scale = zero_predictor_loss(problem.Y)
     ctx.stage(f"GD: {minimum.gd_steps} steps to L = {minimum.gd_loss:.2e}; polished in {taken} steps to L = {loss:.2e}")
     kernel = ntk(problem)
     kc = kernel_curvature(kernel)
@@ -138,28 +131,61 @@ def body(cfg: DiagramConfig, ctx: Context) -> Outcome:
         ctx.stage(f"stability diagram, {scheme.replace('_', ' ')}: η*(B) at {len(batch_sizes)} batch sizes")
         diag = stability_diagram(kernel, batch_sizes=batch_sizes, sampling=scheme, mu=mu, verify=0)
         diagrams[scheme] = diag
-        boundary = _boundary_points(diag)
-        extra = [q for q in _random_points(diag, cfg.random_checks, cfg.seed + 7919 * s_index) if q not in boundary]
-        points = boundary + extra
-        rows = []
-        for i, j in points:
-            st = stability(kernel, diag.lrs[i], diag.batch_sizes[j], scheme, with_certificates=False)
-            in_region = diag.lrs[i] <= diag.critical_lr[j]
-            rows.append(
-                {
-                    "lr": diag.lrs[i],
-                    "B": diag.batch_sizes[j],
-                    "critical_lr": diag.critical_lr[j],
-                    "rho": st.rho,
-                    "agrees": bool(st.stable == in_region),
-                    "converged": st.converged,
-                }
-            )
-        checks[scheme] = rows
+        checks[scheme] = _rho_checks(kernel, diag, scheme, cfg.random_checks, cfg.seed + 7919 * s_index)
     ctx.stage("checking the claims and drawing the figures")
 
     claims = _claims(cfg, diagrams, checks, kc, minimum, taken, moved, loss, scale, problem.n)
-    rows = _rows(diagrams)
+    _draw(ctx, diagrams)
+    numbers = _numbers(problem, minimum, kc, mu, diagrams, batch_sizes)
+    intro = _intro(cfg, data, problem, minimum, kc, mu)
+    sections = [which_binds(numbers, heading="## Which certificate binds")]
+    sections.append("## Tables\n\n" + "\n\n".join(d.to_markdown() for d in diagrams.values()))
+    sections.append(_checks_section(checks))
+    return Outcome(rows=_rows(diagrams), claims=claims, numbers=numbers, intro=intro, sections=sections)
+
+
+def _polished_minimum(problem: Problem, cfg: DiagramConfig, ctx: Context) -> tuple[Minimum, float | None]:
+    """GD then Gauss–Newton to the interpolating minimum (``problem`` is left there), and μ measured at the GD point
+    before polishing (None when not asked for, or at L = 0 where μ is undefined)."""
+    ctx.stage(f"GD at η = {cfg.gd_lr} to L ≤ {cfg.gd_until_loss:g}, then Gauss–Newton polishing")
+    measured: dict[str, float] = {}
+
+    def measure_mu(p: Any) -> None:
+        if cfg.measured_mu and float(p.loss()) > 0:
+            measured["mu"] = alignment(p, method="kernel", hessian=False).mu
+
+    minimum, _ = find_minimum(
+        problem, cfg.gd_lr, cfg.gd_max_steps, cfg.gd_until_loss, cfg.polish_steps, cfg.seed, at_gd_end=measure_mu
+    )
+    return minimum, measured.get("mu")
+
+
+def _rho_checks(
+    kernel: Kernel, diag: StabilityDiagram, scheme: str, random_checks: int, seed: int
+) -> list[dict[str, Any]]:
+    """The exact ρ(T) at the grid points next to the boundary and at ``random_checks`` random ones: whether
+    ρ ≤ 1 agrees with η ≤ η*(B) there."""
+    boundary = _boundary_points(diag)
+    extra = [q for q in _random_points(diag, random_checks, seed) if q not in boundary]
+    rows = []
+    for i, j in boundary + extra:
+        st = stability(kernel, diag.lrs[i], diag.batch_sizes[j], scheme, with_certificates=False)
+        in_region = diag.lrs[i] <= diag.critical_lr[j]
+        rows.append(
+            {
+                "lr": diag.lrs[i],
+                "B": diag.batch_sizes[j],
+                "critical_lr": diag.critical_lr[j],
+                "rho": st.rho,
+                "agrees": bool(st.stable == in_region),
+                "converged": st.converged,
+            }
+        )
+    return rows
+
+
+def _draw(ctx: Context, diagrams: dict[str, StabilityDiagram]) -> None:
+    """One diagram per scheme and the slack of every certificate."""
     for scheme, diag in diagrams.items():
         fig = diag.plot()
         ctx.figure(
@@ -173,15 +199,25 @@ def body(cfg: DiagramConfig, ctx: Context) -> Outcome:
         "Each certificate's bound divided by the exact η*(B) (bounds that are infinite at c = 0 are not drawn)",
     )
 
-    numbers: dict[str, Any] = {
+
+def _numbers(
+    problem: Problem,
+    minimum: Minimum,
+    kc: KernelCurvature,
+    mu: float | None,
+    diagrams: dict[str, StabilityDiagram],
+    batch_sizes: Sequence[int],
+) -> dict[str, Any]:
+    """The key figures of summary.json (``certificates``: what :func:`which_binds` reads)."""
+    return {
         "n": problem.n,
         "k": problem.k,
         "p": problem.p,
         "gd_steps": minimum.gd_steps,
         "gd_loss": minimum.gd_loss,
-        "polish_steps": taken,
+        "polish_steps": minimum.polish_steps,
         "polish_relative_distance": minimum.polish_relative,
-        "loss": loss,
+        "loss": minimum.loss,
         "lambda_max": kc.lambda_max,
         "hessian_frobenius": kc.frobenius,
         "trace": kc.trace,
@@ -195,7 +231,13 @@ def body(cfg: DiagramConfig, ctx: Context) -> Outcome:
         },
         "certificates": {s: certificate_rows(d) for s, d in diagrams.items()},
     }
-    intro = (
+
+
+def _intro(
+    cfg: DiagramConfig, data: Any, problem: Problem, minimum: Minimum, kc: KernelCurvature, mu: float | None
+) -> str:
+    taken, moved, loss = minimum.polish_steps, minimum.polish_distance, minimum.loss
+    return (
         f"Data: {data.description}.\n\n"
         f"Model: {describe_network(cfg, data, problem)}, p = {problem.p} parameters, "
         f"float64, square loss L = (1/2n) Σ ||f(x_i) − y_i||².\n\n"
@@ -208,10 +250,6 @@ def body(cfg: DiagramConfig, ctx: Context) -> Outcome:
         "η*(B) is the exact mean-square critical learning rate (ρ(T) = 1, THEORY.md §4); η is on L; c = 1/B with "
         "replacement, (n − B)/(B(n − 1)) without."
     )
-    sections = [which_binds(numbers, heading="## Which certificate binds")]
-    sections.append("## Tables\n\n" + "\n\n".join(d.to_markdown() for d in diagrams.values()))
-    sections.append(_checks_section(checks))
-    return Outcome(rows=rows, claims=claims, numbers=numbers, intro=intro, sections=sections)
 
 
 def _moved(distance: float, relative: float) -> str:
@@ -401,32 +439,49 @@ def _claims(
     n: int,
 ) -> list[Claim]:
     claims = [
-        Claim(
-            "global_minimum",
-            "the minimum interpolates (L ≤ 1e-20 · ½ mean ||y||², so H = G and the analysis is exact)",
-            bool(loss <= _INTERPOLATION * scale),
-            f"L = {fmt(loss, 3)} after GD ({minimum.gd_steps} steps to {fmt(minimum.gd_loss, 3)}) and {taken} "
-            f"Gauss–Newton steps moving θ by {_moved(moved, minimum.polish_relative)}",
-            {"loss": loss, "threshold": _INTERPOLATION * scale, "gd_loss": minimum.gd_loss, "polish_steps": taken},
-        )
+        _claim_global_minimum(minimum, taken, moved, loss, scale),
+        _claim_eta_star_monotone(diagrams),
+        _claim_necessary_certificates_hold(diagrams),
+        _claim_rho_agrees_with_region(checks),
     ]
+    if "without_replacement" in diagrams:
+        claims.append(_claim_gd_endpoint(diagrams["without_replacement"], kc, n))
+    if {"with_replacement", "without_replacement"} <= set(diagrams):
+        claims.append(_claim_less_noise_larger_eta_star(diagrams["with_replacement"], diagrams["without_replacement"]))
+    return claims
+
+
+def _claim_global_minimum(minimum: Any, taken: int, moved: float, loss: float, scale: float) -> Claim:
+    return Claim(
+        "global_minimum",
+        "the minimum interpolates (L ≤ 1e-20 · ½ mean ||y||², so H = G and the analysis is exact)",
+        bool(loss <= _INTERPOLATION * scale),
+        f"L = {fmt(loss, 3)} after GD ({minimum.gd_steps} steps to {fmt(minimum.gd_loss, 3)}) and {taken} "
+        f"Gauss–Newton steps moving θ by {_moved(moved, minimum.polish_relative)}",
+        {"loss": loss, "threshold": _INTERPOLATION * scale, "gd_loss": minimum.gd_loss, "polish_steps": taken},
+    )
+
+
+def _claim_eta_star_monotone(diagrams: dict[str, StabilityDiagram]) -> Claim:
     oks, drops = [], []
     for d in diagrams.values():
         for a, b in itertools.pairwise(d.critical_lr):
             oks.append(b >= a * (1 - _REL))
             drops.append(b / a)
-    claims.append(
-        count_claim(
-            "eta_star_monotone",
-            "the exact boundary η*(B) is non-decreasing in B, for every scheme drawn",
-            oks,
-            "consecutive batch-size pairs have η*(B_{j+1}) ≥ η*(B_j)",
-            ratio=drops,
-            ratio_name="smallest ratio η*(B_{j+1})/η*(B_j)",
-            worst="min",
-            digits=6,
-        )
+    return count_claim(
+        "eta_star_monotone",
+        "the exact boundary η*(B) is non-decreasing in B, for every scheme drawn",
+        oks,
+        "consecutive batch-size pairs have η*(B_{j+1}) ≥ η*(B_j)",
+        ratio=drops,
+        ratio_name="smallest ratio η*(B_{j+1})/η*(B_j)",
+        worst="min",
+        digits=6,
     )
+
+
+def _claim_necessary_certificates_hold(diagrams: dict[str, StabilityDiagram]) -> Claim:
+    """Necessary certificates are claimed; the others are only reported where they fall below η*."""
     oks, ratios, informative = [], [], []
     for scheme, d in diagrams.items():
         for name, nec in d.necessary.items():
@@ -451,50 +506,50 @@ def _claims(
         worst="min",
         digits=6,
     )
-    claims.append(dataclasses.replace(claim, detail=claim.detail + detail_extra))
+    return dataclasses.replace(claim, detail=claim.detail + detail_extra)
+
+
+def _claim_rho_agrees_with_region(checks: dict[str, list[dict[str, Any]]]) -> Claim:
     rows = [row for scheme_rows in checks.values() for row in scheme_rows]
-    claims.append(
-        count_claim(
-            "rho_agrees_with_region",
-            "the exact ρ(T) at sampled grid points agrees with the region (ρ ≤ 1 ⇔ η ≤ η*(B))",
-            [r["agrees"] and r["converged"] for r in rows],
-            "grid points (two next to the boundary at every B, the rest random) agree",
-            extra={
-                "max_rho_inside": max((r["rho"] for r in rows if r["lr"] <= r["critical_lr"]), default=math.nan),
-                "min_rho_outside": min((r["rho"] for r in rows if r["lr"] > r["critical_lr"]), default=math.nan),
-            },
-        )
+    return count_claim(
+        "rho_agrees_with_region",
+        "the exact ρ(T) at sampled grid points agrees with the region (ρ ≤ 1 ⇔ η ≤ η*(B))",
+        [r["agrees"] and r["converged"] for r in rows],
+        "grid points (two next to the boundary at every B, the rest random) agree",
+        extra={
+            "max_rho_inside": max((r["rho"] for r in rows if r["lr"] <= r["critical_lr"]), default=math.nan),
+            "min_rho_outside": min((r["rho"] for r in rows if r["lr"] > r["critical_lr"]), default=math.nan),
+        },
     )
-    if "without_replacement" in diagrams:
-        d = diagrams["without_replacement"]
-        eta_n = d.critical_lr[d.batch_sizes.index(n)] if n in d.batch_sizes else math.nan
-        gd = 2 / kc.lambda_max
-        err = abs(eta_n / gd - 1)
-        claims.append(
-            Claim(
-                "gd_endpoint",
-                "without replacement, η*(B = n) equals GD's 2/λ_max(H) (c = 0)",
-                bool(err <= 1e-8),
-                f"η*(n) = {fmt(eta_n, 10)}, 2/λ_max(H) = {fmt(gd, 10)}, relative difference {fmt(err, 2)}",
-                {"critical_lr_at_n": eta_n, "gd_bound": gd, "relative_difference": err},
-            )
-        )
-    if {"with_replacement", "without_replacement"} <= set(diagrams):
-        w, wo = diagrams["with_replacement"], diagrams["without_replacement"]
-        oks = [b >= a * (1 - _REL) for a, b in zip(w.critical_lr, wo.critical_lr, strict=True)]
-        gain = [b / a for a, b in zip(w.critical_lr, wo.critical_lr, strict=True)]
-        at_one = abs(gain[0] - 1) if w.batch_sizes[0] == 1 else 0.0
-        claim = count_claim(
-            "less_noise_larger_eta_star",
-            "η*(B) without replacement ≥ η*(B) with replacement (smaller c), equal at B = 1",
-            [*oks, at_one <= 1e-8],
-            "batch sizes have η*_without ≥ η*_with, plus equality at B = 1",
-            ratio=gain,
-            ratio_name="largest ratio η*_without/η*_with",
-            extra={"relative_difference_at_B1": at_one},
-        )
-        claims.append(dataclasses.replace(claim, detail=claim.detail + f"; |ratio − 1| at B = 1: {fmt(at_one, 2)}"))
-    return claims
+
+
+def _claim_gd_endpoint(without: StabilityDiagram, kc: Any, n: int) -> Claim:
+    eta_n = without.critical_lr[without.batch_sizes.index(n)] if n in without.batch_sizes else math.nan
+    gd = 2 / kc.lambda_max
+    err = abs(eta_n / gd - 1)
+    return Claim(
+        "gd_endpoint",
+        "without replacement, η*(B = n) equals GD's 2/λ_max(H) (c = 0)",
+        bool(err <= 1e-8),
+        f"η*(n) = {fmt(eta_n, 10)}, 2/λ_max(H) = {fmt(gd, 10)}, relative difference {fmt(err, 2)}",
+        {"critical_lr_at_n": eta_n, "gd_bound": gd, "relative_difference": err},
+    )
+
+
+def _claim_less_noise_larger_eta_star(w: StabilityDiagram, wo: StabilityDiagram) -> Claim:
+    oks = [b >= a * (1 - _REL) for a, b in zip(w.critical_lr, wo.critical_lr, strict=True)]
+    gain = [b / a for a, b in zip(w.critical_lr, wo.critical_lr, strict=True)]
+    at_one = abs(gain[0] - 1) if w.batch_sizes[0] == 1 else 0.0
+    claim = count_claim(
+        "less_noise_larger_eta_star",
+        "η*(B) without replacement ≥ η*(B) with replacement (smaller c), equal at B = 1",
+        [*oks, at_one <= 1e-8],
+        "batch sizes have η*_without ≥ η*_with, plus equality at B = 1",
+        ratio=gain,
+        ratio_name="largest ratio η*_without/η*_with",
+        extra={"relative_difference_at_B1": at_one},
+    )
+    return dataclasses.replace(claim, detail=claim.detail + f"; |ratio − 1| at B = 1: {fmt(at_one, 2)}")
 
 
 def _rows(diagrams: dict[str, StabilityDiagram]) -> list[dict[str, Any]]:

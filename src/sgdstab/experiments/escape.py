@@ -36,14 +36,14 @@ exactly when η < 2/λ_max(H)); ``settled``, ``settled_flatter`` (λ_max and ||H
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from sgdstab.conventions import SAMPLING_SCHEMES, frobenius_bound, noise_scale
+from sgdstab.conventions import SAMPLING_SCHEMES, frobenius_bound, noise_scale, zero_predictor_loss
 from sgdstab.experiments.base import Context, Experiment, Outcome
 from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure
@@ -168,14 +168,51 @@ def _sharpness(problem: Problem) -> float:
     return largest_eigenvalue(ntk(problem).matrix) / problem.n
 
 
+@dataclass(frozen=True)
+class _SharpMinimum:
+    """The polished minimum θ* with its exact figures: what every restart starts next to and is compared with."""
+
+    minimum: Any
+    kernel: Kernel
+    scale: float  # ½ mean ||y||², the loss of the zero predictor
+    lam: float  # λ_max(H)
+    frob: float  # ||H||_F
+    eta_star: float  # the exact η*(B)
+    c: float  # the noise scale of SGD(B)
+
+
+@dataclass(frozen=True)
+class _Start:
+    """The one start of every restart, θ* + δ, with u₀ = Jδ its linearized residual."""
+
+    theta_star: torch.Tensor
+    delta: torch.Tensor
+    u0: torch.Tensor
+
+    @property
+    def theta(self) -> torch.Tensor:
+        return self.theta_star + self.delta
+
+
 def body(cfg: EscapeConfig, ctx: Context) -> Outcome:
     ctx.stage(
         f"data and model: {cfg.dataset}, n = {cfg.n}, classes {list(cfg.classes)}, {cfg.network} {list(cfg.widths)}"
     )
     problem, data = build_problem(cfg)
+    sharp = _sharp_minimum(problem, cfg, ctx)
+    theta_star = problem.theta.clone()
+    delta, u0 = perturbation(problem, cfg.start_loss, cfg.seed + 1)
+    start = _Start(theta_star, delta, u0)
+    runs = [_restart(problem, cfg, ctx, sharp, start, index, ratio) for index, ratio in enumerate(cfg.lr_ratios)]
+    ctx.stage("checking the claims and drawing the figures")
+    return _outcome(problem, data, cfg, ctx, sharp, runs)
+
+
+def _sharp_minimum(problem: Problem, cfg: EscapeConfig, ctx: Context) -> _SharpMinimum:
+    """GD then Gauss–Newton to the interpolating minimum θ* (``problem`` is left there), and its exact figures."""
     ctx.stage(f"GD at η = {cfg.gd_lr} to L ≤ {cfg.gd_until_loss:g}, then Gauss–Newton polishing")
     minimum, _ = find_minimum(problem, cfg.gd_lr, cfg.gd_max_steps, cfg.gd_until_loss, cfg.polish_steps, cfg.seed)
-    scale = float((problem.Y**2).sum()) / (2 * problem.n)
+    scale = zero_predictor_loss(problem.Y)
     kernel = ntk(problem)
     n, b, scheme = problem.n, cfg.batch_size, cfg.sampling
     lam = max(float(kernel.eigen.values[-1]), 0.0) / n
@@ -187,93 +224,118 @@ def body(cfg: EscapeConfig, ctx: Context) -> Outcome:
         f"||H||_F = {fmt(frob, 4)}; "
         f"η*(B = {b}) = {fmt(eta_star, 4)}"
     )
-    theta_star = problem.theta.clone()
-    delta, u0 = perturbation(problem, cfg.start_loss, cfg.seed + 1)
-    cap = cfg.linear_cap * scale
+    return _SharpMinimum(minimum, kernel, scale, lam, frob, eta_star, c)
 
-    runs: list[_Run] = []
-    for index, ratio in enumerate(cfg.lr_ratios):
-        lr = ratio * eta_star
-        ctx.stage(f"restart {index + 1}/{len(cfg.lr_ratios)}: SGD at η = {ratio:g}·η* = {fmt(lr, 4)}, B = {b}")
-        st = stability(kernel, lr, b, scheme, with_certificates=False)
-        problem.set_parameters(theta_star + delta)
-        # the run must not be cut as 'diverged' when it leaves the minimum: only a blow-up far above the loss scale
-        guard = 1e6 * scale / cfg.start_loss
-        hist = train(
-            problem,
-            lr,
-            b,
-            scheme,
-            cfg.escape_steps,
-            track_every=1,
-            seed=cfg.seed + 100 + index,
-            divergence_factor=guard,
-            progress=False,
-        )
-        losses = np.asarray(hist.losses, dtype=float)
-        a, end, capped = _window(losses, cap)
-        with np.errstate(divide="ignore"):
-            slope = _slope(np.log(losses), a, end)
-        chain_slopes = _linearized_slopes(kernel, lr, b, scheme, u0, a, end, cfg.chains, cfg.seed)
-        q = tuple(float(x) for x in np.quantile(chain_slopes, _SLOPE_QUANTILES))
-        run = _Run(
-            index=index,
-            ratio=ratio,
-            lr=lr,
-            rho=st.rho,
-            log_rho=st.escape_rate,
-            gd_stable=lr < 2 / lam,
-            losses=losses,
-            window=(a, end),
-            slope=slope,
-            capped=capped,
-            chain_q=q,  # type: ignore[arg-type]
-            typical=float(np.median(chain_slopes)),
-            gd_losses=np.empty(0),
-        )
-        after = problem.theta.clone()
-        problem.set_parameters(theta_star + delta)
-        gd = train(
-            problem,
-            lr,
-            n,
-            "without_replacement",
-            cfg.escape_steps,
-            track_every=1,
-            seed=0,
-            divergence_factor=guard,
-            progress=False,
-        )
-        run.gd_losses = np.asarray(gd.losses, dtype=float)
-        if capped and hist.diverged_at is None:
-            problem.set_parameters(after)
-            ctx.stage(f"  escaped at step {end + 1}; settling (≤ {cfg.settle_steps} steps to L ≤ {cfg.settle_loss:g})")
-            run.settle = _settle(problem, cfg, lr, c, index, ctx)
-        runs.append(run)
 
-    ctx.stage("checking the claims and drawing the figures")
-    claims = _claims(cfg, runs, minimum, scale, lam, frob, eta_star)
-    rows = [{"batch_size": b, "sampling": scheme, "c": c, **row} for row in _rows(runs, eta_star)]
+def _restart(
+    problem: Problem, cfg: EscapeConfig, ctx: Context, sharp: _SharpMinimum, start: _Start, index: int, ratio: float
+) -> _Run:
+    """One restart at η = ratio·η*: SGD from θ* + δ, its linear phase against the linearized runs, the GD control
+    from the same start, and the settling of a run that escaped."""
+    b, scheme = cfg.batch_size, cfg.sampling
+    lr = ratio * sharp.eta_star
+    ctx.stage(f"restart {index + 1}/{len(cfg.lr_ratios)}: SGD at η = {ratio:g}·η* = {fmt(lr, 4)}, B = {b}")
+    st = stability(sharp.kernel, lr, b, scheme, with_certificates=False)
+    problem.set_parameters(start.theta)
+    # the run must not be cut as 'diverged' when it leaves the minimum: only a blow-up far above the loss scale
+    guard = 1e6 * sharp.scale / cfg.start_loss
+    hist = train(
+        problem,
+        lr,
+        b,
+        scheme,
+        cfg.escape_steps,
+        track_every=1,
+        seed=cfg.seed + 100 + index,
+        divergence_factor=guard,
+        progress=False,
+    )
+    run = _linear_phase(cfg, sharp, start, index, ratio, st, np.asarray(hist.losses, dtype=float))
+    after = problem.theta.clone()
+    run.gd_losses = _gd_control(problem, cfg, start, lr, guard)
+    if run.capped and hist.diverged_at is None:
+        problem.set_parameters(after)
+        ctx.stage(
+            f"  escaped at step {run.window[1] + 1}; settling (≤ {cfg.settle_steps} steps to L ≤ {cfg.settle_loss:g})"
+        )
+        run.settle = _settle(problem, cfg, lr, sharp.c, index, ctx)
+    return run
+
+
+def _linear_phase(
+    cfg: EscapeConfig, sharp: _SharpMinimum, start: _Start, index: int, ratio: float, st: Any, losses: np.ndarray
+) -> _Run:
+    """The run's linear phase: its window and measured slope, against the slopes of linearized single runs from the
+    same u₀ over the same window (their 0.25–99.75% range and median) and the mean-square rate of ``st``."""
+    lr = ratio * sharp.eta_star
+    a, end, capped = _window(losses, cap_of(cfg, sharp.scale))
+    with np.errstate(divide="ignore"):
+        slope = _slope(np.log(losses), a, end)
+    chain_slopes = _linearized_slopes(
+        sharp.kernel, lr, cfg.batch_size, cfg.sampling, start.u0, a, end, cfg.chains, cfg.seed
+    )
+    q = tuple(float(x) for x in np.quantile(chain_slopes, _SLOPE_QUANTILES))
+    return _Run(
+        index=index,
+        ratio=ratio,
+        lr=lr,
+        rho=st.rho,
+        log_rho=st.escape_rate,
+        gd_stable=lr < 2 / sharp.lam,
+        losses=losses,
+        window=(a, end),
+        slope=slope,
+        capped=capped,
+        chain_q=q,  # type: ignore[arg-type]
+        typical=float(np.median(chain_slopes)),
+        gd_losses=np.empty(0),
+    )
+
+
+def _gd_control(problem: Problem, cfg: EscapeConfig, start: _Start, lr: float, guard: float) -> np.ndarray:
+    """Full-data L at every step of GD at the same η from the same start (``problem`` is left where GD ends)."""
+    problem.set_parameters(start.theta)
+    gd = train(
+        problem,
+        lr,
+        problem.n,
+        "without_replacement",
+        cfg.escape_steps,
+        track_every=1,
+        seed=0,
+        divergence_factor=guard,
+        progress=False,
+    )
+    return np.asarray(gd.losses, dtype=float)
+
+
+def _outcome(
+    problem: Problem, data: Any, cfg: EscapeConfig, ctx: Context, sharp: _SharpMinimum, runs: list[_Run]
+) -> Outcome:
+    """The claims, tables, figures and key numbers of the finished restarts."""
+    b, scheme, c = cfg.batch_size, cfg.sampling, sharp.c
+    claims = _claims(cfg, runs, sharp.minimum, sharp.scale, sharp.lam, sharp.frob, sharp.eta_star)
+    rows = [{"batch_size": b, "sampling": scheme, "c": c, **row} for row in _rows(runs, sharp.eta_star)]
     ctx.table("trajectories.csv", _trajectories(runs))
-    ctx.figure("escape.png", _plot_escape(runs, eta_star, cap, lam), _ESCAPE_CAPTION)
+    ctx.figure("escape.png", _plot_escape(runs, sharp.eta_star, cap_of(cfg, sharp.scale), sharp.lam), _ESCAPE_CAPTION)
     settled = [r for r in runs if r.settle is not None]
     if settled:
-        ctx.figure("settle.png", _plot_settle(settled, lam, frob, cfg), _SETTLE_CAPTION)
+        ctx.figure("settle.png", _plot_settle(settled, sharp.lam, sharp.frob, cfg), _SETTLE_CAPTION)
     numbers = {
-        "n": n,
+        "n": problem.n,
         "p": problem.p,
         "batch_size": b,
         "sampling": scheme,
         "c": c,
-        "gd_steps": minimum.gd_steps,
-        "minimum_loss": minimum.loss,
-        "lambda_max": lam,
-        "hessian_frobenius": frob,
-        "critical_lr": eta_star,
-        "gd_bound": 2 / lam,
+        "gd_steps": sharp.minimum.gd_steps,
+        "minimum_loss": sharp.minimum.loss,
+        "lambda_max": sharp.lam,
+        "hessian_frobenius": sharp.frob,
+        "critical_lr": sharp.eta_star,
+        "gd_bound": 2 / sharp.lam,
         "runs": rows,
     }
-    intro = _intro(cfg, data, problem, minimum, lam, frob, eta_star, c)
+    intro = _intro(cfg, data, problem, sharp.minimum, sharp.lam, sharp.frob, sharp.eta_star, c)
     return Outcome(rows=rows, claims=claims, numbers=numbers, intro=intro, sections=[_table(rows)])
 
 
@@ -326,141 +388,164 @@ def _claims(
     frob: float,
     eta_star: float,
 ) -> list[Claim]:
-    start = cfg.start_loss
-    claims = [
-        Claim(
-            "global_minimum",
-            "the sharp minimum interpolates (L ≤ 1e-20 · ½ mean ||y||², so H = G and η* is exact)",
-            bool(minimum.loss <= _INTERPOLATION * scale),
-            f"L = {fmt(minimum.loss, 3)} after GD at η = {cfg.gd_lr} ({minimum.gd_steps} steps to "
-            f"{fmt(minimum.gd_loss, 3)}) and {minimum.polish_steps} Gauss–Newton steps",
-            {"loss": minimum.loss, "threshold": _INTERPOLATION * scale},
-        )
-    ]
     above = [r for r in runs if r.lr > eta_star]
     below = [r for r in runs if r.lr <= eta_star]
-    claims.append(
-        count_claim(
-            "above_escaped",
-            f"every SGD run above η* escaped (L passed {cfg.linear_cap:g}·½mean||y||², from {start:g})",
-            [r.capped for r in above],
-            "runs with η > η* escaped",
-            extra={"ratios": [r.ratio for r in above], "escape_step": [r.window[1] + 1 for r in above]},
-        )
+    escaping = [r for r in runs if r.capped]
+    settled = [r for r in runs if r.settle is not None]
+    return [
+        _claim_global_minimum(cfg, minimum, scale),
+        _claim_above_escaped(cfg, above),
+        _claim_below_stayed(cfg, below, scale),
+        _claim_slope_typical(runs),
+        _claim_slope_below_mean_square(escaping),
+        _claim_gd_control(cfg, runs, lam),
+        _claim_settled(cfg, settled, escaping),
+        _claim_settled_flatter(settled, lam, frob),
+        _claim_settled_frobenius_bound(settled),
+        _claim_settled_stable(settled),
+    ]
+
+
+def _claim_global_minimum(cfg: EscapeConfig, minimum: Any, scale: float) -> Claim:
+    return Claim(
+        "global_minimum",
+        "the sharp minimum interpolates (L ≤ 1e-20 · ½ mean ||y||², so H = G and η* is exact)",
+        bool(minimum.loss <= _INTERPOLATION * scale),
+        f"L = {fmt(minimum.loss, 3)} after GD at η = {cfg.gd_lr} ({minimum.gd_steps} steps to "
+        f"{fmt(minimum.gd_loss, 3)}) and {minimum.polish_steps} Gauss–Newton steps",
+        {"loss": minimum.loss, "threshold": _INTERPOLATION * scale},
     )
-    if above:
-        c0 = claims[-1]
-        steps = ", ".join(
-            f"{fmt(r.ratio, 3)}η*: step {r.window[1] + 1}" if r.capped else f"{fmt(r.ratio, 3)}η*: stayed"
-            for r in above
-        )
-        claims[-1] = Claim(c0.name, c0.statement, c0.passed, f"{c0.detail} ({steps})", c0.numbers)
-    stayed = [bool(r.losses[-1] < start and r.losses.max() <= cap_of(cfg, scale)) for r in below]
-    claims.append(
-        count_claim(
-            "below_stayed",
-            "every SGD run at or below η* stayed (L at the end below its start, never past the cap)",
-            stayed,
-            "runs with η ≤ η* stayed",
-            ratio=[float(r.losses[-1] / start) for r in below],
-            ratio_name="largest final L / start L",
-        )
+
+
+def _claim_above_escaped(cfg: EscapeConfig, above: list[_Run]) -> Claim:
+    claim = count_claim(
+        "above_escaped",
+        f"every SGD run above η* escaped (L passed {cfg.linear_cap:g}·½mean||y||², from {cfg.start_loss:g})",
+        [r.capped for r in above],
+        "runs with η > η* escaped",
+        extra={"ratios": [r.ratio for r in above], "escape_step": [r.window[1] + 1 for r in above]},
     )
-    inside = [r.chain_q[0] <= r.slope <= r.chain_q[1] for r in runs]
-    claims.append(
-        count_claim(
-            "slope_typical",
-            "each run's measured slope of log L lies within the 0.25–99.75% range of linearized single-run slopes "
-            "(same start, same window)",
-            inside,
-            "runs inside the range",
-            extra={
-                "slopes": [r.slope for r in runs],
-                "linearized_median": [r.typical for r in runs],
-                "linearized_lo": [r.chain_q[0] for r in runs],
-                "linearized_hi": [r.chain_q[1] for r in runs],
-                "log_rho": [r.log_rho for r in runs],
-            },
-        )
+    if not above:
+        return claim
+    steps = ", ".join(
+        f"{fmt(r.ratio, 3)}η*: step {r.window[1] + 1}" if r.capped else f"{fmt(r.ratio, 3)}η*: stayed" for r in above
+    )
+    return replace(claim, detail=f"{claim.detail} ({steps})")
+
+
+def _claim_below_stayed(cfg: EscapeConfig, below: list[_Run], scale: float) -> Claim:
+    start = cfg.start_loss
+    return count_claim(
+        "below_stayed",
+        "every SGD run at or below η* stayed (L at the end below its start, never past the cap)",
+        [bool(r.losses[-1] < start and r.losses.max() <= cap_of(cfg, scale)) for r in below],
+        "runs with η ≤ η* stayed",
+        ratio=[float(r.losses[-1] / start) for r in below],
+        ratio_name="largest final L / start L",
+    )
+
+
+def _claim_slope_typical(runs: list[_Run]) -> Claim:
+    claim = count_claim(
+        "slope_typical",
+        "each run's measured slope of log L lies within the 0.25–99.75% range of linearized single-run slopes "
+        "(same start, same window)",
+        [r.chain_q[0] <= r.slope <= r.chain_q[1] for r in runs],
+        "runs inside the range",
+        extra={
+            "slopes": [r.slope for r in runs],
+            "linearized_median": [r.typical for r in runs],
+            "linearized_lo": [r.chain_q[0] for r in runs],
+            "linearized_hi": [r.chain_q[1] for r in runs],
+            "log_rho": [r.log_rho for r in runs],
+        },
     )
     detail = "; ".join(
         f"{fmt(r.ratio, 3)}η*: {r.slope:+.4f} in [{r.chain_q[0]:+.4f}, {r.chain_q[1]:+.4f}], median {r.typical:+.4f}"
         for r in runs
     )
-    claims[-1] = Claim(
-        claims[-1].name, claims[-1].statement, claims[-1].passed, f"{claims[-1].detail} ({detail})", claims[-1].numbers
+    return replace(claim, detail=f"{claim.detail} ({detail})")
+
+
+def _claim_slope_below_mean_square(escaping: list[_Run]) -> Claim:
+    return count_claim(
+        "slope_below_mean_square",
+        "each escaping run's slope is at most the mean-square rate log ρ(T) (Jensen)",
+        [r.slope <= r.log_rho for r in escaping],
+        "escaping runs",
+        ratio=[r.slope / r.log_rho for r in escaping],
+        ratio_name="largest slope / log ρ",
     )
-    escaping = [r for r in runs if r.capped]
-    claims.append(
-        count_claim(
-            "slope_below_mean_square",
-            "each escaping run's slope is at most the mean-square rate log ρ(T) (Jensen)",
-            [r.slope <= r.log_rho for r in escaping],
-            "escaping runs",
-            ratio=[r.slope / r.log_rho for r in escaping],
-            ratio_name="largest slope / log ρ",
-        )
+
+
+def _gd_as_predicted(run: _Run, start: float) -> bool:
+    """A GD control below 2/λ_max ended below its start and never rose past 10× it; one above rose past 10×."""
+    if run.gd_stable:
+        return bool(run.gd_losses[-1] < start and run.gd_losses.max() <= 10 * start)
+    return bool(run.gd_losses.max() > 10 * start)
+
+
+def _claim_gd_control(cfg: EscapeConfig, runs: list[_Run], lam: float) -> Claim:
+    start = cfg.start_loss
+    return count_claim(
+        "gd_control",
+        f"GD at the same η from the same start stays exactly when η < 2/λ_max(H) = {fmt(2 / lam, 6)}",
+        [_gd_as_predicted(r, start) for r in runs],
+        f"GD controls behave as predicted ({sum(r.gd_stable for r in runs)} with η < 2/λ_max)",
+        ratio=[float(r.gd_losses[-1] / start) for r in runs if r.gd_stable],
+        ratio_name="largest final L / start L of the stable ones",
     )
-    gd_ok = [
-        (
-            bool(r.gd_losses[-1] < start and r.gd_losses.max() <= 10 * start)
-            if r.gd_stable
-            else bool(r.gd_losses.max() > 10 * start)
-        )
-        for r in runs
-    ]
-    claims.append(
-        count_claim(
-            "gd_control",
-            f"GD at the same η from the same start stays exactly when η < 2/λ_max(H) = {fmt(2 / lam, 6)}",
-            gd_ok,
-            f"GD controls behave as predicted ({sum(r.gd_stable for r in runs)} with η < 2/λ_max)",
-            ratio=[float(r.gd_losses[-1] / start) for r in runs if r.gd_stable],
-            ratio_name="largest final L / start L of the stable ones",
-        )
+
+
+def _settles(settled: list[_Run]) -> list[dict[str, Any]]:
+    return [r.settle for r in settled if r.settle is not None]
+
+
+def _claim_settled(cfg: EscapeConfig, settled: list[_Run], escaping: list[_Run]) -> Claim:
+    s = _settles(settled)
+    return count_claim(
+        "settled",
+        f"every escaped run settled again (L ≤ {cfg.settle_loss:g} within {cfg.settle_steps} steps)",
+        [x["settled"] for x in s] + [False] * (len(escaping) - len(settled)),
+        "escaped runs settled",
+        extra={"steps": [x["steps"] for x in s], "loss": [x["loss"] for x in s]},
     )
-    settled = [r for r in runs if r.settle is not None]
-    s = [r.settle for r in settled]
-    claims.append(
-        count_claim(
-            "settled",
-            f"every escaped run settled again (L ≤ {cfg.settle_loss:g} within {cfg.settle_steps} steps)",
-            [x["settled"] for x in s] + [False] * (len(escaping) - len(settled)),
-            "escaped runs settled",
-            extra={"steps": [x["steps"] for x in s], "loss": [x["loss"] for x in s]},
-        )
+
+
+def _claim_settled_flatter(settled: list[_Run], lam: float, frob: float) -> Claim:
+    s = _settles(settled)
+    return count_claim(
+        "settled_flatter",
+        f"where SGD settled is flatter than the sharp minimum (λ_max < {fmt(lam, 4)} and ||H||_F < {fmt(frob, 4)})",
+        [x["sharpness"] < lam and x["hessian_frobenius"] < frob for x in s],
+        "settled points are flatter",
+        ratio=[x["sharpness"] / lam for x in s],
+        ratio_name="largest λ_max ratio (settled/sharp)",
     )
-    claims.append(
-        count_claim(
-            "settled_flatter",
-            f"where SGD settled is flatter than the sharp minimum (λ_max < {fmt(lam, 4)} and ||H||_F < {fmt(frob, 4)})",
-            [x["sharpness"] < lam and x["hessian_frobenius"] < frob for x in s],
-            "settled points are flatter",
-            ratio=[x["sharpness"] / lam for x in s],
-            ratio_name="largest λ_max ratio (settled/sharp)",
-        )
+
+
+def _claim_settled_frobenius_bound(settled: list[_Run]) -> Claim:
+    s = _settles(settled)
+    return count_claim(
+        "settled_frobenius_bound",
+        "where SGD settled, ||H||_F ≤ sqrt(1/(cμ))/η (the Frobenius bound, μ measured there)",
+        [x["hessian_frobenius"] <= x["bound"] for x in s],
+        "settled points satisfy it",
+        ratio=[x["hessian_frobenius"] / x["bound"] for x in s],
+        extra={"mu": [x["mu"] for x in s]},
     )
-    claims.append(
-        count_claim(
-            "settled_frobenius_bound",
-            "where SGD settled, ||H||_F ≤ sqrt(1/(cμ))/η (the Frobenius bound, μ measured there)",
-            [x["hessian_frobenius"] <= x["bound"] for x in s],
-            "settled points satisfy it",
-            ratio=[x["hessian_frobenius"] / x["bound"] for x in s],
-            extra={"mu": [x["mu"] for x in s]},
-        )
+
+
+def _claim_settled_stable(settled: list[_Run]) -> Claim:
+    pairs = [(r.lr, r.settle["critical_lr"]) for r in settled if r.settle is not None]
+    return count_claim(
+        "settled_stable",
+        "where SGD settled, it is linearly stable: η ≤ η*(B) of that point (Gauss–Newton kernel)",
+        [lr <= eta * (1 + 1e-9) for lr, eta in pairs],
+        "settled points have η ≤ η*",
+        ratio=[lr / eta for lr, eta in pairs],
+        ratio_name="largest η/η*",
     )
-    claims.append(
-        count_claim(
-            "settled_stable",
-            "where SGD settled, it is linearly stable: η ≤ η*(B) of that point (Gauss–Newton kernel)",
-            [r.lr <= r.settle["critical_lr"] * (1 + 1e-9) for r in settled],  # type: ignore[index]
-            "settled points have η ≤ η*",
-            ratio=[r.lr / r.settle["critical_lr"] for r in settled],  # type: ignore[index]
-            ratio_name="largest η/η*",
-        )
-    )
-    return claims
 
 
 def cap_of(cfg: EscapeConfig, scale: float) -> float:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from sgdstab.conventions import SAMPLING_SCHEMES, frobenius_bound, noise_scale
+from sgdstab.conventions import SAMPLING_SCHEMES, frobenius_bound, noise_scale, zero_predictor_loss
 from sgdstab.experiments.base import Context, Experiment, Outcome
 from sgdstab.experiments.config import check_device, fail, param
 from sgdstab.experiments.io import new_figure, plain_log_ticks
@@ -50,6 +50,7 @@ from sgdstab.kernel.ntk import ntk
 from sgdstab.linear_stability.certificates import kernel_curvature
 from sgdstab.linear_stability.solver import critical_learning_rate
 from sgdstab.problem.problem import Problem
+from sgdstab.training.history import History
 from sgdstab.training.trainer import train
 
 INTERPOLATION = 1e-20  # L / (½ mean ||y||²) below which a polished point counts as a global minimum
@@ -122,9 +123,7 @@ def solve(
     η*(B) and μ_∞ are left NaN and K is never eigendecomposed (λ_max by Lanczos). ``progress``: a progress bar
     while training (on a terminal); ``stage``: called with a line at each later step (polishing, measuring)."""
     say = stage or (lambda _: None)
-    n = problem.n
-    gd = batch_size == n and sampling == "without_replacement"
-    c = noise_scale(batch_size, n, sampling)
+    c = noise_scale(batch_size, problem.n, sampling)
     hist = train(
         problem,
         lr,
@@ -136,6 +135,41 @@ def solve(
         seed=seed,
         progress=progress,
     )
+    row = _unmeasured_row(problem.n, lr, batch_size, sampling, c, hist)
+    if hist.diverged_at is not None:
+        row["status"] = f"diverged at step {hist.diverged_at}"
+        return row
+    if not hist.final_loss <= until_loss:
+        row["status"] = f"did not reach L ≤ {until_loss:g} in {max_steps} steps (L = {fmt(hist.final_loss, 3)})"
+        return row
+    say(f"  trained: {hist.steps[-1]} steps to L = {fmt(hist.final_loss, 3)}; μ, then Gauss–Newton polishing")
+    _measure_where_stopped(problem, row)
+    if not _polish_to_minimum(problem, row, polish_steps):
+        return row
+    say(
+        f"  polished: L = {fmt(row['min_loss'], 3)}, θ moved by {fmt(row['polish_relative'], 2)} of ||θ||; "
+        "measuring the minimum"
+    )
+    return derived(row | _minimum_figures(ntk(problem), batch_size, sampling, exact_stability))
+
+
+# the figures measured after training, NaN until measured (and in the row of an excluded run)
+_MEASURED = (
+    "mu",
+    "lambda_max_stop",
+    "mu_inf",
+    "polish_relative",
+    "min_loss",
+    "hessian_frobenius",
+    "lambda_max",
+    "trace",
+    "critical_lr",
+)
+
+
+def _unmeasured_row(n: int, lr: float, batch_size: int, sampling: str, c: float, hist: History) -> dict[str, Any]:
+    """The run's results row before any measurement: the setting, how training went, NaN figures."""
+    gd = batch_size == n and sampling == "without_replacement"
     row: dict[str, Any] = {
         "method": "GD" if gd else "SGD",
         "lr": lr,
@@ -146,64 +180,54 @@ def solve(
         "final_loss": hist.final_loss,
         "status": "ok",
     }
-    nan = math.nan
-    row |= dict.fromkeys(
-        (
-            "mu",
-            "lambda_max_stop",
-            "mu_inf",
-            "polish_relative",
-            "min_loss",
-            "hessian_frobenius",
-            "lambda_max",
-            "trace",
-            "critical_lr",
-        ),
-        nan,
-    )
-    if hist.diverged_at is not None:
-        row["status"] = f"diverged at step {hist.diverged_at}"
-        return row
-    if not hist.final_loss <= until_loss:
-        row["status"] = f"did not reach L ≤ {until_loss:g} in {max_steps} steps (L = {fmt(hist.final_loss, 3)})"
-        return row
-    say(f"  trained: {hist.steps[-1]} steps to L = {fmt(hist.final_loss, 3)}; μ, then Gauss–Newton polishing")
+    return row | dict.fromkeys(_MEASURED, math.nan)
+
+
+def _measure_where_stopped(problem: Problem, row: dict[str, Any]) -> None:
+    """μ and λ_max(G) at the point where training stopped, into ``row``."""
     # exact μ from K and r alone (no eigendecomposition: at n·k = 10⁴ that would be minutes)
     K_stop = ntk(problem).matrix
     row["mu"] = noise_figures(K_stop, problem.residuals(), problem.n, problem.k).mu
     # λ_max(G) where the run stopped, beside the minimum's: GD at the edge of stability is not at a minimum, and the
     # exact minimum next to its iterate can be sharper than the iterate
     row["lambda_max_stop"] = max(largest_eigenvalue(K_stop), 0.0) / problem.n
-    del K_stop
+
+
+def _polish_to_minimum(problem: Problem, row: dict[str, Any], polish_steps: int) -> bool:
+    """Gauss–Newton from where training stopped to the interpolating minimum next to it; whether it got there
+    (if not, ``row``'s status says why)."""
     norm = float(problem.theta.norm())
-    scale = float((problem.Y**2).sum()) / (2 * n)
+    scale = zero_predictor_loss(problem.Y)
     # stop 8 orders of magnitude below the interpolation threshold (float64 rounding is ~1e-32 relative)
     _, moved = polish(problem, polish_steps, target=1e-8 * INTERPOLATION * scale)
     loss = float(problem.loss())
-    row["polish_relative"] = moved / norm if norm > 0 else nan
+    row["polish_relative"] = moved / norm if norm > 0 else math.nan
     row["min_loss"] = loss
     if not loss <= INTERPOLATION * scale:
         row["status"] = f"Gauss–Newton polishing stopped at L = {fmt(loss, 3)}, not an interpolating minimum"
-        return row
-    say(f"  polished: L = {fmt(loss, 3)}, θ moved by {fmt(row['polish_relative'], 2)} of ||θ||; measuring the minimum")
-    K = ntk(problem).matrix
+        return False
+    return True
+
+
+def _minimum_figures(kernel: Kernel, batch_size: int, sampling: str, exact_stability: bool) -> dict[str, float]:
+    """||H||_F, λ_max(H) and Tr H at the minimum (H = G: exact from K), with μ_∞ and η*(B) when ``exact_stability``
+    (which eigendecomposes K)."""
+    n = kernel.n
     if not exact_stability:
-        row |= {
+        K = kernel.matrix
+        return {
             "hessian_frobenius": gauss_newton_frobenius(K, n),
             "lambda_max": max(largest_eigenvalue(K), 0.0) / n,
             "trace": gauss_newton_trace(K, n),
         }
-        return derived(row)
-    kernel = Kernel(K, n, problem.k)
     kc = kernel_curvature(kernel)
-    row |= {
+    return {
         "mu_inf": kc.mu_inf,
         "hessian_frobenius": kc.frobenius,
         "lambda_max": kc.lambda_max,
         "trace": kc.trace,
         "critical_lr": critical_learning_rate(kernel, batch_size, sampling),
     }
-    return derived(row)
 
 
 def derived(row: dict[str, Any]) -> dict[str, Any]:
@@ -225,10 +249,30 @@ def body(cfg: FlatnessConfig, ctx: Context) -> Outcome:
         f"data and model: {cfg.dataset}, n = {cfg.n}, classes {list(cfg.classes)}, {cfg.network} {list(cfg.widths)}"
     )
     problem, data = build_problem(cfg)
-    theta0 = problem.theta.clone()
+    rows = _run_grid(problem, cfg, ctx)
+    ctx.stage("checking the claims and drawing the figures")
+    claims = flatness_claims(rows, cfg.tolerance, cfg.edge_band, cfg.exact_stability)
+    claims += [sgd_flatter_claim(rows)] if cfg.gd else []
+    ctx.figure("flatness.png", plot_certificates(rows, "(η, B) grid"), CERTIFICATES_CAPTION)
+    slopes = batch_slopes(rows)
+    ctx.figure("batch_size.png", _plot_batch(rows, cfg.n, slopes), batch_caption(slopes))
+    numbers = _numbers(problem, rows, slopes)
+    sections = [_batch_section(slopes), solutions_section(rows)]
+    return Outcome(rows=rows, claims=claims, numbers=numbers, intro=_intro(cfg, data, problem), sections=sections)
+
+
+def _settings(cfg: FlatnessConfig) -> list[tuple[float, int, str]]:
+    """(η, B, sampling) of every run: the SGD grid, η-major, then GD at every η."""
     settings = [(lr, b, cfg.sampling) for lr in cfg.lrs for b in sorted(cfg.batch_sizes)]
     if cfg.gd:
         settings += [(lr, cfg.n, "without_replacement") for lr in cfg.lrs]
+    return settings
+
+
+def _run_grid(problem: Problem, cfg: FlatnessConfig, ctx: Context) -> list[dict[str, Any]]:
+    """One results row per setting, every run from the same initialization."""
+    theta0 = problem.theta.clone()
+    settings = _settings(cfg)
     rows = []
     for index, (lr, b, scheme) in enumerate(settings):
         label = "GD" if b == cfg.n and scheme == "without_replacement" else f"SGD B = {b}"
@@ -250,14 +294,12 @@ def body(cfg: FlatnessConfig, ctx: Context) -> Outcome:
         )
         ctx.stage(f"  run {index + 1}/{len(settings)} done: {_progress(row)}")
         rows.append({"run": index, **row})
-    ctx.stage("checking the claims and drawing the figures")
-    claims = flatness_claims(rows, cfg.tolerance, cfg.edge_band, cfg.exact_stability)
-    claims += [sgd_flatter_claim(rows)] if cfg.gd else []
-    ctx.figure("flatness.png", plot_certificates(rows, "(η, B) grid"), CERTIFICATES_CAPTION)
-    slopes = batch_slopes(rows)
-    ctx.figure("batch_size.png", _plot_batch(rows, cfg.n, slopes), batch_caption(slopes))
+    return rows
+
+
+def _numbers(problem: Problem, rows: list[dict[str, Any]], slopes: list[dict[str, Any]]) -> dict[str, Any]:
     ok = [r for r in rows if r["status"] == "ok"]
-    numbers = {
+    return {
         "n": problem.n,
         "p": problem.p,
         "runs": len(rows),
@@ -270,7 +312,10 @@ def body(cfg: FlatnessConfig, ctx: Context) -> Outcome:
         "largest_frobenius_ratio": max((r["frobenius_ratio"] for r in ok if r["method"] == "SGD"), default=math.nan),
         "batch_slopes": slopes,
     }
-    intro = (
+
+
+def _intro(cfg: FlatnessConfig, data: Any, problem: Problem) -> str:
+    return (
         f"Data: {data.description}.\n\n"
         f"Model: {describe_network(cfg, data, problem)}, p = {problem.p} parameters, float64, "
         f"square loss L = (1/2n) Σ ||f(x_i) − y_i||², the "
@@ -286,8 +331,6 @@ def body(cfg: FlatnessConfig, ctx: Context) -> Outcome:
             "comes from Lanczos on K), so it checks no linear-stability claim."
         )
     )
-    sections = [_batch_section(slopes), solutions_section(rows)]
-    return Outcome(rows=rows, claims=claims, numbers=numbers, intro=intro, sections=sections)
 
 
 METHOD_NOTE = (
@@ -508,7 +551,7 @@ def _measured(value: Any) -> bool:
     return not (isinstance(value, float) and math.isnan(value)) and value is not None
 
 
-def plot_certificates(  # noqa: C901 (split pending, issue 14)
+def plot_certificates(
     rows: list[dict[str, Any]],
     what: str,
     color: tuple[str, str] = ("batch_size", "B"),
@@ -522,46 +565,80 @@ def plot_certificates(  # noqa: C901 (split pending, issue 14)
     gd = [r for r in ok if r["method"] == "GD"]
     fig, axes = new_figure(1, 2 if gd_panel else 1, size=(12.5, 5.0) if gd_panel else (6.8, 5.2))
     left, right = (axes[0], axes[1]) if gd_panel else (axes, None)
-    (ckey, cname), (mkey, mname) = color, marker
-    ckeys = sorted({r[ckey] for r in sgd})
-    mkeys = sorted({r[mkey] for r in ok})
-    shapes = ["o", "s", "^", "D", "v", "P", "X", "*"]
-    palette = dict(zip(ckeys, _colors(len(ckeys)), strict=True))
-
-    def shape(r: dict[str, Any]) -> str:
-        return shapes[mkeys.index(r[mkey]) % len(shapes)]
-
-    for r in sgd:
-        style = {"color": palette[r[ckey]], "marker": shape(r), "s": 40, "zorder": 3}
-        left.scatter(r["frobenius_bound"], r["hessian_frobenius"], **style)
-        if right is not None:
-            right.scatter(2 / r["lr"], r["lambda_max"], **style)
-    for key in ckeys:
-        left.scatter([], [], color=palette[key], marker="o", label=f"SGD {cname} = {key}")
-    if len(mkeys) > 1:
-        for i, key in enumerate(mkeys):
-            left.scatter([], [], color="gray", marker=shapes[i % len(shapes)], label=f"{mname} = {key:g}")
+    styles = _Markers(sgd, ok, color, marker)
+    styles.scatter_sgd(left, right, sgd)
     panels = [(left, [r["frobenius_bound"] for r in sgd], [r["hessian_frobenius"] for r in sgd])]
     if right is not None:
+        styles.scatter_gd(right, gd)
+        panels.append((right, [2 / r["lr"] for r in ok], [r["lambda_max"] for r in ok]))
+    for ax, xs, ys in panels:
+        _square_log_panel(ax, xs, ys, columns=2 if ax is left else 1)
+    _label_certificate_axes(left, right, what)
+    fig.tight_layout()
+    return fig
+
+
+_SHAPES = ("o", "s", "^", "D", "v", "P", "X", "*")
+
+
+class _Markers:
+    """The colour (one per value of the ``color`` key, over the SGD rows) and marker shape (one per value of the
+    ``marker`` key, over every row) of each point of :func:`plot_certificates`, with their legend entries."""
+
+    def __init__(
+        self,
+        sgd: list[dict[str, Any]],
+        ok: list[dict[str, Any]],
+        color: tuple[str, str],
+        marker: tuple[str, str],
+    ) -> None:
+        (self.ckey, self.cname), (self.mkey, self.mname) = color, marker
+        self.ckeys = sorted({r[self.ckey] for r in sgd})
+        self.mkeys = sorted({r[self.mkey] for r in ok})
+        self.palette = dict(zip(self.ckeys, _colors(len(self.ckeys)), strict=True))
+
+    def shape(self, r: dict[str, Any]) -> str:
+        return _SHAPES[self.mkeys.index(r[self.mkey]) % len(_SHAPES)]
+
+    def scatter_sgd(self, left: Any, right: Any | None, sgd: list[dict[str, Any]]) -> None:
+        """SGD solutions on both panels, with a legend entry per colour and (when several) per marker shape."""
+        for r in sgd:
+            style = {"color": self.palette[r[self.ckey]], "marker": self.shape(r), "s": 40, "zorder": 3}
+            left.scatter(r["frobenius_bound"], r["hessian_frobenius"], **style)
+            if right is not None:
+                right.scatter(2 / r["lr"], r["lambda_max"], **style)
+        for key in self.ckeys:
+            left.scatter([], [], color=self.palette[key], marker="o", label=f"SGD {self.cname} = {key}")
+        if len(self.mkeys) > 1:
+            for i, key in enumerate(self.mkeys):
+                left.scatter([], [], color="gray", marker=_SHAPES[i % len(_SHAPES)], label=f"{self.mname} = {key:g}")
+
+    def scatter_gd(self, right: Any, gd: list[dict[str, Any]]) -> None:
+        """GD solutions (hollow, black) on the λ_max panel."""
         for r in gd:
             right.scatter(
-                2 / r["lr"], r["lambda_max"], facecolor="none", edgecolor="black", marker=shape(r), s=90, zorder=4
+                2 / r["lr"], r["lambda_max"], facecolor="none", edgecolor="black", marker=self.shape(r), s=90, zorder=4
             )
         if gd:
             right.scatter([], [], facecolor="none", edgecolor="black", marker="o", s=90, label="GD (B = n)")
-        panels.append((right, [2 / r["lr"] for r in ok], [r["lambda_max"] for r in ok]))
-    for ax, xs, ys in panels:
-        values = [v for v in xs + ys if math.isfinite(v) and v > 0] or [1.0]
-        lo, hi = min(values) / 1.5, max(values) * 1.5
-        ax.plot([lo, hi], [lo, hi], color="black", linewidth=1.0, label="y = x")
-        ax.fill_between([lo, hi], [lo, hi], [hi, hi], color="tab:red", alpha=0.07, label="bound violated")
-        ax.set_xlim(lo, hi)
-        ax.set_ylim(lo, hi)
-        ax.set_xscale("log")
-        ax.set_yscale("log")
-        plain_log_ticks(ax)
-        ax.grid(True, which="major", alpha=0.25)
-        ax.legend(fontsize=8, loc="upper left", ncol=2 if ax is left else 1)
+
+
+def _square_log_panel(ax: Any, xs: list[float], ys: list[float], columns: int) -> None:
+    """Equal log axes around the points, the line y = x and the region above it (the bound violated) shaded."""
+    values = [v for v in xs + ys if math.isfinite(v) and v > 0] or [1.0]
+    lo, hi = min(values) / 1.5, max(values) * 1.5
+    ax.plot([lo, hi], [lo, hi], color="black", linewidth=1.0, label="y = x")
+    ax.fill_between([lo, hi], [lo, hi], [hi, hi], color="tab:red", alpha=0.07, label="bound violated")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    plain_log_ticks(ax)
+    ax.grid(True, which="major", alpha=0.25)
+    ax.legend(fontsize=8, loc="upper left", ncol=columns)
+
+
+def _label_certificate_axes(left: Any, right: Any | None, what: str) -> None:
     left.set_xlabel(r"Frobenius bound $\sqrt{1/(c\mu)}/\eta$  (c = 1/B with replacement; μ measured)")
     left.set_ylabel(r"$\|H\|_F$ at the minimum SGD reached (exact, H = G)")
     left.set_title(f"Frobenius certificate, SGD solutions over the {what}")
@@ -569,8 +646,6 @@ def plot_certificates(  # noqa: C901 (split pending, issue 14)
         right.set_xlabel(r"$2/\eta$  (η on $L = \frac{1}{2n}\sum_i \|r_i\|^2$)")
         right.set_ylabel(r"$\lambda_{\max}(H)$ at the minimum reached (exact)")
         right.set_title(r"GD bound $\lambda_{\max} \leq 2/\eta$ (GD on the line: edge of stability)")
-    fig.tight_layout()
-    return fig
 
 
 def _colors(count: int) -> list[Any]:

@@ -24,7 +24,7 @@ from sgdstab.experiments.config import param
 from sgdstab.models.architectures import ACTIVATIONS, cnn, mlp
 from sgdstab.operators.products import jacobian_vector_product
 from sgdstab.problem.problem import Problem
-from sgdstab.training.polish import _KernelSolver, gauss_newton_step, polish  # noqa: F401 (their old import path)
+from sgdstab.training.polish import gauss_newton_step, polish
 from sgdstab.training.trainer import History, train
 from sgdstab.utils.results import ResultMixin
 

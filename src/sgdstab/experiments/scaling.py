@@ -103,29 +103,7 @@ def net_config(cfg: ScalingConfig, n: int, width: int) -> NetConfig:
 
 def body(cfg: ScalingConfig, ctx: Context) -> Outcome:
     ns, widths = sorted(cfg.ns), sorted(cfg.widths)
-    rows: list[dict[str, Any]] = []
-    description = ""
-    total = len(ns) * len(widths) * (2 if cfg.gd else 1)
-    for n in ns:
-        for w in widths:
-            problem, data = build_problem(net_config(cfg, n, w))
-            description = data.description
-            theta0 = problem.theta.clone()
-            settings = [(cfg.batch_size, cfg.sampling)] + ([(n, "without_replacement")] if cfg.gd else [])
-            for b, scheme in settings:
-                problem.set_parameters(theta0)
-                row = solve(
-                    problem,
-                    cfg.lr,
-                    b,
-                    scheme,
-                    max_steps=cfg.max_steps,
-                    until_loss=cfg.until_loss,
-                    polish_steps=cfg.polish_steps,
-                    seed=cfg.seed + len(rows),
-                )
-                rows.append({"n": n, "width": w, "p": problem.p, **row})
-                ctx.stage(f"run {len(rows)}/{total}: n = {n}, width {w}, {row['method']}: {_progress(row)}")
+    rows, description = _run_grid(cfg, ctx, ns, widths)
     ctx.stage("checking the claims and drawing the figures")
     claims = flatness_claims(rows, cfg.tolerance, cfg.edge_band)
     claims.append(_growth_claim(rows, ns, widths, cfg.growth_tolerance))
@@ -153,7 +131,41 @@ def body(cfg: ScalingConfig, ctx: Context) -> Outcome:
             if r["status"] != "ok"
         ],
     }
-    intro = (
+    intro = _intro(cfg, description, ns, widths)
+    sections = [_gd_section(rows, sgd, gd), solutions_section(rows, extra=(("n", "n"), ("width", "width"), ("p", "p")))]
+    return Outcome(rows=rows, claims=claims, numbers=numbers, intro=intro, sections=sections)
+
+
+def _run_grid(cfg: ScalingConfig, ctx: Context, ns: list[int], widths: list[int]) -> tuple[list[dict[str, Any]], str]:
+    """One results row per (n, width, SGD or GD), n-major; and the data's description (of the last subset)."""
+    rows: list[dict[str, Any]] = []
+    description = ""
+    total = len(ns) * len(widths) * (2 if cfg.gd else 1)
+    for n in ns:
+        for w in widths:
+            problem, data = build_problem(net_config(cfg, n, w))
+            description = data.description
+            theta0 = problem.theta.clone()
+            settings = [(cfg.batch_size, cfg.sampling)] + ([(n, "without_replacement")] if cfg.gd else [])
+            for b, scheme in settings:
+                problem.set_parameters(theta0)
+                row = solve(
+                    problem,
+                    cfg.lr,
+                    b,
+                    scheme,
+                    max_steps=cfg.max_steps,
+                    until_loss=cfg.until_loss,
+                    polish_steps=cfg.polish_steps,
+                    seed=cfg.seed + len(rows),
+                )
+                rows.append({"n": n, "width": w, "p": problem.p, **row})
+                ctx.stage(f"run {len(rows)}/{total}: n = {n}, width {w}, {row['method']}: {_progress(row)}")
+    return rows, description
+
+
+def _intro(cfg: ScalingConfig, description: str, ns: list[int], widths: list[int]) -> str:
+    return (
         f"Data: {description} (one subset per n).\n\n"
         f"Models: MLP d → w → 1 ({cfg.activation}) for w ∈ {{{', '.join(map(str, widths))}}}, float64, the same "
         f"seed; n ∈ {{{', '.join(map(str, ns))}}}. SGD at η = {cfg.lr:g}, B = {cfg.batch_size} "
@@ -162,8 +174,6 @@ def body(cfg: ScalingConfig, ctx: Context) -> Outcome:
         + ". "
         + METHOD_NOTE.format(until=cfg.until_loss, steps=cfg.max_steps)
     )
-    sections = [_gd_section(rows, sgd, gd), solutions_section(rows, extra=(("n", "n"), ("width", "width"), ("p", "p")))]
-    return Outcome(rows=rows, claims=claims, numbers=numbers, intro=intro, sections=sections)
 
 
 _SCALING_CAPTION = (

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -39,6 +38,7 @@ from sgdstab.conventions import (
     zero_predictor_loss,
 )
 from sgdstab.errors import AnalysisError, ProblemError
+from sgdstab.kernel.kernel import Kernel
 from sgdstab.kernel.ntk import ntk
 from sgdstab.linear_stability.solver import Stability, stability
 from sgdstab.measure.alignment import Alignment, alignment
@@ -57,7 +57,18 @@ class Analysis(ResultMixin):
     built once and shared by every figure. ``lr_figures``: every learning-rate figure — ``lr``, ``gd_max_lr`` =
     2/λ_max(H), ``critical_lr`` = η*(B) and ``certificate:<name>`` — by convention: ``{"half_mse": on L}``, and
     for ``torch_mse`` also ``"torch_mse"``, the step of ``torch.optim.SGD`` on ``nn.MSELoss``: k/2 times the one
-    on L (MSELoss = (2/k)·L). ``lr_in_convention(name)`` reads the latter."""
+    on L (MSELoss = (2/k)·L). ``lr_in_convention(name)`` reads the latter.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> model = torch.nn.Sequential(torch.nn.Linear(3, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        >>> X = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+        >>> a = sgdstab.analyze(model, X, model(X).detach(), lr=0.1, batch_size=4)
+        >>> a.kernel_built, a.stability.batch_size, a.lr_in_convention("lr")
+        (True, 4, 0.1)
+        >>> [row[1] for row in a.summary_rows()][:3]
+        ['n, k, p', 'L = (1/2n) Σ ||f(x_i) − y_i||²', '||H||_F']
+    """
 
     n: int
     k: int
@@ -254,49 +265,11 @@ def analyze(
     kernel = ntk(problem) if _kernel_fits(problem, rtol) else None
     if kernel is None:
         notes.append("the NTK does not fit in memory: matrix-free figures, no μ_inf, ρ(T) or η*")
-    curv = curvature(problem, method=method, rtol=rtol, seed=seed, top=top, at_minimum=at_minimum, kernel=kernel)
-    align = alignment(
-        problem,
-        method="kernel" if kernel is not None else "matrix_free",
-        hessian=True,
-        rtol=rtol,
-        seed=seed,
-        curvature_result=curv,
-        kernel=kernel,
-    )
+    curv, align = _measure(problem, kernel, method, rtol, seed, top, at_minimum)
     loss_value = float(problem.loss())
-    zero = zero_predictor_loss(problem.Y)
-    if loss_value >= zero:
-        notes.append(
-            f"L = {loss_value:.3g} is no better than predicting zero (½·mean||y||² = {zero:.3g}): is this the trained "
-            "model (its architecture, activation and weights) and the data preprocessed as in training?"
-        )
+    notes += _loss_notes(loss_value, problem)
     eta = problem.half_mse_lr(lr) if lr is not None else None
-    figures: dict[str, Any] = dict.fromkeys(
-        ("c", "stability", "frobenius_bound", "frobenius_ratio", "gd_bound", "gd_ratio")
-    )
-    on_l: dict[str, float] = {}
-    if eta is not None:
-        figures["gd_bound"] = 2 / eta
-        figures["gd_ratio"] = curv.sharpness * eta / 2
-        on_l["lr"] = eta
-        on_l["gd_max_lr"] = 2 / curv.sharpness if curv.sharpness > 0 else math.inf
-    if eta is not None and batch_size is not None:
-        c = noise_scale(batch_size, problem.n, sampling)
-        mu = align.mu
-        bound = frobenius_bound(eta, c, mu)
-        figures |= {"c": c, "frobenius_bound": bound, "frobenius_ratio": curv.hessian_frobenius / bound}
-        if kernel is not None:
-            st = stability(kernel, eta, batch_size, sampling, mu=mu if math.isfinite(mu) and mu > 0 else None)
-            if not is_global_minimum(loss_value, problem.Y, problem.dtype):
-                notes.append(
-                    f"θ is not a global minimum (L = {loss_value:.3g}): ρ(T), η* and the certificates linearize SGD "
-                    "with the Gauss–Newton kernel"
-                )
-            figures["stability"] = st
-            on_l["critical_lr"] = st.critical_lr
-            if st.certificates is not None:
-                on_l |= {f"certificate:{e.name}": e.bound_lr for e in st.certificates.entries}
+    sgd = _sgd_figures(problem, kernel, curv, align, loss_value, eta, batch_size, sampling)
     scale = problem.loss_scale  # (loss in the user's convention) = scale·L: a step η on it is scale·η on L
     return Analysis(
         n=problem.n,
@@ -313,10 +286,95 @@ def analyze(
         curvature=curv,
         alignment=align,
         seconds=time.perf_counter() - start,
-        notes=tuple(notes) + curv.notes + align.notes,
-        lr_figures={name: {"half_mse": value, problem.loss_convention: value / scale} for name, value in on_l.items()},
-        **figures,
+        notes=tuple(notes + sgd.notes) + curv.notes + align.notes,
+        lr_figures={name: {"half_mse": v, problem.loss_convention: v / scale} for name, v in sgd.on_loss.items()},
+        c=sgd.c,
+        stability=sgd.stability,
+        frobenius_bound=sgd.frobenius_bound,
+        frobenius_ratio=sgd.frobenius_ratio,
+        gd_bound=sgd.gd_bound,
+        gd_ratio=sgd.gd_ratio,
     )
+
+
+def _measure(
+    problem: Problem, kernel: Kernel | None, method: str, rtol: float, seed: int, top: int, at_minimum: bool | None
+) -> tuple[Curvature, Alignment]:
+    """Curvature, then the alignment from it, both through K when it was built."""
+    curv = curvature(problem, method=method, rtol=rtol, seed=seed, top=top, at_minimum=at_minimum, kernel=kernel)
+    align = alignment(
+        problem,
+        method="kernel" if kernel is not None else "matrix_free",
+        hessian=True,
+        rtol=rtol,
+        seed=seed,
+        curvature_result=curv,
+        kernel=kernel,
+    )
+    return curv, align
+
+
+def _loss_notes(loss_value: float, problem: Problem) -> list[str]:
+    """A loss no better than the zero predictor's is most likely the wrong model or preprocessing: say so."""
+    zero = zero_predictor_loss(problem.Y)
+    if loss_value < zero:
+        return []
+    return [
+        f"L = {loss_value:.3g} is no better than predicting zero (½·mean||y||² = {zero:.3g}): is this the trained "
+        "model (its architecture, activation and weights) and the data preprocessed as in training?"
+    ]
+
+
+@dataclass(frozen=True)
+class _SgdFigures:
+    """The figures that need a learning rate (and a batch size): None where not given. ``on_loss``: every
+    learning-rate figure on L, by name (``lr``, ``gd_max_lr``, ``critical_lr``, ``certificate:<name>``)."""
+
+    c: float | None = None
+    stability: Stability | None = None
+    frobenius_bound: float | None = None
+    frobenius_ratio: float | None = None
+    gd_bound: float | None = None
+    gd_ratio: float | None = None
+    on_loss: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def _sgd_figures(
+    problem: Problem,
+    kernel: Kernel | None,
+    curv: Curvature,
+    align: Alignment,
+    loss_value: float,
+    eta: float | None,
+    batch_size: int | None,
+    sampling: str,
+) -> _SgdFigures:
+    """GD's line with a learning rate; with a batch size too, the Frobenius bound and (K built) ρ(T), η* and the
+    certificates."""
+    if eta is None:
+        return _SgdFigures()
+    gd = {"gd_bound": 2 / eta, "gd_ratio": curv.sharpness * eta / 2}
+    on_loss = {"lr": eta, "gd_max_lr": 2 / curv.sharpness if curv.sharpness > 0 else math.inf}
+    if batch_size is None:
+        return _SgdFigures(**gd, on_loss=on_loss)
+    c = noise_scale(batch_size, problem.n, sampling)
+    mu = align.mu
+    bound = frobenius_bound(eta, c, mu)
+    frob = {"c": c, "frobenius_bound": bound, "frobenius_ratio": curv.hessian_frobenius / bound}
+    if kernel is None:
+        return _SgdFigures(**gd, **frob, on_loss=on_loss)
+    st = stability(kernel, eta, batch_size, sampling, mu=mu if math.isfinite(mu) and mu > 0 else None)
+    notes = []
+    if not is_global_minimum(loss_value, problem.Y, problem.dtype):
+        notes.append(
+            f"θ is not a global minimum (L = {loss_value:.3g}): ρ(T), η* and the certificates linearize SGD "
+            "with the Gauss–Newton kernel"
+        )
+    on_loss["critical_lr"] = st.critical_lr
+    if st.certificates is not None:
+        on_loss |= {f"certificate:{e.name}": e.bound_lr for e in st.certificates.entries}
+    return _SgdFigures(**gd, **frob, stability=st, on_loss=on_loss, notes=notes)
 
 
 __all__ = ["Analysis", "AnalysisError", "analyze", "check_analysis_arguments"]

@@ -36,7 +36,6 @@ import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -46,7 +45,8 @@ from sgdstab.conventions import check_batch_size, check_learning_rate, check_sam
 from sgdstab.errors import StabilityError
 from sgdstab.kernel import figures as kf
 from sgdstab.kernel.kernel import Kernel
-from sgdstab.kernel.ntk import as_kernel
+from sgdstab.kernel.ntk import KernelSource, as_kernel
+from sgdstab.linear_stability.checks import check_mu
 from sgdstab.utils.results import ResultMixin
 
 NAMES: tuple[str, ...] = ("frobenius_mu_inf", "frobenius_mu", "gd", "wu_ma_e", "mulayoff_michaeli", "trace")
@@ -58,6 +58,12 @@ class KernelCurvature(ResultMixin):
 
     ``frobenius`` = ||H||_F, ``lambda_max`` = λ_max(H), ``trace`` = Tr H, ``per_sample_frob2`` = Σ_i ||H_i||_F²,
     ``nonuniformity`` = s (Wu–Ma–E), ``mu_inf`` = uniform alignment of the linearized dynamics.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> cv = sgdstab.kernel_curvature(torch.diag(torch.tensor([4.0, 2.0], dtype=torch.float64)))
+        >>> cv.lambda_max, cv.trace  # λ_max(K)/n, Tr K/n
+        (2.0, 3.0)
     """
 
     n: int
@@ -71,13 +77,32 @@ class KernelCurvature(ResultMixin):
     mu_inf: float
 
 
-def kernel_curvature(problem_or_kernel: Any, mu_inf: float | None = None) -> KernelCurvature:
+def kernel_curvature(problem_or_kernel: KernelSource, mu_inf: float | None = None) -> KernelCurvature:
     """:class:`KernelCurvature` of a Problem (at a global minimum), a :class:`sgdstab.Kernel` or a
-    square tensor. Cached on the Kernel. ``mu_inf`` overrides the computed uniform alignment."""
+    square tensor, computed once per kernel (kept with it through ``Kernel.memo``).
+
+    Args:
+        problem_or_kernel: a :class:`~sgdstab.Problem` at a global minimum (K = its NTK), a
+            :class:`~sgdstab.Kernel`, or a square symmetric PSD tensor (k = 1).
+        mu_inf: overrides the computed uniform alignment μ_inf.
+
+    Returns:
+        The :class:`KernelCurvature`.
+
+    Raises:
+        StabilityError: a bad kernel, or ``mu_inf`` not a finite number ≥ 0.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> K = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> cv = sgdstab.kernel_curvature(K)
+        >>> cv.n, cv.rank, round(cv.lambda_max, 12), round(cv.frobenius, 12)  # λ_max(K)/n, ||K||_F/n
+        (2, 2, 1.5, 1.581138830084)
+    """
     ker = as_kernel(problem_or_kernel)
     cached = ker.memo("certificate-curvature", lambda: _kernel_curvature(ker))
     if mu_inf is not None:
-        cached = KernelCurvature(**{**cached.to_dict(), "mu_inf": _check_mu(mu_inf, "mu_inf")})
+        cached = KernelCurvature(**{**cached.to_dict(), "mu_inf": check_mu(mu_inf, "mu_inf")})
     return cached
 
 
@@ -98,20 +123,17 @@ def _kernel_curvature(ker: Kernel) -> KernelCurvature:
     )
 
 
-def _check_mu(mu: float, name: str) -> float:
-    try:
-        value = float(mu)
-    except (TypeError, ValueError):
-        raise StabilityError(f"{name} must be a non-negative number, got {mu!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise StabilityError(f"{name} must be a non-negative finite number, got {mu!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class Certificate(ResultMixin):
     """One condition: the largest learning rate it allows, whether it declares ``lr`` unstable, and whether it is
-    a proven necessary condition for mean-square linear stability (``bound_lr ≥ η*``) or a heuristic."""
+    a proven necessary condition for mean-square linear stability (``bound_lr ≥ η*``) or a heuristic.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> gd = sgdstab.certificates(torch.eye(2, dtype=torch.float64), 1.5, 1)["gd"]  # η ≤ 2/λ_max(H) = 4
+        >>> gd.bound_lr, gd.unstable_at_lr, gd.necessary
+        (4.0, False, True)
+    """
 
     name: str
     bound_lr: float
@@ -124,23 +146,39 @@ def _safe_div(a: float, b: float) -> float:
     return a / b if b > 0 else math.inf
 
 
-def _bounds(cv: KernelCurvature, c: float, mu: float | None) -> list[tuple[str, float, bool, str]]:
-    """(name, bound_lr, necessary, description) for every certificate at noise scale c."""
+@dataclass(frozen=True)
+class _Bound:
+    """One certificate at one noise scale c, before it is held against a learning rate: the largest learning rate
+    it allows, whether it is a proven necessary condition, and what it says."""
+
+    name: str
+    bound_lr: float
+    necessary: bool
+    description: str
+
+    def at(self, eta: float) -> Certificate:
+        """The certificate's verdict on the learning rate ``eta``."""
+        statement = _statement(self.description, self.bound_lr, eta, self.necessary)
+        return Certificate(self.name, self.bound_lr, bool(eta > self.bound_lr), self.necessary, statement)
+
+
+def _bounds(cv: KernelCurvature, c: float, mu: float | None) -> list[_Bound]:
+    """Every certificate at noise scale c (``frobenius_mu`` only with a measured μ); the names, their order and
+    which are necessary do not depend on c."""
     F2 = cv.frobenius**2
-    out: list[tuple[str, float, bool, str]] = []
     mu_inf = cv.mu_inf if math.isfinite(cv.mu_inf) else 0.0
-    out.append(
-        (
+    out = [
+        _Bound(
             "frobenius_mu_inf",
             1 / math.sqrt(c * mu_inf * F2) if c * mu_inf * F2 > 0 else math.inf,
             True,
             f"Frobenius (WWS22) with μ_inf = {mu_inf:.4g}: necessary η² c μ_inf ||H||_F² ≤ 1 "
             "(μ_inf bounds the alignment of every reachable residual)",
         )
-    )
+    ]
     if mu is not None:
         out.append(
-            (
+            _Bound(
                 "frobenius_mu",
                 1 / math.sqrt(c * mu * F2) if c * mu * F2 > 0 else math.inf,
                 False,
@@ -148,10 +186,10 @@ def _bounds(cv: KernelCurvature, c: float, mu: float | None) -> list[tuple[str, 
                 "(necessary only if μ*(u_t) ≥ μ along the iterates)",
             )
         )
-    out.append(("gd", _safe_div(2.0, cv.lambda_max), True, "GD / edge of stability: η ≤ 2/λ_max(H)"))
+    out.append(_Bound("gd", _safe_div(2.0, cv.lambda_max), True, "GD / edge of stability: η ≤ 2/λ_max(H)"))
     s_bound = _safe_div(1.0, cv.nonuniformity * math.sqrt(c))
     out.append(
-        (
+        _Bound(
             "wu_ma_e",
             min(_safe_div(2.0, cv.lambda_max), s_bound),
             False,
@@ -161,26 +199,27 @@ def _bounds(cv: KernelCurvature, c: float, mu: float | None) -> list[tuple[str, 
     )
     denom = (1 - c) * F2 + (c / cv.n) * cv.per_sample_frob2
     out.append(
-        (
+        _Bound(
             "mulayoff_michaeli",
             _safe_div(2 * cv.trace, denom),
             True,
             "Mulayoff–Michaeli: η ≤ 2 Tr H / ((1−c)||H||_F² + (c/n) Σ_i ||H_i||_F²)",
         )
     )
-    if cv.k == 1:
-        out.append(("trace", _safe_div(2.0, c * cv.trace), True, "trace: η ≤ 2/(c Tr H) (2/Tr H at B = 1)"))
-    else:
-        out.append(
-            (
-                "trace",
-                _safe_div(2.0 * cv.k, c * cv.trace),
-                True,
-                f"trace for k = {cv.k} outputs: η ≤ 2k/(c Tr H) (the k = 1 form 2/(c Tr H) is not necessary when the "
-                "per-sample Hessians have rank up to k)",
-            )
-        )
+    out.append(_trace_bound(cv, c))
     return out
+
+
+def _trace_bound(cv: KernelCurvature, c: float) -> _Bound:
+    if cv.k == 1:
+        return _Bound("trace", _safe_div(2.0, c * cv.trace), True, "trace: η ≤ 2/(c Tr H) (2/Tr H at B = 1)")
+    return _Bound(
+        "trace",
+        _safe_div(2.0 * cv.k, c * cv.trace),
+        True,
+        f"trace for k = {cv.k} outputs: η ≤ 2k/(c Tr H) (the k = 1 form 2/(c Tr H) is not necessary when the "
+        "per-sample Hessians have rank up to k)",
+    )
 
 
 @dataclass(frozen=True)
@@ -192,6 +231,13 @@ class Certificates(ResultMixin):
     Convenience: ``cert["gd"]``, :attr:`bound_lr` (the tightest necessary bound), :attr:`unstable` (some
     necessary certificate declares lr unstable), :attr:`unstable_by`. ``notes`` say why a figure is NaN or
     infinite (no measured μ given; a bound that sets no limit).
+
+    Example:
+        >>> import torch, sgdstab
+        >>> K = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> cert = sgdstab.certificates(K, 1.5, 1)  # η* = 1 here
+        >>> cert.unstable, cert.unstable_by, round(cert.bound_lr, 12)
+        (True, ('gd', 'wu_ma_e', 'mulayoff_michaeli', 'trace'), 1.0)
     """
 
     lr: float
@@ -281,11 +327,11 @@ def _notes(cv: KernelCurvature, c: float, mu: float | None, entries: tuple[Certi
     return tuple(notes)
 
 
-def _measured_mu(source: Any, mu: float | None, residual: Tensor | None) -> float | None:
+def _measured_mu(source: KernelSource | KernelCurvature, mu: float | None, residual: Tensor | None) -> float | None:
     if mu is not None and residual is not None:
         raise StabilityError("give either mu or residual, not both")
     if mu is not None:
-        return _check_mu(mu, "mu")
+        return check_mu(mu, "mu")
     if residual is None:
         return None
     if isinstance(source, KernelCurvature):
@@ -300,14 +346,14 @@ def _measured_mu(source: Any, mu: float | None, residual: Tensor | None) -> floa
     return value
 
 
-def _curvature(source: Any, mu_inf: float | None) -> KernelCurvature:
+def _curvature(source: KernelSource | KernelCurvature, mu_inf: float | None) -> KernelCurvature:
     if isinstance(source, KernelCurvature):
         return source if mu_inf is None else KernelCurvature(**{**source.to_dict(), "mu_inf": mu_inf})
     return kernel_curvature(source, mu_inf)
 
 
 def certificates(
-    kernel: Any,
+    kernel: KernelSource | KernelCurvature,
     lr: float,
     batch_size: int,
     sampling: str = "with_replacement",
@@ -317,21 +363,39 @@ def certificates(
 ) -> Certificates:
     """Every certificate of THEORY.md §5 at (lr, batch_size, sampling), from K.
 
-    ``kernel``: a Problem at a global minimum, a :class:`sgdstab.Kernel`, a square tensor (k = 1) or a
-    precomputed :class:`KernelCurvature`. ``mu``: a measured loss alignment (or ``residual``, from which μ is
-    computed with K) for the heuristic ``frobenius_mu``; ``mu_inf`` overrides the uniform alignment.
-    ``lr`` is on the half-MSE loss L.
+    Args:
+        kernel: a :class:`~sgdstab.Problem` at a global minimum, a :class:`~sgdstab.Kernel`, a square symmetric PSD
+            tensor (k = 1) or a precomputed :class:`KernelCurvature`.
+        lr: the learning rate on the half-MSE loss L.
+        batch_size: B, in 1..n.
+        sampling: ``"with_replacement"`` or ``"without_replacement"``.
+        mu: a measured loss alignment for the heuristic ``frobenius_mu``.
+        mu_inf: overrides the uniform alignment μ_inf.
+        residual: the residual (n·k entries) to compute μ from with K, instead of ``mu``.
+
+    Returns:
+        The :class:`Certificates`.
+
+    Raises:
+        ConventionError: a bad learning rate, batch size or sampling scheme.
+        StabilityError: a bad kernel; ``mu`` or ``mu_inf`` not a finite number ≥ 0; both ``mu`` and ``residual``;
+            a residual of the wrong size, or zero, or with only a :class:`KernelCurvature`.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> cert = sgdstab.certificates(torch.eye(2, dtype=torch.float64), 1.5, 1)
+        >>> cert.names
+        ('frobenius_mu_inf', 'gd', 'wu_ma_e', 'mulayoff_michaeli', 'trace')
+        >>> round(cert["gd"].bound_lr, 12), round(cert.bound_lr, 12), cert.unstable
+        (4.0, 2.0, False)
     """
-    cv = _curvature(kernel, None if mu_inf is None else _check_mu(mu_inf, "mu_inf"))
+    cv = _curvature(kernel, None if mu_inf is None else check_mu(mu_inf, "mu_inf"))
     eta = check_learning_rate(lr)
     scheme = check_sampling(sampling)
     b = check_batch_size(batch_size, cv.n)
     c = noise_scale(b, cv.n, scheme)
     mu_value = _measured_mu(kernel, mu, residual)
-    entries = tuple(
-        Certificate(name, bound, bool(eta > bound), necessary, _statement(description, bound, eta, necessary))
-        for name, bound, necessary, description in _bounds(cv, c, mu_value)
-    )
+    entries = tuple(bound.at(eta) for bound in _bounds(cv, c, mu_value))
     return Certificates(
         notes=_notes(cv, c, mu_value, entries),
         lr=eta,
@@ -361,6 +425,14 @@ class CertificateGrid(ResultMixin):
     ``bound_lr[name][j]``: the largest learning rate certificate ``name`` allows at ``batch_sizes[j]``;
     ``unstable[name][i][j]``: it declares ``lrs[i]`` unstable at ``batch_sizes[j]``. ``necessary[name]`` as in
     :class:`Certificate`.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> grid = sgdstab.certificate_grid(torch.eye(2, dtype=torch.float64), [1.0, 3.0], [1, 2])
+        >>> grid.bound_lr["gd"], grid.unstable["gd"]  # rows: lrs, columns: batch sizes
+        ((4.0, 4.0), ((False, False), (False, False)))
+        >>> grid.bounds("trace").tolist()  # 2/(c Tr H), c = 1/B
+        [2.0, 4.0]
     """
 
     lrs: tuple[float, ...]
@@ -377,7 +449,7 @@ class CertificateGrid(ResultMixin):
 
 
 def certificate_grid(
-    kernel: Any,
+    kernel: KernelSource | KernelCurvature,
     lrs: Sequence[float],
     batch_sizes: Sequence[int],
     sampling: str = "with_replacement",
@@ -385,24 +457,46 @@ def certificate_grid(
     mu_inf: float | None = None,
 ) -> CertificateGrid:
     """Every certificate's learning-rate bound for each batch size, and its verdict on each (lr, B): the K-derived
-    figures are computed once (the per-point cost is a few flops), for the stability diagram (THEORY.md §6.5)."""
-    cv = _curvature(kernel, None if mu_inf is None else _check_mu(mu_inf, "mu_inf"))
+    figures are computed once (the per-point cost is a few flops), for the stability diagram (THEORY.md §6.5).
+
+    Args:
+        kernel: as for :func:`certificates`.
+        lrs: learning rates on the half-MSE loss L (kept in the order given).
+        batch_sizes: batch sizes, each in 1..n (kept in the order given).
+        sampling: ``"with_replacement"`` or ``"without_replacement"``.
+        mu: a measured loss alignment for the heuristic ``frobenius_mu``.
+        mu_inf: overrides the uniform alignment μ_inf.
+
+    Returns:
+        The :class:`CertificateGrid`.
+
+    Raises:
+        ConventionError: a bad learning rate, batch size or sampling scheme.
+        StabilityError: a bad kernel, or ``mu`` or ``mu_inf`` not a finite number ≥ 0.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> grid = sgdstab.certificate_grid(torch.eye(2, dtype=torch.float64), [1.0, 3.0], [1, 2])
+        >>> grid.c, grid.bound_lr["mulayoff_michaeli"]
+        ((1.0, 0.5), (2.0, 2.6666666666666665))
+    """
+    cv = _curvature(kernel, None if mu_inf is None else check_mu(mu_inf, "mu_inf"))
     scheme = check_sampling(sampling)
     etas = np.array([check_learning_rate(lr) for lr in lrs], dtype=float)
     bs = tuple(check_batch_size(b, cv.n) for b in batch_sizes)
     cs = tuple(noise_scale(b, cv.n, scheme) for b in bs)
-    mu_value = None if mu is None else _check_mu(mu, "mu")
+    mu_value = None if mu is None else check_mu(mu, "mu")
     per_b = [_bounds(cv, c, mu_value) for c in cs]
-    names = [name for name, *_ in per_b[0]] if per_b else [n for n, *_ in _bounds(cv, 1.0, mu_value)]
+    reference = _bounds(cv, 1.0, mu_value)  # the names, their order and which are necessary do not depend on c
     bound: dict[str, tuple[float, ...]] = {}
     unstable: dict[str, tuple[tuple[bool, ...], ...]] = {}
     necessary: dict[str, bool] = {}
-    for idx, name in enumerate(names):
-        row = np.array([entries[idx][1] for entries in per_b], dtype=float)
-        bound[name] = tuple(float(x) for x in row)
+    for idx, certificate in enumerate(reference):
+        row = np.array([bounds[idx].bound_lr for bounds in per_b], dtype=float)
+        bound[certificate.name] = tuple(float(x) for x in row)
         verdict = etas[:, None] > row[None, :]
-        unstable[name] = tuple(tuple(bool(x) for x in line) for line in verdict)
-        necessary[name] = _bounds(cv, 1.0, mu_value)[idx][2]
+        unstable[certificate.name] = tuple(tuple(bool(x) for x in line) for line in verdict)
+        necessary[certificate.name] = certificate.necessary
     return CertificateGrid(
         lrs=tuple(float(x) for x in etas),
         batch_sizes=bs,

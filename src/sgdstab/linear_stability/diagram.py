@@ -23,10 +23,12 @@ from typing import Any
 
 import numpy as np
 
-from sgdstab.conventions import check_batch_size, check_learning_rate, check_sampling, noise_scale
+from sgdstab.conventions import check_sampling, noise_scale
 from sgdstab.errors import StabilityError
-from sgdstab.kernel.ntk import as_kernel
-from sgdstab.linear_stability.certificates import certificate_grid
+from sgdstab.kernel.kernel import Kernel
+from sgdstab.kernel.ntk import KernelSource, as_kernel
+from sgdstab.linear_stability.certificates import CertificateGrid, certificate_grid
+from sgdstab.linear_stability.checks import check_batch_sizes, check_lrs, check_non_negative_int
 from sgdstab.linear_stability.solver import critical_learning_rate, stability
 from sgdstab.utils import files
 from sgdstab.utils.results import ResultMixin
@@ -72,6 +74,15 @@ class StabilityDiagram(ResultMixin):
     condition (bound ≥ η*). ``c[j]``: the noise scale. ``stable[i][j]``: ``lrs[i] ≤ η*(B_j)``. ``verified``: grid
     points checked with :func:`sgdstab.stability`; ``disagreements`` of them had ρ ≤ 1 differ from η ≤ η*
     (described in ``notes``). ``lambda_max`` = λ_max(H) = λ_max(K)/n. η is on L = (1/(2n)) Σ ||r||².
+
+    Example:
+        >>> import torch, sgdstab
+        >>> K = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> d = sgdstab.stability_diagram(K, [0.5, 1.2], [1, 2], "without_replacement", verify=0)
+        >>> [round(e, 12) for e in d.critical_lr], d.stable  # rows: lrs, columns: batch sizes (B = n: GD)
+        ([1.0, 1.333333333333], ((True, True), (False, True)))
+        >>> [round(r, 12) for r in d.ratio("gd")]  # the GD line's slack over η*
+        [1.333333333333, 1.0]
     """
 
     batch_sizes: tuple[int, ...]
@@ -195,20 +206,6 @@ def _div(a: float, b: float) -> float:
     return math.nan
 
 
-def _check_batch_sizes(batch_sizes: Sequence[int], n: int) -> tuple[int, ...]:
-    values = list(batch_sizes)
-    if not values:
-        raise StabilityError("batch_sizes is empty: give at least one batch size in 1..n")
-    return tuple(sorted({check_batch_size(b, n) for b in values}))
-
-
-def _check_lrs(lrs: Sequence[float]) -> tuple[float, ...]:
-    values = list(lrs)
-    if not values:
-        raise StabilityError("lrs is empty: give at least one positive learning rate")
-    return tuple(sorted({check_learning_rate(v) for v in values}))
-
-
 def _verification_points(lrs: tuple[float, ...], critical: tuple[float, ...], count: int) -> list[tuple[int, int]]:
     """Grid points (i, j): for up to ``count`` batch sizes, the grid lr just below and just above η*(B_j)."""
     m = len(critical)
@@ -229,7 +226,7 @@ def _verification_points(lrs: tuple[float, ...], critical: tuple[float, ...], co
 
 
 def stability_diagram(
-    problem_or_kernel: Any,
+    problem_or_kernel: KernelSource,
     lrs: Sequence[float] | None = None,
     batch_sizes: Sequence[int] | None = None,
     sampling: str = "with_replacement",
@@ -239,55 +236,48 @@ def stability_diagram(
 ) -> StabilityDiagram:
     """The stability diagram of one minimum (THEORY.md §6.5): exact η*(B) and every certificate's bound per B.
 
-    ``problem_or_kernel``: a Problem at a global minimum, a :class:`sgdstab.Kernel` or a square tensor.
-    ``batch_sizes``: default about 10 log-spaced integers from 1 to n (1 and n included). ``lrs`` (on L): default
-    40 log-spaced values from 0.5·min η* to 2·max finite bound. ``mu``: a measured alignment for the heuristic
-    ``frobenius_mu`` line. ``verify``: number of batch sizes whose boundary is checked with :func:`stability`
-    (grid points just below and just above η*). Raises :class:`StabilityError` or
-    :class:`~sgdstab.conventions.ConventionError` on bad input.
+    Args:
+        problem_or_kernel: a :class:`~sgdstab.Problem` at a global minimum, a :class:`~sgdstab.Kernel` or a square
+            symmetric PSD tensor (k = 1).
+        lrs: learning rates on L; default 40 log-spaced values from 0.5·min η* to 2·max finite bound.
+        batch_sizes: default about 10 log-spaced integers from 1 to n (1 and n included).
+        sampling: ``"with_replacement"`` or ``"without_replacement"``.
+        mu: a measured alignment for the heuristic ``frobenius_mu`` line.
+        verify: number of batch sizes whose boundary is checked with :func:`~sgdstab.stability` (the grid points
+            just below and just above η*).
+
+    Returns:
+        The :class:`StabilityDiagram`.
+
+    Raises:
+        ConventionError: a bad learning rate, batch size or sampling scheme.
+        StabilityError: a bad kernel, ``mu`` or ``verify``; empty ``lrs`` or ``batch_sizes``; K = 0 with the
+            default learning rates (no diagram to draw).
+
+    Example:
+        >>> import torch, sgdstab
+        >>> d = sgdstab.stability_diagram(torch.eye(4, dtype=torch.float64), batch_sizes=[1, 4], verify=1)
+        >>> d.batch_sizes, len(d.lrs), d.verified, d.disagreements
+        ((1, 4), 40, 2, 0)
     """
     scheme = check_sampling(sampling)
-    if isinstance(verify, bool) or not isinstance(verify, int) or verify < 0:
-        raise StabilityError(f"verify must be a non-negative integer, got {verify!r}")
+    verify = check_non_negative_int(verify, "verify")
     kernel = as_kernel(problem_or_kernel)
     n = kernel.n
-    bs = default_batch_sizes(n) if batch_sizes is None else _check_batch_sizes(batch_sizes, n)
-    grid_lrs = None if lrs is None else _check_lrs(lrs)
+    bs = default_batch_sizes(n) if batch_sizes is None else check_batch_sizes(batch_sizes, n)
+    given_lrs = None if lrs is None else check_lrs(lrs)
     critical = tuple(critical_learning_rate(kernel, b, scheme) for b in bs)
-    if grid_lrs is None:
-        probe = certificate_grid(kernel, [1.0], bs, scheme, mu=mu)
-        finite_crit = [e for e in critical if math.isfinite(e) and e > 0]
-        if not finite_crit:
-            raise StabilityError("K = 0: every learning rate is stable and there is no diagram to draw")
-        finite_bounds = [v for row in probe.bound_lr.values() for v in row if math.isfinite(v) and v > 0]
-        hi = 2 * max(finite_bounds + finite_crit)
-        grid_lrs = tuple(float(v) for v in np.geomspace(0.5 * min(finite_crit), hi, DEFAULT_NUM_LRS))
+    grid_lrs = _default_lrs(kernel, bs, critical, scheme, mu) if given_lrs is None else given_lrs
     grid = certificate_grid(kernel, grid_lrs, bs, scheme, mu=mu)
     stable = tuple(tuple(bool(lr <= e) for e in critical) for lr in grid_lrs)
-    notes: list[str] = []
-    verified = disagreements = 0
-    for i, j in _verification_points(grid_lrs, critical, verify):
-        st = stability(kernel, grid_lrs[i], bs[j], scheme, with_certificates=False)
-        verified += 1
-        if st.stable != stable[i][j]:
-            disagreements += 1
-            notes.append(
-                f"B = {bs[j]}, η = {grid_lrs[i]:.6g}: ρ = {st.rho:.10g} but η {'≤' if stable[i][j] else '>'} "
-                f"η* = {critical[j]:.6g} (ρ is not monotone in η here)"
-            )
-    necessary = dict(grid.necessary)
-    for name, ok in necessary.items():
-        if not ok:
-            continue
-        low = [(b, v, e) for b, v, e in zip(bs, grid.bound_lr[name], critical, strict=True) if v < e * (1 - 1e-9)]
-        if low:
-            b, v, e = low[0]
-            notes.append(f"necessary certificate {name} lies below η* at B = {b} ({v:.6g} < {e:.6g}): a bug")
+    verified, notes = _verify(kernel, grid_lrs, bs, critical, stable, scheme, verify)
+    disagreements = len(notes)
+    notes += _necessary_below_critical(grid, bs, critical)
     return StabilityDiagram(
         batch_sizes=bs,
         critical_lr=critical,
         bounds=dict(grid.bound_lr),
-        necessary=necessary,
+        necessary=dict(grid.necessary),
         lrs=tuple(grid_lrs),
         stable=stable,
         sampling=scheme,
@@ -299,6 +289,55 @@ def stability_diagram(
         disagreements=disagreements,
         notes=tuple(notes),
     )
+
+
+def _default_lrs(
+    kernel: Kernel, bs: tuple[int, ...], critical: tuple[float, ...], scheme: str, mu: float | None
+) -> tuple[float, ...]:
+    """40 log-spaced learning rates from 0.5·min η* to 2·max(finite bounds and η*)."""
+    probe = certificate_grid(kernel, [1.0], bs, scheme, mu=mu)
+    finite_crit = [e for e in critical if math.isfinite(e) and e > 0]
+    if not finite_crit:
+        raise StabilityError("K = 0: every learning rate is stable and there is no diagram to draw")
+    finite_bounds = [v for row in probe.bound_lr.values() for v in row if math.isfinite(v) and v > 0]
+    hi = 2 * max(finite_bounds + finite_crit)
+    return tuple(float(v) for v in np.geomspace(0.5 * min(finite_crit), hi, DEFAULT_NUM_LRS))
+
+
+def _verify(
+    kernel: Kernel,
+    lrs: tuple[float, ...],
+    bs: tuple[int, ...],
+    critical: tuple[float, ...],
+    stable: tuple[tuple[bool, ...], ...],
+    scheme: str,
+    verify: int,
+) -> tuple[int, list[str]]:
+    """Check the grid points next to each of ``verify`` boundaries with :func:`stability`: how many were checked,
+    and one note per point where ``ρ ≤ 1`` and ``η ≤ η*`` disagree."""
+    notes: list[str] = []
+    points = _verification_points(lrs, critical, verify)
+    for i, j in points:
+        st = stability(kernel, lrs[i], bs[j], scheme, with_certificates=False)
+        if st.stable != stable[i][j]:
+            notes.append(
+                f"B = {bs[j]}, η = {lrs[i]:.6g}: ρ = {st.rho:.10g} but η {'≤' if stable[i][j] else '>'} "
+                f"η* = {critical[j]:.6g} (ρ is not monotone in η here)"
+            )
+    return len(points), notes
+
+
+def _necessary_below_critical(grid: CertificateGrid, bs: tuple[int, ...], critical: tuple[float, ...]) -> list[str]:
+    """A note for every necessary certificate that lies below η* somewhere (it never should: a bug)."""
+    notes = []
+    for name, ok in grid.necessary.items():
+        if not ok:
+            continue
+        low = [(b, v, e) for b, v, e in zip(bs, grid.bound_lr[name], critical, strict=True) if v < e * (1 - 1e-9)]
+        if low:
+            b, v, e = low[0]
+            notes.append(f"necessary certificate {name} lies below η* at B = {b} ({v:.6g} < {e:.6g}): a bug")
+    return notes
 
 
 __all__ = ["LABELS", "PLOT_LABELS", "StabilityDiagram", "default_batch_sizes", "stability_diagram"]

@@ -9,7 +9,8 @@ second moment ``M_t = E[u_t u_tᵀ]`` follows
 ``ρ(T)^t`` otherwise. Writing ``T = I − 2ηC + η²D`` with ``C(M) = (KM + MK)/(2n)`` and
 ``D(M) = ((1−c)/n²) KMK + (c/n) K bdiag(M) K``, the critical learning rate is ``η* = 2/λ_max(C⁻¹D)``.
 
-**Coordinates** (the forms live in :mod:`sgdstab.linear_stability.operator`). Everything runs in K's eigenbasis restricted to range(K) (the null space of K never moves):
+**Coordinates** (the forms are built in :mod:`sgdstab.linear_stability.operator`). Everything runs in K's
+eigenbasis restricted to range(K) (the null space of K never moves):
 ``K = U Λ Uᵀ`` with the r eigenvalues above the cutoff of :func:`sgdstab.kernel.figures.kernel_eigen`. With
 ``V = U Λ^{1/2}`` (so ``K = V Vᵀ``) and the congruence ``M = V N Vᵀ`` (``N_ab = M̃_ab/√(λ_a λ_b)``), the operators
 become *self-adjoint* on symmetric r×r matrices with the Frobenius inner product:
@@ -363,6 +364,13 @@ class Stability(ResultMixin):
     ``matvecs`` counts operator applications for ρ and η* together; ``seconds`` includes the certificates.
     ``kernel_condition``: λ_max/λ_min of K on its range (the dynamics live there); above 1e12 a note says that
     the smallest directions are resolved to only a few digits.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> K = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+        >>> st = sgdstab.stability(K, 1.5, 1, with_certificates=False)  # η* = 1: unstable
+        >>> st.stable, st.rank, st.method, round(st.lr_ratio, 12), st.escape_rate > 0
+        (False, 2, 'dense', 1.5, True)
     """
 
     rho: float

@@ -393,7 +393,7 @@ def _residual_matmat_on(problem: Problem, support: Tensor, weights: Tensor, V: T
         rows = support[begin : begin + problem.chunk_size].to(problem.X.device)
         with torch.enable_grad():
             t = th.clone().requires_grad_(True)
-            f = problem._forward(problem.layout.unflatten(t), problem.X[rows])
+            f = problem.forward(problem.layout.unflatten(t), problem.X[rows])
             (g,) = torch.autograd.grad((f * weights[begin : begin + problem.chunk_size]).sum(), t, create_graph=True)
             for j in range(W.shape[1]):
                 (rw,) = torch.autograd.grad(g @ W[:, j], t, retain_graph=j + 1 < W.shape[1])

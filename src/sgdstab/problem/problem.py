@@ -253,10 +253,6 @@ class Problem:
         r = self.forward(self.layout.unflatten(theta), x) - y
         return 0.5 * (r * r).sum()
 
-    # the private names other layers used before the public seams existed
-    _forward = forward
-    _batch_loss_sum = batch_loss_sum
-
     def _f_single(self, theta: Tensor, x: Tensor) -> Tensor:
         """f(x; θ) ∈ R^k for one sample x (no batch dimension)."""
         return self.forward(self.layout.unflatten(theta), x.unsqueeze(0))[0]
@@ -372,8 +368,6 @@ class Problem:
         if theta.shape != (self.p,):
             raise ProblemError(f"θ must be a flat vector of {self.p} parameters, got shape {tuple(theta.shape)}")
         return theta.to(device=self.device, dtype=self.dtype)
-
-    _theta = parameters_or
 
     def set_parameters(self, theta: Tensor) -> None:
         """Move the problem to θ (and write θ into the model's parameters)."""

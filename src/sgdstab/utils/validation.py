@@ -69,7 +69,7 @@ def check_int(
     """
     bounds = _range_text(minimum, maximum, True, True)
     what = f"an integer {bounds}" if bounds else "an integer"
-    if isinstance(value, bool):
+    if isinstance(value, bool) or getattr(value, "ndim", 0) != 0:  # torch lets a one-element tensor index
         raise error(f"{name} must be {what}, got {_shown(value)}")
     try:
         result = operator.index(value)
@@ -110,7 +110,10 @@ def check_float(
     what = ("a finite number" if finite else "a number") + (f" {bounds}" if bounds else "")
     if isinstance(value, str | bytes | bool) or not _is_real(value):
         raise error(f"{name} must be {what}, got {_shown(value)}")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an integer beyond float range
+        raise error(f"{name} must be {what}, got an integer of {len(str(abs(int(value))))} digits") from None
     if math.isnan(result) or (finite and math.isinf(result)):
         raise error(f"{name} must be {what}, got {result}")
     low_bad = minimum is not None and (result < minimum or (not include_minimum and result == minimum))
