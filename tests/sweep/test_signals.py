@@ -12,14 +12,17 @@ The subprocess tests are slow (each starts a sweep, its workers and a resume); t
 from __future__ import annotations
 
 import importlib.util
+import multiprocessing
 import os
 import random
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -396,6 +399,32 @@ def test_a_signal_inside_a_deferred_section_is_raised_when_it_ends():
             steps.append("outer")
         steps.append("after")  # not reached
     assert steps == ["inner", "outer"]
+
+
+def test_a_ctrl_c_during_spawning_is_held_not_lost():
+    """Before, spawning() ignored SIGINT and a Ctrl-C that landed during a submission was dropped: the sweep ran
+    on to the end and exited 0 (seen once in CI). Now the signal is blocked, and raised when the block ends."""
+    steps = []
+    with pytest.raises(KeyboardInterrupt), signals.stop_on_signals():
+        with signals.spawning():
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # to this thread, as if it won the race
+            time.sleep(0.05)
+            steps.append("inside")
+        steps.append("after")  # not reached
+    assert steps == ["inside"]
+    assert signal.SIGINT not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+
+
+def test_workers_spawned_within_spawning_ignore_sigint_and_do_not_block_it():
+    pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"), **signals.pool_kwargs())
+    try:
+        with signals.spawning():
+            handler = pool.submit(signal.getsignal, signal.SIGINT)
+        mask = pool.submit(signal.pthread_sigmask, signal.SIG_BLOCK, [])
+        assert handler.result(timeout=60) == signal.SIG_IGN
+        assert signal.SIGINT not in mask.result(timeout=60)  # worker_setup unblocked it: a pending one was dropped
+    finally:
+        pool.shutdown(wait=True)
 
 
 def test_ray_init_replacing_the_handler_is_undone_by_install():

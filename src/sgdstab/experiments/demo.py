@@ -194,7 +194,7 @@ def _run_parallel(configs: dict[str, Any], out_dir: Path, workers: int, console:
         context = multiprocessing.get_context("spawn")
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, **signals.pool_kwargs())
         try:
-            with signals.spawning():  # the workers are born ignoring SIGINT
+            with signals.spawning():  # the workers are born with SIGINT blocked
                 futures = {pool.submit(_one, name, cfg, out_dir, True): name for name, cfg in configs.items()}
             for future in as_completed(futures):
                 name = futures[future]

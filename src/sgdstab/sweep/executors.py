@@ -116,7 +116,7 @@ class LocalExecutor:
         return self._pool
 
     def submit(self, config: dict[str, Any]) -> cf.Future:
-        with signals.spawning():  # a worker started here is born ignoring SIGINT
+        with signals.spawning():  # a worker started here is born with SIGINT blocked
             try:
                 return self._ensure_pool().submit(run_safely, config, self.threads)
             except cf.process.BrokenProcessPool:

@@ -10,8 +10,9 @@ ignored, so that a second Ctrl-C cannot cut the cleanup in half (it is bounded: 
 not stop within ``STOP_SECONDS``). :func:`deferred` holds a signal back during a section that must not be cut (a
 store write, a result's files): it is raised when the section ends.
 
-Pool workers are born ignoring SIGINT (:func:`spawning` around the submission that starts them; a terminal's
-Ctrl-C reaches the whole process group, the driver handles it once and stops the workers itself), and
+Pool workers are born with SIGINT blocked and ignore it from :func:`worker_setup` on (:func:`spawning` around
+the submission that starts them; a terminal's Ctrl-C reaches the whole process group, the driver handles it once
+and stops the workers itself), and
 :func:`worker_setup`, the ``initializer`` of every pool, asks the kernel on Linux to SIGKILL the worker when its
 parent dies (``PR_SET_PDEATHSIG``): even a driver killed with SIGKILL, where no handler runs, leaves no worker
 behind. :func:`stop_pool` ends a pool's workers at once.
@@ -28,6 +29,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
+from multiprocessing import resource_tracker
 from types import FrameType
 from typing import Any
 
@@ -121,26 +123,30 @@ def deferred() -> Iterator[None]:
 
 @contextmanager
 def spawning() -> Iterator[None]:
-    """Around a call that may start pool workers (``pool.submit``): SIGINT is ignored meanwhile, so the workers
-    are born ignoring it (an ignored signal stays ignored across ``exec``, and Python then installs no
-    KeyboardInterrupt handler); otherwise a Ctrl-C during their start-up (seconds of imports, before
-    :func:`worker_setup` runs) prints a traceback per worker. A Ctrl-C within the call itself (milliseconds) is
-    lost: press it again. Outside the main thread it does nothing."""
+    """Around a call that may start pool workers (``pool.submit``): SIGINT is *blocked* in this thread meanwhile.
+    A spawned worker inherits the blocked mask across ``exec``, so a Ctrl-C during its start-up (seconds of
+    imports, before :func:`worker_setup` ignores SIGINT and unblocks it) stays pending in the worker and is then
+    discarded: no traceback per worker. In the driver the signal is not lost either (an ignored one would be): it
+    is delivered when the block ends, or to another thread at once. Outside the main thread it does nothing.
+
+    multiprocessing's resource tracker unblocks SIGINT after starting itself, so it is started first."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    resource_tracker.ensure_running()
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def worker_setup(parent: int | None = None) -> None:
     """A pool worker's initializer: ignore SIGINT, and die with the parent ``parent`` (its pid) on Linux. (The
     kernel sends the signal when the *thread* that started the worker ends: start a pool from a thread that
     outlives it, as the sweep driver and the demo do from the main thread.)"""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # discards a Ctrl-C held pending since the spawn
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     if not sys.platform.startswith("linux"):  # pragma: no cover - the parent's shutdown is the only defence
         return
     try:
