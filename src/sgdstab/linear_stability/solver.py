@@ -70,7 +70,7 @@ import scipy.sparse.linalg as spla
 import torch
 from torch import Tensor
 
-from sgdstab.conventions import check_batch_size, check_learning_rate, check_sampling, noise_scale
+from sgdstab.conventions import check_batch_size, check_learning_rate, check_sampling, is_global_minimum, noise_scale
 from sgdstab.errors import StabilityError
 from sgdstab.kernel.kernel import Kernel
 from sgdstab.kernel.ntk import KernelSource, as_kernel
@@ -613,8 +613,7 @@ def _minimum_notes(source: KernelSource) -> list[str]:
     if not isinstance(source, Problem):
         return []
     loss = float(source.loss())
-    scale = 0.5 * float((source.Y * source.Y).sum()) / source.n
-    if loss > 100 * torch.finfo(source.dtype).eps * max(scale, 1e-30):
+    if not is_global_minimum(loss, source.Y, source.dtype):
         return [f"θ is not a global minimum (L = {loss:.3g}): the analysis linearizes with the Gauss–Newton kernel"]
     return []
 
