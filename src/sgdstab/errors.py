@@ -87,6 +87,11 @@ class NtkError(SgdstabError, ValueError):
     """An NTK route was asked for that does not exist or does not apply to the model."""
 
 
+class NoModuleStructureError(NtkError):
+    """The module-by-module NTK found no module called with its own parameters (an exported program calls the
+    operations directly): K comes from J's rows instead."""
+
+
 # ---------------------------------------------------------------------------------------- measurements
 class MethodError(SgdstabError, ValueError):
     """An unknown or unusable measurement method."""

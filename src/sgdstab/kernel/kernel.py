@@ -43,7 +43,7 @@ class Kernel:
         (2, 3.0)
     """
 
-    __slots__ = ("_K64", "_eigen", "_matrix", "_memo", "k", "n")
+    __slots__ = ("_K64", "_eigen", "_matrix", "_memo", "k", "n", "notes", "route")
 
     def __init__(self, K: Tensor | np.ndarray, n: int, k: int = 1) -> None:
         if isinstance(K, np.ndarray):
@@ -76,14 +76,17 @@ class Kernel:
     def _init(self, matrix: Tensor, n: int, k: int, K64: Tensor | None, eig: kf.KernelEigen | None) -> None:
         self._matrix, self.n, self.k, self._K64, self._eigen = matrix, n, k, K64, eig
         self._memo: dict[str, Any] = {}
+        self.route = "given"  # how K was built: "given", or sgdstab.ntk's "layerwise" / "modules" / "jacobian"
+        self.notes: tuple[str, ...] = ()  # what a reader of K should know about how it was built
 
     @classmethod
-    def from_gram(cls, K: Tensor, n: int, k: int) -> Kernel:
+    def from_gram(cls, K: Tensor, n: int, k: int, route: str = "given", notes: tuple[str, ...] = ()) -> Kernel:
         """Wrap ``K = J Jᵀ`` as built by :func:`sgdstab.ntk` (symmetric and PSD by construction): no check, no copy,
-        the eigendecomposition deferred to first use."""
+        the eigendecomposition deferred to first use; ``route`` and ``notes`` say how it was built."""
         _check_sizes(K, n, k)
         obj = cls.__new__(cls)
         obj._init(K, int(n), int(k), None, None)
+        obj.route, obj.notes = route, tuple(notes)
         return obj
 
     @property

@@ -104,7 +104,7 @@ def layerwise_ntk(problem: Problem, theta: Tensor | None = None, chunk_size: int
         _memory(problem, chain), f"the layerwise NTK (n·k = {nk})", "use method='matrix_free' or fewer samples"
     )
     grams, rows = _layer_factors(problem, chain, problem.parameters_or(theta), chunk_size)
-    return _assemble(problem, grams, rows)
+    return assemble_hadamard(problem, grams, rows)
 
 
 def _layer_factors(
@@ -140,24 +140,29 @@ def _layer_factors(
     return grams, rows
 
 
-def _assemble(problem: Problem, grams: list[Tensor], rows: list[Tensor]) -> Tensor:
-    """``K = Σ_layers (S ⊗ 1_{k×k}) ∘ (M Mᵀ)``, by blocks of rows: the upper triangle computed, mirrored."""
+def assemble_hadamard(problem: Problem, grams: list[Tensor], rows: list[Tensor], out: Tensor | None = None) -> Tensor:
+    """``K = Σ_layers (S ⊗ 1_{k×k}) ∘ (M Mᵀ)``, by blocks of rows: the upper triangle computed, mirrored; added
+    into ``out`` when given (no second nk × nk matrix)."""
     n, k = problem.n, problem.k
     nk = n * k
-    K = torch.empty((nk, nk), dtype=problem.dtype, device=problem.device)
+    K = torch.zeros((nk, nk), dtype=problem.dtype, device=problem.device) if out is None else out
     block_rows = max(k, (_GEMM_ROWS // k) * k)
     for r0 in range(0, nk, block_rows):
         r1 = min(r0 + block_rows, nk)
         s0, s1 = r0 // k, r1 // k
         block = torch.zeros((r1 - r0, nk - r0), dtype=problem.dtype, device=problem.device)
+        product = torch.empty_like(block)
         for S, M in zip(grams, rows, strict=True):
-            weights = S[s0:s1, s0:].repeat_interleave(k, 0).repeat_interleave(k, 1)
-            block += (M[r0:r1] @ M[r0:].T) * weights
-        K[r0:r1, r0:] = block
-        K[r1:, r0:r1] = block[:, r1 - r0 :].T
+            torch.matmul(M[r0:r1], M[r0:].T, out=product)
+            # (S ⊗ 1_{k×k}) as a broadcast over the k×k blocks, not a materialized repeat
+            product.view(s1 - s0, k, n - s0, k).mul_(S[s0:s1, s0:, None, None].transpose(1, 2))
+            block += product
+        del product
+        K[r0:r1, r0:] += block
+        K[r1:, r0:r1] += block[:, r1 - r0 :].T
         diagonal = K[r0:r1, r0:r1]
         diagonal.copy_((diagonal + diagonal.T) / 2)
     return K
 
 
-__all__ = ["layerwise_ntk", "layerwise_ntk_gemm_width", "layerwise_ntk_memory"]
+__all__ = ["assemble_hadamard", "layerwise_ntk", "layerwise_ntk_gemm_width", "layerwise_ntk_memory"]

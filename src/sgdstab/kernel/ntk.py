@@ -2,15 +2,20 @@
 
 Row and column ``i·k + c`` belong to output ``c`` of sample ``i``; ``K_ij`` is the k×k block of samples i, j.
 
-Three routes:
+Four routes:
 
 - **layerwise** (the default for chains of Linear layers and parameter-free maps, e.g. every :func:`sgdstab.mlp`):
   K as a sum over layers of Hadamard products of two small Gram matrices, J never formed
   (:mod:`sgdstab.kernel.layerwise`): the fan-in fewer flops and a fraction of the memory.
-- **one Jacobian** (other models, when ``J`` and ``K`` fit together): ``J`` is computed once in chunks and
-  ``K`` is filled block by block from its upper triangle (``K_ab = J_a J_bᵀ`` for ``b ≥ a``, mirrored), i.e. half the
-  flops of ``J @ J.T``. Peak memory ≈ ``size(K) + size(J)``.
-- **recomputed blocks** (other models, when ``J`` does not fit, or ``chunk_size`` is given): for each row block
+- **modules** (the default for every other model: residual blocks, convolutions, norms, attention, shared weights,
+  a custom ``forward``): K as a sum over the modules that hold parameters, each from its inputs and the gradients
+  with respect to its outputs (:mod:`sgdstab.kernel.modules`): Linear layers as above, any other module from its
+  own rows only, J never formed whole. Checked against autograd's J on three samples; where the check fails (a
+  parameter also used outside its module's call) K comes from the Jacobian route instead, with a note.
+- **one Jacobian** (``method="jacobian"``, or the fallback, when ``J`` and ``K`` fit together): ``J`` is computed
+  once in chunks and ``K`` is filled block by block from its upper triangle (``K_ab = J_a J_bᵀ`` for ``b ≥ a``,
+  mirrored), i.e. half the flops of ``J @ J.T``. Peak memory ≈ ``size(K) + size(J)``.
+- **recomputed blocks** (the Jacobian route when ``J`` does not fit, or ``chunk_size`` is given): for each row block
   ``a`` its Jacobian ``J_a`` is computed once, and every column block ``J_b`` (``b ≥ a``) is recomputed. Peak memory ≈
   ``size(K) + 2·chunk_size·k·p·itemsize`` plus one chunk's backward pass; compute grows with the number of
   blocks (each Jacobian chunk is rebuilt up to n/chunk_size times).
@@ -24,9 +29,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from sgdstab.errors import MemoryBudgetError, NtkError, StabilityError
+from sgdstab.errors import MemoryBudgetError, NoModuleStructureError, NtkError, StabilityError
 from sgdstab.kernel.kernel import Kernel
 from sgdstab.kernel.layerwise import layerwise_ntk
+from sgdstab.kernel.modules import module_ntk
 from sgdstab.problem.chain import layer_chain
 from sgdstab.problem.problem import Problem, check_chunk_size
 from sgdstab.utils.memory import available_memory_bytes, format_bytes
@@ -52,16 +58,22 @@ def ntk_memory(problem: Problem, chunk_size: int | None = None) -> dict[str, int
     }
 
 
+def _check_kernel_fits(problem: Problem, budget: int) -> None:
+    """Refuse, before any work, a K that alone exceeds ``budget`` bytes."""
+    need = ntk_memory(problem)["kernel"]
+    if need > budget:
+        raise MemoryBudgetError(
+            f"the NTK Gram matrix (n·k = {problem.n * problem.k}) needs {format_bytes(need)} but only "
+            f"{format_bytes(budget)} is available; use method='matrix_free' or fewer samples"
+        )
+
+
 def _plan(problem: Problem, chunk_size: int | None) -> tuple[str, int]:
     mem = ntk_memory(problem, chunk_size)
     budget = int(available_memory_bytes() * 0.8)
     if chunk_size is None and mem["kernel"] + mem["jacobian"] <= budget:
         return "one_jacobian", problem.chunk_size
-    if mem["kernel"] > budget:
-        raise MemoryBudgetError(
-            f"the NTK Gram matrix (n·k = {problem.n * problem.k}) needs {format_bytes(mem['kernel'])} but only "
-            f"{format_bytes(budget)} is available; use method='matrix_free' or fewer samples"
-        )
+    _check_kernel_fits(problem, budget)
     chunk = problem.chunk_size if chunk_size is None else check_chunk_size(chunk_size)
     # Shrink the chunk until two chunk Jacobians fit beside K.
     while chunk > 1 and ntk_memory(problem, chunk)["blocked"] > budget:
@@ -80,15 +92,17 @@ def _symmetrize_(block: Tensor) -> None:
     block.copy_((block + block.T) / 2)
 
 
-NTK_METHODS = ("auto", "layerwise", "jacobian")
+NTK_METHODS = ("auto", "layerwise", "modules", "jacobian")
 
 
 def ntk(problem: Problem, chunk_size: int | None = None, theta: Tensor | None = None, method: str = "auto") -> Kernel:
     """The :class:`~sgdstab.Kernel` ``K = J Jᵀ`` at θ (default: the problem's parameters); its
     :attr:`~sgdstab.Kernel.matrix` has shape (n·k, n·k), in the problem's dtype and on its device.
 
-    ``method``: ``"layerwise"`` (chains of Linear layers, J never formed), ``"jacobian"`` (any model, from J's
-    rows) or ``"auto"`` (layerwise where it applies, unless ``chunk_size`` is given). On the Jacobian route
+    ``method``: ``"layerwise"`` (chains of Linear layers, J never formed), ``"modules"`` (any model, module by
+    module, J never formed whole), ``"jacobian"`` (any model, from J's rows) or ``"auto"`` (layerwise where it
+    applies, else modules; the Jacobian route when ``chunk_size`` is given). The kernel's ``route`` and ``notes``
+    say which route built it and what fell back. On the Jacobian route
     ``chunk_size`` (samples per block) forces the recomputed-blocks variant with bounded memory:
     peak ≈ ``(nk)²·itemsize + 2·chunk_size·k·p·itemsize``; without it, the faster one-Jacobian variant is used
     whenever ``J`` and ``K`` fit in memory together.
@@ -97,7 +111,7 @@ def ntk(problem: Problem, chunk_size: int | None = None, theta: Tensor | None = 
         problem: the problem whose Jacobian J (rows ``i·k + c``) is used.
         chunk_size: samples per Jacobian block (Jacobian route only); None picks the fastest variant that fits.
         theta: the parameters (default: the problem's).
-        method: ``"auto"``, ``"layerwise"`` or ``"jacobian"``.
+        method: ``"auto"``, ``"layerwise"``, ``"modules"`` or ``"jacobian"``.
 
     Returns:
         The :class:`~sgdstab.Kernel` (its eigendecomposition is computed only when first asked for).
@@ -115,19 +129,50 @@ def ntk(problem: Problem, chunk_size: int | None = None, theta: Tensor | None = 
         >>> K.n, K.k, tuple(K.matrix.shape), K.rank
         (8, 1, (8, 8), 8)
     """
-    return Kernel.from_gram(_gram(problem, chunk_size, theta, method), problem.n, problem.k)
+    K, route, notes = _gram(problem, chunk_size, theta, method)
+    return Kernel.from_gram(K, problem.n, problem.k, route, notes)
 
 
-def _gram(problem: Problem, chunk_size: int | None, theta: Tensor | None, method: str) -> Tensor:
+# the modules route agrees with J's rows to rounding; beyond this (relative to the largest entry), a parameter is
+# used outside its module's call and that route does not apply
+_MODULES_CHECK = {torch.float64: 1e-9, torch.float32: 1e-3}
+
+
+def _gram(
+    problem: Problem, chunk_size: int | None, theta: Tensor | None, method: str
+) -> tuple[Tensor, str, tuple[str, ...]]:
     if method not in NTK_METHODS:
         raise NtkError(f"unknown NTK method {method!r}; choose one of {', '.join(NTK_METHODS)}")
-    if method == "layerwise" or (method == "auto" and chunk_size is None and layer_chain(problem) is not None):
-        if method == "layerwise" and layer_chain(problem) is None:
-            raise NtkError(
-                f"method='layerwise' needs a chain of Linear layers and parameter-free maps; "
-                f"{type(problem.model).__name__} is not one (use method='jacobian')"
+    wants_chain = method == "layerwise" or (method == "auto" and chunk_size is None)
+    chain = layer_chain(problem) if wants_chain else None
+    if method == "layerwise" and chain is None:
+        raise NtkError(
+            f"method='layerwise' needs a chain of Linear layers and parameter-free maps; "
+            f"{type(problem.model).__name__} is not one (use method='modules')"
+        )
+    if chain is not None:
+        return layerwise_ntk(problem, theta=theta), "layerwise", ()
+    notes: tuple[str, ...] = ()
+    if method == "modules" or (method == "auto" and chunk_size is None):
+        _check_kernel_fits(problem, int(available_memory_bytes() * 0.8))
+        try:
+            built = module_ntk(problem, theta)
+        except NoModuleStructureError as exc:
+            if method == "modules":
+                raise
+            notes = (f"{exc}; K from J's rows",)
+        else:
+            if built.check_error <= _MODULES_CHECK.get(problem.dtype, 1e-3):
+                return built.matrix, "modules", built.notes
+            notes = (
+                f"the module-by-module K differed from J's rows by {built.check_error:.2g} (relative) on three "
+                "samples: a parameter is used outside its module's call; K from J's rows instead",
             )
-        return layerwise_ntk(problem, theta=theta)
+            del built
+    return _jacobian_gram(problem, chunk_size, theta), "jacobian", notes
+
+
+def _jacobian_gram(problem: Problem, chunk_size: int | None, theta: Tensor | None) -> Tensor:
     route, chunk = _plan(problem, chunk_size)
     if route == "one_jacobian":
         return _gram_one_jacobian(problem, chunk, theta)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from sgdstab.conventions import zero_predictor_loss
 from sgdstab.errors import MethodError, SgdstabError
 from sgdstab.kernel.layerwise import layerwise_ntk_gemm_width
+from sgdstab.kernel.modules import module_ntk_gemm_width
 from sgdstab.measure.traces import layerwise_route
 from sgdstab.problem.problem import Problem
 from sgdstab.utils.memory import available_memory_bytes
@@ -157,8 +158,14 @@ def _kernel_route_seconds(problem: Problem, budget: float, hvp: float, probes: i
     """Estimated seconds of the kernel route, ``None`` when K and what builds it do not fit in ``budget`` bytes."""
     n, k, p = problem.n, problem.k, problem.p
     nk = n * k
-    # a chain of Linear layers builds K layer by layer: GEMMs of inner size Σ w_l instead of p, and no J held
+    # a chain of Linear layers builds K layer by layer (GEMMs of inner size Σ w_l instead of p, no J held), any
+    # other model module by module (the Linear layers so, the other modules from their own rows)
     inner = layerwise_ntk_gemm_width(problem)
+    if inner is None:
+        try:
+            inner = module_ntk_gemm_width(problem)
+        except Exception:  # a model the hooks cannot plan on: the Jacobian route's cost
+            inner = None
     held = nk * (p if inner is None else inner) * problem.itemsize
     if not nk * nk * 8 * 3 + held < budget:
         return None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 
@@ -50,6 +52,27 @@ def format_bytes(nbytes: float) -> str:
             return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
         nbytes /= 1024
     raise AssertionError("unreachable")
+
+
+_LIBC: ctypes.CDLL | bool | None = False  # False: not looked up yet
+
+
+def release_freed_memory() -> None:
+    """Give the heap's freed pages back to the system (glibc's ``malloc_trim(0)``; nothing elsewhere).
+
+    glibc keeps freed blocks below its dynamic mmap threshold (which grows to 32 MB after such a block is freed) on
+    the heap: a loop of many medium temporaries (a chunk's activations and gradients) then holds their high-water
+    mark as resident memory on top of what it builds. Called between such chunks it bounds the peak by what is live."""
+    global _LIBC
+    if _LIBC is False:
+        name = ctypes.util.find_library("c")
+        try:
+            _LIBC = ctypes.CDLL(name) if name else None
+        except OSError:
+            _LIBC = None
+    trim = getattr(_LIBC, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
 
 
 def check_allocation(nbytes: int, what: str, hint: str, fraction: float = 0.8) -> None:
