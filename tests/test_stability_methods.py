@@ -172,3 +172,78 @@ def test_rho_at_eta_star_is_one_on_a_rank_1000_ntk():
     st = stability(ker, eta_star, 2, with_certificates=False)
     assert st.method == "lobpcg" and st.converged
     assert st.rho == pytest.approx(1.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_float32_products_agree_with_float64_to_1e_6(k):
+    """The Galerkin levels of rank ≥ FLOAT32_PRODUCTS_RANK multiply in float32; checked here where both run: the
+    product itself and the top eigenvalue of Ĉ^{-1/2} D̂ Ĉ^{-1/2} (η* = 2 / it) against float64 on the same form."""
+    from sgdstab.linear_stability import solver
+    from sgdstab.linear_stability.operator import SymmetricForm
+
+    n = 120 // k
+    g = torch.Generator().manual_seed(3)
+    J = torch.randn(n * k, n * k, dtype=torch.float64, generator=g) * torch.logspace(
+        0, -1.5, n * k, dtype=torch.float64
+    )
+    ker = Kernel(J @ J.T, n, k)
+    lam, U = ker.range_basis()
+    f64 = SymmetricForm(lam, U, n, k)
+    f32 = SymmetricForm(lam, U, n, k, products=torch.float32)
+    v = torch.randn(f64.m, dtype=torch.float64, generator=g)
+    exact = f64.bdiag(v)
+    assert float((f32.bdiag(v) - exact).norm() / exact.norm()) < 1e-5
+    c = 1 / 4
+    top64 = solver._critical(f64, c, "lanczos", 1e-10, None).value
+    top32 = solver._critical(f32, c, "lanczos", solver.FLOAT32_PRODUCTS_TOL, None).value
+    assert top32 == pytest.approx(top64, rel=1e-6)
+
+
+def test_galerkin_levels_in_float32_say_so_and_match_the_float64_eta_star(monkeypatch):
+    from sgdstab.linear_stability import solver
+
+    g = torch.Generator().manual_seed(5)
+    J = torch.randn(200, 200, dtype=torch.float64, generator=g) * torch.logspace(0, -1, 200, dtype=torch.float64)
+    ker = Kernel(J @ J.T, 200, 1)
+    exact = stability(ker, 0.01, 4, method="exact", with_certificates=False)
+    monkeypatch.setattr(solver, "FLOAT32_PRODUCTS_RANK", 128)  # the levels 128 and 200 in float32
+    gal = stability(Kernel(J @ J.T, 200, 1), 0.01, 4, method="galerkin", galerkin_rtol=1e-9, with_certificates=False)
+    assert gal.exact and any("float32" in note for note in gal.notes)
+    assert gal.critical_lr == pytest.approx(exact.critical_lr, rel=1e-6)
+    assert gal.rho == pytest.approx(exact.rho, rel=1e-6)
+
+
+def test_galerkin_levels_skip_the_one_above_half_the_rank_only_where_products_are_costly():
+    from sgdstab.linear_stability.solver import _galerkin_ranks
+
+    assert _galerkin_ranks(140) == [64, 128, 140]
+    assert _galerkin_ranks(10_000) == [64, 128, 256, 512, 1024, 2048, 4096, 10_000]  # not 8192: 2/3 of the cost
+    assert _galerkin_ranks(5000) == [64, 128, 256, 512, 1024, 2048, 5000]
+
+
+def test_a_long_galerkin_solve_reports_progress_on_stderr_and_progress_false_silences_it(monkeypatch, capsys):
+    from sgdstab.linear_stability import solver
+
+    monkeypatch.setattr(solver._SolveProgress, "QUIET_SECONDS", 0.0)  # as if it had run for long
+    monkeypatch.setattr(solver._SolveProgress, "INTERVAL", 0.0)
+    g = torch.Generator().manual_seed(5)
+    J = torch.randn(150, 150, dtype=torch.float64, generator=g) * torch.logspace(0, -1, 150, dtype=torch.float64)
+    critical_learning_rate(Kernel(J @ J.T, 150, 1), 4, method="galerkin", galerkin_rtol=1e-9)
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert any("rank 64 done" in line for line in lines) and any("rank 150 done" in line for line in lines)
+    assert any("product" in line for line in lines) and all("ETA" in line and "elapsed" in line for line in lines)
+    critical_learning_rate(Kernel(J @ J.T, 150, 1), 4, method="galerkin", galerkin_rtol=1e-9, progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_a_galerkin_level_that_cannot_fit_is_refused_before_it_is_built(monkeypatch):
+    from sgdstab.errors import MemoryBudgetError
+    from sgdstab.linear_stability.operator import form_memory_bytes
+
+    g = torch.Generator().manual_seed(5)
+    J = torch.randn(150, 150, dtype=torch.float64, generator=g) * torch.logspace(0, -1, 150, dtype=torch.float64)
+    ker = Kernel(J @ J.T, 150, 1)
+    limit = int((form_memory_bytes(64, 150) + form_memory_bytes(128, 150)) / 2 / 0.8)  # level 64 fits, 128 not
+    monkeypatch.setenv("SGDSTAB_MEMORY_LIMIT", str(limit))
+    with pytest.raises(MemoryBudgetError, match="stability operator on the top 128 eigen-directions of K"):
+        critical_learning_rate(ker, 4, method="galerkin", galerkin_rtol=1e-9, progress=False)

@@ -29,6 +29,7 @@ __all__ = [
     "SymmetricForm",
     "dense_ok_for",
     "embed",
+    "form_memory_bytes",
     "stability_operator",
     "symmetric_form",
     "upper_gram",
@@ -102,23 +103,41 @@ class SymmetricForm:
     leading batch dimensions (``(..., m)``, ``m = r(r+1)/2``); packing and unpacking are gathers.
     """
 
-    def __init__(self, lam: Tensor, U: Tensor, n: int, k: int) -> None:
+    def __init__(
+        self,
+        lam: Tensor,
+        U: Tensor,
+        n: int,
+        k: int,
+        products: torch.dtype = torch.float64,
+        on_product: Callable[[], None] | None = None,
+    ) -> None:
         self.lam = lam
         self.n, self.k = n, k
         self.r = r = int(lam.shape[0])
         self.V = U * lam.sqrt()[None, :]
         self.V3 = self.V.reshape(n, k, r)
-        ia, ib = torch.triu_indices(r, r)
+        # the two nk × r × r products of bdiag run in ``products`` (float32: twice the speed, ~1e-6 relative error
+        # in each product; the result and everything else stay float64); ``on_product`` is told of each one
+        self.products = products
+        self.on_product = on_product
+        self._Vp = self.V if products == torch.float64 else self.V.to(products)
+        self._V3p = self._Vp.reshape(n, k, r)
+        # int32 indices: at r = 10⁴ there are m = 5·10⁷ packed entries, and int64 index arrays alone took 2.4 GB
+        index = torch.int32 if r * r < 2**31 else torch.int64
+        ia, ib = torch.triu_indices(r, r, dtype=index)
         self.ia, self.ib = ia, ib
         self.m = m = int(ia.shape[0])
         self.w = torch.full((m,), math.sqrt(2.0), dtype=torch.float64)
         self.w[ia == ib] = 1.0
         self.upper = ia * r + ib  # flat position of each packed entry
-        full_to_packed = torch.empty(r * r, dtype=torch.long)
-        full_to_packed[ia * r + ib] = torch.arange(m)
-        full_to_packed[ib * r + ia] = torch.arange(m)
+        full_to_packed = torch.empty(r * r, dtype=index)
+        positions = torch.arange(m, dtype=index)
+        full_to_packed[(ia * r + ib).long()] = positions
+        full_to_packed[(ib * r + ia).long()] = positions
+        del positions
         self.full_to_packed = full_to_packed
-        self.lam_a, self.lam_b = lam[ia], lam[ib]
+        self.lam_a, self.lam_b = lam[ia.long()], lam[ib.long()]
         self._dense_bdiag: Tensor | None = None
 
     # vectorization (an isometry Sym(r) → R^m)
@@ -133,24 +152,28 @@ class SymmetricForm:
         """Packed ``Vᵀ bdiag(V N Vᵀ) V``: one nk × r × r GEMM (``V N``) and one symmetric Gram matrix (≈ 0.75 of a
         GEMM, :func:`upper_gram`) per vector. For k > 1 each diagonal k×k block is diagonalized first,
         ``B_i = Q_i diag(e_i) Q_iᵀ``, so that ``Vᵀ bdiag(B) V = Ṽᵀ diag(e) Ṽ`` with ``Ṽ_i = Q_iᵀ V_i``."""
-        N = self.unpack(v)
-        W = torch.matmul(self.V, N)  # (..., nk, r)
+        if self.on_product is not None:
+            self.on_product()
+        N = self.unpack(v).to(self.products)
+        W = torch.matmul(self._Vp, N)  # (..., nk, r)
         lead = W.shape[:-2]
         if self.k == 1:
-            e = (W * self.V).sum(-1)
-            Vt = self.V.expand(*lead, *self.V.shape)
+            e = (W * self._Vp).sum(-1)
+            Vt = self._Vp.expand(*lead, *self._Vp.shape)
         else:
             W4 = W.reshape(*lead, self.n, self.k, self.r)
-            blocks = torch.matmul(W4, self.V3.transpose(1, 2))  # (..., n, k, k): diagonal blocks of V N Vᵀ
+            blocks = torch.matmul(W4, self._V3p.transpose(1, 2))  # (..., n, k, k): diagonal blocks of V N Vᵀ
+            blocks = blocks.to(torch.float64)
             e, Q = torch.linalg.eigh((blocks + blocks.transpose(-1, -2)) / 2)
-            Vt = torch.matmul(Q.transpose(-1, -2), self.V3).reshape(*lead, self.n * self.k, self.r)
-            e = e.reshape(*lead, self.n * self.k)
-        return self.pack(upper_gram(Vt, e[..., None] * Vt))
+            Vt = torch.matmul(Q.transpose(-1, -2).to(self.products), self._V3p)
+            Vt = Vt.reshape(*lead, self.n * self.k, self.r)
+            e = e.reshape(*lead, self.n * self.k).to(self.products)
+        return self.pack(upper_gram(Vt, e[..., None] * Vt).to(torch.float64))
 
     def dense_bdiag(self) -> Tensor:
         """The m × m matrix of :meth:`bdiag`: ``Gᵀ G`` with ``G[(i,x,y), (a,b)] = (V_i Q_ab V_iᵀ)_xy``."""
         if self._dense_bdiag is None:
-            Xa, Xb = self.V3[:, :, self.ia], self.V3[:, :, self.ib]  # (n, k, m)
+            Xa, Xb = self.V3[:, :, self.ia.long()], self.V3[:, :, self.ib.long()]  # (n, k, m)
             G = (Xa[:, :, None, :] * Xb[:, None, :, :] + Xb[:, :, None, :] * Xa[:, None, :, :]) * (self.w / 2)
             G = G.reshape(-1, self.m)
             self._dense_bdiag = G.T @ G
@@ -197,6 +220,13 @@ def upper_gram(X: Tensor, Y: Tensor) -> Tensor:
     out[..., h:, h:] = upper_gram(X[..., h:], Y[..., h:])
     out[..., :h, h:] = torch.matmul(X[..., :h].transpose(-1, -2), Y[..., h:])
     return out
+
+
+def form_memory_bytes(r: int, nk: int, basis: int = 6) -> int:
+    """Bytes a solve on the rank-``r`` form holds at its peak, measured on the paper-scale kernel: the packing
+    arrays (~22 r² bytes), one product's temporaries (~30 r² + 12·nk·r) and a Lanczos basis of ``basis`` packed
+    vectors (4 r² each)."""
+    return (22 + 30 + 4 * basis) * r * r + 12 * nk * r
 
 
 def dense_ok_for(rank: int, n: int, k: int) -> bool:

@@ -53,13 +53,19 @@ until ρ and η* change by less than ``galerkin_rtol`` between successive r, eac
 That restriction is a compression of a self-adjoint operator, so ρ and ``λ_max(C⁻¹D)`` grow with r towards their
 exact values: the Galerkin ρ is a lower bound and its η* an upper bound. It converges fast when K's spectrum
 decays fast (λ_j ~ j^-2.5: r = 128 of 3000 for 1e-3) and slowly when it does not (j^-1.5: r = 2048 of 3000),
-because the noise term couples the top modes to all others.
+because the noise term couples the top modes to all others. Levels of rank ≥ 2048 multiply in float32 (twice the
+speed; the eigenvalues move by ~1e-7 relative there, stated in the notes and tested against float64), and beyond
+that rank a level above half the rank is skipped (it would cost most of the exact solve). At the paper's
+Fashion-MNIST minimum (n·k = 10⁴, K of full rank, whose λ_max(C⁻¹D) still moves 1.3% from r = 2048 to 4096) the
+levels reach the full rank: η*(B = 4) in about 4 minutes on 2 cores after K's eigendecomposition (80 s), 15 GB at
+the peak, with a progress line and an ETA on stderr (``benchmarks/bench_paper_stability.py``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import sys
 import time
 import warnings
 from collections.abc import Callable
@@ -80,10 +86,12 @@ from sgdstab.linear_stability.operator import (
     SymmetricForm,
     dense_ok_for,
     embed,
+    form_memory_bytes,
     stability_operator,
     symmetric_form,
 )
 from sgdstab.problem.problem import Problem
+from sgdstab.utils.memory import available_memory_bytes, check_allocation
 from sgdstab.utils.results import ResultMixin
 
 __all__ = ["EXACT_MAX_RANK", "METHODS", "Stability", "critical_learning_rate", "stability", "stability_operator"]
@@ -92,6 +100,8 @@ METHODS: tuple[str, ...] = ("auto", "exact", "dense", "lanczos", "power", "galer
 
 EXACT_MAX_RANK = 1200  # method="auto": exact up to this rank of K, Galerkin beyond
 GALERKIN_START = 64
+FLOAT32_PRODUCTS_RANK = 2048  # Galerkin levels of at least this rank multiply in float32 (see _solve_galerkin)
+FLOAT32_PRODUCTS_TOL = 1e-8  # the eigen-solver's tolerance there: float32 products cannot resolve finer residuals
 _POWER_MAX_MATVECS = 5_000
 _NCV = 16  # Lanczos basis size: one restart usually suffices
 # residual tolerances = factor·√tol (symmetric problems: eigenvalue error ≲ residual²/gap); set from measurements
@@ -152,7 +162,7 @@ def _lanczos(matvec: Callable[[Tensor], Tensor], m: int, tol: float, v0: Tensor 
     start = None if v0 is None else v0.numpy()
     try:
         vals, vecs = spla.eigsh(
-            op, k=1, which="LA", v0=start, tol=_RESIDUAL * math.sqrt(tol), ncv=min(m - 1, _NCV), maxiter=2000
+            op, k=1, which="LA", v0=start, tol=_RESIDUAL * math.sqrt(tol), ncv=_ncv(m), maxiter=2000
         )
         return _Eig(float(vals[0]), torch.from_numpy(vecs[:, 0].copy()), True, count[0], "lanczos")
     except spla.ArpackNoConvergence as exc:
@@ -161,6 +171,14 @@ def _lanczos(matvec: Callable[[Tensor], Tensor], m: int, tol: float, v0: Tensor 
         res.matvecs += count[0]
         res.route = "lanczos+power"
         return res
+
+
+def _ncv(m: int) -> int:
+    """Lanczos basis size: ``_NCV``, fewer when its m-long vectors would take over a fifth of the free memory (at
+    r = 10⁴ each is 400 MB; 16 of them were a third of a 24 GB machine). Fewer means more restarts, not less
+    accuracy."""
+    fits = int(0.2 * available_memory_bytes() // (8 * max(m, 1)))
+    return max(2, min(m - 1, _NCV, max(6, fits)))
 
 
 def _power(matvec: Callable[[Tensor], Tensor], m: int, tol: float, v0: Tensor | None) -> _Eig:
@@ -458,14 +476,21 @@ class _Solution:
 
 
 def _solve(
-    ker: Kernel, eta: float | None, c: float, method: str, tol: float, galerkin_rtol: float, want_critical: bool
+    ker: Kernel,
+    eta: float | None,
+    c: float,
+    method: str,
+    tol: float,
+    galerkin_rtol: float,
+    want_critical: bool,
+    progress: bool = False,
 ) -> _Solution:
     """ρ (if ``eta``) and λ_max(C⁻¹D) (if ``want_critical``) on the route ``method`` asks for."""
     rank = ker.rank
     route = _route(method, rank, dense_ok_for(rank, ker.n, ker.k))
     if route != "galerkin":
         return _solve_exact(ker, eta, c, route, tol, want_critical)
-    return _solve_galerkin(ker, eta, c, tol, check_galerkin_rtol(galerkin_rtol), want_critical)
+    return _solve_galerkin(ker, eta, c, tol, check_galerkin_rtol(galerkin_rtol), want_critical, progress)
 
 
 def _rho_and_critical(
@@ -504,11 +529,14 @@ def _solve_exact(ker: Kernel, eta: float | None, c: float, route: str, tol: floa
 
 
 def _galerkin_ranks(rank: int) -> list[int]:
-    """The subspace ranks Galerkin tries: GALERKIN_START, doubling, then the full rank."""
+    """The subspace ranks Galerkin tries: GALERKIN_START, doubling, then the full rank. Beyond
+    ``FLOAT32_PRODUCTS_RANK`` a level above half the rank is skipped: it would cost most of the exact solve
+    (products ∝ r²) and could save at most the rest."""
     sizes = []
     r = GALERKIN_START
     while r < rank:
-        sizes.append(r)
+        if not (rank > FLOAT32_PRODUCTS_RANK and 2 * r > rank):
+            sizes.append(r)
         r *= 2
     sizes.append(rank)
     return sizes
@@ -526,45 +554,140 @@ def _warm_start(prev_form: SymmetricForm | None, form: SymmetricForm, crit: _Eig
 
 
 def _solve_galerkin(
-    ker: Kernel, eta: float | None, c: float, tol: float, galerkin_rtol: float, want_critical: bool
+    ker: Kernel,
+    eta: float | None,
+    c: float,
+    tol: float,
+    galerkin_rtol: float,
+    want_critical: bool,
+    progress: bool = False,
 ) -> _Solution:
     """ρ and λ_max(C⁻¹D) on the top r eigen-directions of K, r doubling until both change by less than
-    ``galerkin_rtol`` (or r reaches the rank: exact), each level warm-started from the last."""
+    ``galerkin_rtol`` (or r reaches the rank: exact), each level warm-started from the last. Levels of rank
+    ≥ ``FLOAT32_PRODUCTS_RANK`` multiply in float32 (their eigenvalues to ~1e-6 relative: stated in the notes)."""
     rank = ker.rank
     # each level's eigenproblem only needs to be far more accurate than the Galerkin change it is compared with
     level_tol = max(tol, 1e-3 * galerkin_rtol**2)
     prev: tuple[float, float] | None = None
     matvecs, converged, error = 0, True, math.inf
     rho = crit = None
+    ranks = _galerkin_ranks(rank)
+    shown = _SolveProgress(progress, ranks, ker.n * ker.k)
     # the full-rank form is built only if the levels reach it: its packing arrays alone take ~32·r² bytes
-    # (≈ 3 GB at r = 10⁴), and symmetric_form keeps it on the kernel
+    # (≈ 3 GB at r = 10⁴); it is not kept on the kernel
     form: SymmetricForm | None = None
-    for r in _galerkin_ranks(rank):
-        prev_form, form = form, (SymmetricForm(*ker.range_basis(r), ker.n, ker.k) if r < rank else symmetric_form(ker))
+    for r in ranks:
+        prev_form, form = form, _level_form(ker, r, shown)
         sub = "dense" if form.dense_ok() else "lanczos"
         v0 = _warm_start(prev_form, form, crit)
-        rho, crit = _rho_and_critical(form, eta, c, sub, level_tol if r < rank else tol, want_critical, v0)
+        del prev_form
+        single = form.products == torch.float32
+        this_tol = max(level_tol if r < rank else tol, FLOAT32_PRODUCTS_TOL if single else 0.0)
+        shown.begin(r)
+        rho, crit = _rho_and_critical(form, eta, c, sub, this_tol, want_critical, v0)
         parts = [e for e in (rho, crit) if e is not None]
         matvecs += sum(e.matvecs for e in parts)
         converged = all(e.converged for e in parts)
         now = (rho.value if rho else 0.0, crit.value if crit else 0.0)
         if r == rank:
             error = 0.0
+            shown.end(r, now, None)
             break
         if prev is not None:
             error = _relative_change(now, prev)
             if error < galerkin_rtol:
+                shown.end(r, now, error)
                 break
+        shown.end(r, now, error if prev is not None else None)
         prev = now
     assert form is not None
     if error == 0.0:
         note = f"Galerkin reached the full rank r = {rank}: exact"
     else:
         note = f"Galerkin on the top {form.r} of {rank} eigen-directions of K; relative change {error:.2g}"
-    return _Solution(rho, crit, form.r, error, "galerkin", matvecs, converged, form, (note,))
+    notes = [note]
+    if form.products == torch.float32:
+        notes.append(
+            f"products in float32 at subspace ranks ≥ {FLOAT32_PRODUCTS_RANK} (twice as fast; ρ and η* to about "
+            "1e-6 relative, checked against float64 where both run)"
+        )
+    return _Solution(rho, crit, form.r, error, "galerkin", matvecs, converged, form, tuple(notes))
 
 
-# --------------------------------------------------------------------------------------------------- public
+def _level_form(ker: Kernel, r: int, shown: _SolveProgress) -> SymmetricForm:
+    """The form on the top ``r`` eigen-directions of K, refused first if it cannot fit; float32 products from
+    ``FLOAT32_PRODUCTS_RANK`` on."""
+    check_allocation(
+        form_memory_bytes(r, ker.n * ker.k),
+        f"the stability operator on the top {r} eigen-directions of K (rank {ker.rank})",
+        "a larger galerkin_rtol stops at a lower rank (an upper bound on η*), or use a machine with more memory",
+    )
+    products = torch.float32 if r >= FLOAT32_PRODUCTS_RANK else torch.float64
+    return SymmetricForm(*ker.range_basis(r), ker.n, ker.k, products, shown.product)
+
+
+class _SolveProgress:
+    """Plain lines on stderr while a long Galerkin solve runs (nothing for one under ``QUIET_SECONDS``): each
+    level's result and, within a level, a line every ``INTERVAL`` seconds, with an ETA from the measured seconds
+    per product (a product costs ∝ nk·r²) and ~17 products a level."""
+
+    QUIET_SECONDS = 20.0
+    INTERVAL = 30.0
+    PRODUCTS_PER_LEVEL = 17
+
+    def __init__(self, show: bool, ranks: list[int], nk: int) -> None:
+        self.show, self.ranks, self.nk = show, ranks, nk
+        self.t0 = self.last = time.perf_counter()
+        self.r = ranks[0]
+        self.count = 0
+        self.level_t0 = self.t0
+        self.unit: float | None = None  # seconds per product per r²
+
+    def begin(self, r: int) -> None:
+        self.r, self.count, self.level_t0 = r, 0, time.perf_counter()
+
+    def product(self) -> None:
+        self.count += 1
+        now = time.perf_counter()
+        if self.count > 1:
+            self.unit = (now - self.level_t0) / ((self.count - 1) * self.r**2)
+        if self.show and now - self.last >= self.INTERVAL and now - self.t0 >= self.QUIET_SECONDS:
+            self.last = now
+            self._line(f"rank {self.r}: product {self.count} (~{self.PRODUCTS_PER_LEVEL} a level)")
+
+    def end(self, r: int, values: tuple[float, float], change: float | None) -> None:
+        now = time.perf_counter()
+        if not self.show or now - self.t0 < self.QUIET_SECONDS:
+            return
+        self.last = now
+        changed = "" if change is None else f", change {change:.2g}"
+        self._line(f"rank {r} done in {now - self.level_t0:.0f} s{changed}")
+
+    def _remaining(self, done: int) -> float:
+        if self.unit is None:
+            return 0.0
+        left = [r for r in self.ranks if r > done]
+        return sum(self.unit * self.PRODUCTS_PER_LEVEL * r**2 for r in left)
+
+    def _line(self, what: str) -> None:
+        elapsed = time.perf_counter() - self.t0
+        eta = self._remaining(self.r) + (
+            max(0.0, self.unit * self.r**2 * (self.PRODUCTS_PER_LEVEL - self.count)) if self.unit else 0.0
+        )
+        total = self.ranks[-1]
+        print(
+            f"stability (Galerkin, n·k = {self.nk}, rank {total}): {what}; {_clock(elapsed)} elapsed, "
+            f"ETA {_clock(eta)} (if the remaining levels run)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _clock(seconds: float) -> str:
+    seconds = round(seconds)
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
 def critical_learning_rate(
     problem_or_kernel: KernelSource,
     batch_size: int,
@@ -573,6 +696,7 @@ def critical_learning_rate(
     method: str = "auto",
     tol: float = 1e-10,
     galerkin_rtol: float = 1e-3,
+    progress: bool = True,
 ) -> float:
     """The exact mean-square critical learning rate ``η* = 2/λ_max(C⁻¹D)`` (THEORY.md §4), no bisection.
 
@@ -587,6 +711,8 @@ def critical_learning_rate(
         method: as in :func:`stability` (``"galerkin"`` returns an upper bound on η*).
         tol: the eigen-solver's relative tolerance, in (0, 0.01).
         galerkin_rtol: Galerkin's stopping rule, in (0, 1).
+        progress: on the Galerkin route, a line on stderr per level and every 30 s (with an ETA) once the solve
+            has run 20 s; nothing for a shorter one.
 
     Returns:
         η* on the half-MSE loss L (``inf`` when K = 0).
@@ -603,7 +729,7 @@ def critical_learning_rate(
     """
     ker = as_kernel(problem_or_kernel)
     c = noise_scale(batch_size, ker.n, check_sampling(sampling))
-    sol = _solve(ker, None, c, method, check_tol(tol), galerkin_rtol, want_critical=True)
+    sol = _solve(ker, None, c, method, check_tol(tol), galerkin_rtol, want_critical=True, progress=progress)
     assert sol.crit is not None
     return _eta_star(sol.crit.value)
 
@@ -647,6 +773,7 @@ def stability(
     mu: float | None = None,
     residual: Tensor | None = None,
     with_certificates: bool = True,
+    progress: bool = True,
 ) -> Stability:
     """Mean-square linear stability of SGD(lr, batch_size, sampling) at a global minimum (THEORY.md §4).
 
@@ -663,6 +790,8 @@ def stability(
         mu, residual: a measured loss alignment, or the residual to compute it from, for the certificates
             (:func:`sgdstab.certificates`).
         with_certificates: also compute every certificate of THEORY.md §5.
+        progress: on the Galerkin route, a line on stderr per level and every 30 s (with an ETA) once the solve
+            has run 20 s; nothing for a shorter one.
 
     Returns:
         A :class:`Stability`: ρ(T), whether it is ≤ 1, η*, the route taken and (by default) the certificates.
@@ -687,7 +816,7 @@ def stability(
     b = check_batch_size(batch_size, ker.n)
     c = noise_scale(b, ker.n, scheme)
     notes = _minimum_notes(problem_or_kernel)
-    sol = _solve(ker, eta, c, method, tol, galerkin_rtol, want_critical=True)
+    sol = _solve(ker, eta, c, method, tol, galerkin_rtol, want_critical=True, progress=progress)
     assert sol.crit is not None and sol.rho is not None
     rho = sol.rho.value
     # an iterative eigenvector is accurate to about its residual over the gap: judge PSD-ness accordingly
