@@ -76,6 +76,7 @@ SHRINK = {
     "flatness-fashion-mnist": {"n": 20, "lrs": [0.1], "batch_sizes": [4], "max_steps": 4000, "gd": False},
     "flatness-cifar10": {"n": 20, "lrs": [0.05], "batch_sizes": [4], "max_steps": 4000, "gd": False},
     "alignment-cifar10": {"n": 20, "steps": 40, "measure_every": 20, "linear_widths": [], "rf_widths": []},
+    "diagram-fashion-mnist": {"n": 20, "widths": [32, 32, 32], "gd_max_steps": 200},
 }
 
 
