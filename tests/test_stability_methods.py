@@ -247,3 +247,25 @@ def test_a_galerkin_level_that_cannot_fit_is_refused_before_it_is_built(monkeypa
     monkeypatch.setenv("SGDSTAB_MEMORY_LIMIT", str(limit))
     with pytest.raises(MemoryBudgetError, match="stability operator on the top 128 eigen-directions of K"):
         critical_learning_rate(ker, 4, method="galerkin", galerkin_rtol=1e-9, progress=False)
+
+
+def test_large_forms_multiply_one_vector_at_a_time_and_lobpcg_keeps_two_starts(monkeypatch):
+    """From BATCHED_PRODUCTS_MAX_RANK on, a block product is a loop over its vectors (a batch multiplied every
+    temporary: ≈ 4 GB a vector at r = 10⁴) and ρ's LOBPCG starts from two vectors, not three: same values."""
+    from sgdstab.linear_stability import operator, solver
+    from sgdstab.linear_stability.operator import SymmetricForm
+
+    g = torch.Generator().manual_seed(9)
+    J = torch.randn(90, 90, dtype=torch.float64, generator=g) * torch.logspace(0, -1, 90, dtype=torch.float64)
+    ker = Kernel(J @ J.T, 30, 3)
+    eta_star = critical_learning_rate(ker, 2, method="exact")
+    before = stability(ker, 0.9 * eta_star, 2, method="exact", with_certificates=False)
+    lam, U = ker.range_basis()
+    form = SymmetricForm(lam, U, 30, 3)
+    block = torch.randn(3, form.m, dtype=torch.float64, generator=g)
+    batched = form.bdiag(block)
+    monkeypatch.setattr(operator, "BATCHED_PRODUCTS_MAX_RANK", 8)
+    monkeypatch.setattr(solver, "BATCHED_PRODUCTS_MAX_RANK", 8)
+    assert torch.allclose(form.bdiag(block), batched, rtol=1e-12, atol=1e-12 * float(batched.abs().max()))
+    after = stability(Kernel(J @ J.T, 30, 3), 0.9 * eta_star, 2, method="exact", with_certificates=False)
+    assert after.method == "lobpcg" and after.rho == pytest.approx(before.rho, rel=1e-10)

@@ -38,6 +38,7 @@ __all__ = [
 DENSE_MAX_DIM = 300  # dense eigh of the materialized operator when r(r+1)/2 is at most this (≈ 0.03 s; Lanczos
 # is ~100× faster at r(r+1)/2 = 1500) ...
 DENSE_MAX_ENTRIES = 4_000_000  # ... and its n·k²·r(r+1)/2 building block fits comfortably
+BATCHED_PRODUCTS_MAX_RANK = 2048  # from this rank on, a block of vectors is multiplied one vector at a time
 _GRAM_BLOCK = 512  # below this many columns the upper-triangular Gram matrix is one GEMM
 
 
@@ -152,6 +153,9 @@ class SymmetricForm:
         """Packed ``Vᵀ bdiag(V N Vᵀ) V``: one nk × r × r GEMM (``V N``) and one symmetric Gram matrix (≈ 0.75 of a
         GEMM, :func:`upper_gram`) per vector. For k > 1 each diagonal k×k block is diagonalized first,
         ``B_i = Q_i diag(e_i) Q_iᵀ``, so that ``Vᵀ bdiag(B) V = Ṽᵀ diag(e) Ṽ`` with ``Ṽ_i = Q_iᵀ V_i``."""
+        if v.dim() > 1 and self.r >= BATCHED_PRODUCTS_MAX_RANK:
+            # one vector at a time: a batch multiplies every temporary (≈ 4 GB a vector at r = 10⁴)
+            return torch.stack([self.bdiag(row) for row in v.reshape(-1, v.shape[-1])]).reshape(v.shape)
         if self.on_product is not None:
             self.on_product()
         N = self.unpack(v).to(self.products)

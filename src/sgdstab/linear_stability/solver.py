@@ -83,6 +83,7 @@ from sgdstab.kernel.ntk import KernelSource, as_kernel
 from sgdstab.linear_stability.certificates import Certificates, certificates
 from sgdstab.linear_stability.checks import check_galerkin_rtol, check_method, check_tol
 from sgdstab.linear_stability.operator import (
+    BATCHED_PRODUCTS_MAX_RANK,
     SymmetricForm,
     dense_ok_for,
     embed,
@@ -277,6 +278,8 @@ def _rho_lobpcg(form: SymmetricForm, eta: float, c: float, tol: float, v0: Tenso
     slow = torch.zeros(form.m, dtype=torch.float64)
     slow[0] = 1.0
     starts.append(slow)
+    if form.r >= BATCHED_PRODUCTS_MAX_RANK:  # LOBPCG holds ~7 blocks of m-long vectors (400 MB each at r = 10⁴);
+        starts = starts[:2]  # two, not one: the second Ritz value is the gap the accuracy rule needs
     X0 = torch.stack(starts, 1).numpy()
     A = spla.LinearOperator((form.m, form.m), matvec=z, matmat=z, dtype=np.float64)
     M = spla.LinearOperator((form.m, form.m), matvec=p, matmat=p, dtype=np.float64)
