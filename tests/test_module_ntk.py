@@ -260,3 +260,12 @@ def test_an_exported_program_has_no_module_calls_and_gets_the_jacobian_route_wit
     assert _relative(K.matrix, _dense(problem)) < 1e-13
     with pytest.raises(sgdstab.errors.NoModuleStructureError):
         sgdstab.ntk(problem, method="modules")
+
+
+def test_curvature_says_when_its_kernel_fell_back_to_the_jacobian():
+    torch.manual_seed(0)
+    problem = _problem(UsedOutsideItsCall(64, 2), 64, 2)
+    curv = sgdstab.curvature(problem, method="kernel")
+    assert any("used outside its module" in note for note in curv.notes), curv.notes
+    K = _dense(problem)
+    assert curv.gauss_newton_frobenius == pytest.approx(float(torch.linalg.matrix_norm(K)) / problem.n, rel=1e-12)

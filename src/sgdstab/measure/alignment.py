@@ -189,7 +189,7 @@ def alignment(
     loss = float((r * r).sum()) / (2 * problem.n)
     K = None
     if method == "kernel":
-        K, eig = given_kernel(problem, kernel)
+        K, eig, _ = given_kernel(problem, kernel)
         figures = _kernel(problem, top, r, loss, K, eig)
     else:
         figures = _matrix_free(problem, top, rtol, seed, loss)

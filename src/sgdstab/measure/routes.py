@@ -131,16 +131,18 @@ class RouteFigures:
 
 def given_kernel(
     problem: Problem, kernel: Kernel | Tensor | None, eigen: bool = True
-) -> tuple[Tensor, kf.KernelEigen | None]:
+) -> tuple[Tensor, kf.KernelEigen | None, tuple[str, ...]]:
     """K (as built, in the problem's dtype) and, with ``eigen``, its eigendecomposition: ``kernel`` when given (a
     :class:`sgdstab.Kernel`, whose decomposition is reused whenever it has one, or a tensor), else
     :func:`sgdstab.ntk` now. A given K is checked against the problem: its shape, and its first diagonal block
-    against J_1 J_1ᵀ computed here (a K from other parameters fails)."""
+    against J_1 J_1ᵀ computed here (a K from other parameters fails). The third item: what the kernel's builder
+    noted (a route that fell back to J's rows, and why)."""
     if kernel is None:
         # decomposed as built, not through Kernel.eigen: that refuses a non-finite K, where an overflowing problem's
         # figures are NaN with a note (tests/test_fuzz.py), and this Kernel is not kept for any reuse
-        K = ntk(problem).matrix
-        return K, kf.kernel_eigen(K) if eigen else None
+        built = ntk(problem)
+        K = built.matrix
+        return K, kf.kernel_eigen(K) if eigen else None, built.notes
     K = kernel.matrix if isinstance(kernel, Kernel) else kernel
     nk = problem.n * problem.k
     if not isinstance(K, Tensor) or K.shape != (nk, nk):
@@ -152,9 +154,10 @@ def given_kernel(
     tol = (1e-4 if min(K.dtype.itemsize, problem.itemsize) == 4 else 1e-9) * max(float(block.abs().max()), 1e-30)
     if float((given - block).abs().max()) > tol:
         raise MethodError("kernel does not match the problem at its current θ (its first block differs from J₁J₁ᵀ)")
+    notes = kernel.notes if isinstance(kernel, Kernel) else ()
     if isinstance(kernel, Kernel) and (eigen or kernel.has_eigen):
-        return K, kernel.eigen
-    return K, kf.kernel_eigen(K) if eigen else None
+        return K, kernel.eigen, notes
+    return K, kf.kernel_eigen(K) if eigen else None, notes
 
 
 # ---------------------------------------------------------------------------------------------------- dense route
@@ -408,8 +411,10 @@ def kernel_route(req: RouteRequest) -> RouteFigures:
     """G's figures exact from the NTK K; H's from G's at (or near) a minimum, else from Hessian-vector products
     with G as control variate (the module docstring of :mod:`sgdstab.measure.curvature` says when)."""
     problem = req.problem
-    K, eig = given_kernel(problem, req.kernel, eigen=False)
+    K, eig, built = given_kernel(problem, req.kernel, eigen=False)
     gn, values = _gauss_newton_from_kernel(K, problem.n, problem.k, req.top, eig)
+    if built:  # how K was built, when it had to fall back (a parameter used outside its module's call)
+        gn = dataclasses.replace(gn, notes=(*gn.notes, *built))
     at_rounding = is_global_minimum(req.loss, problem.Y, problem.dtype)
     h_is_g = HessianFigures(
         frobenius=gn.frobenius,
