@@ -86,7 +86,7 @@ def worker(config: dict[str, Any]) -> dict[str, Any]:
     item = problem.itemsize
     ntk_module = sys.modules["sgdstab.kernel.ntk"]
     route = ntk_module._plan(problem, None)[0] if hasattr(ntk_module, "_plan") else "unknown"
-    gemm_rows = getattr(ntk_module, "_GEMM_ROWS", None)
+    gemm_rows = getattr(sys.modules["sgdstab.kernel.layerwise"], "_GEMM_ROWS", None)
 
     # Time the Jacobian blocks that ntk draws, inside ntk itself: the rest of ntk is the K assembly.
     blocks = problem.jacobian_blocks

@@ -140,6 +140,25 @@ def _layer_factors(
     return grams, rows
 
 
+def add_gram_(K: Tensor, R: Tensor) -> None:
+    """``K += R Rᵀ`` by blocks of ``_GEMM_ROWS`` rows: the upper triangle computed, mirrored (the diagonal blocks
+    are left as their GEMM gave them: :func:`symmetrize_diagonal_blocks_` once at the end)."""
+    nk = R.shape[0]
+    for a in range(0, nk, _GEMM_ROWS):
+        b = min(a + _GEMM_ROWS, nk)
+        block = R[a:b] @ R[a:].T
+        K[a:b, a:] += block
+        K[b:, a:b] += block[:, b - a :].T
+
+
+def symmetrize_diagonal_blocks_(K: Tensor) -> None:
+    """Make the diagonal blocks of :func:`add_gram_` exactly symmetric (a GEMM's R_a R_aᵀ can differ from its
+    transpose in the last bit; the mirrored blocks are exact)."""
+    for a in range(0, K.shape[0], _GEMM_ROWS):
+        block = K[a : a + _GEMM_ROWS, a : a + _GEMM_ROWS]
+        block.copy_((block + block.T) / 2)
+
+
 def assemble_hadamard(problem: Problem, grams: list[Tensor], rows: list[Tensor], out: Tensor | None = None) -> Tensor:
     """``K = Σ_layers (S ⊗ 1_{k×k}) ∘ (M Mᵀ)``, by blocks of rows: the upper triangle computed, mirrored; added
     into ``out`` when given (no second nk × nk matrix)."""
@@ -165,4 +184,11 @@ def assemble_hadamard(problem: Problem, grams: list[Tensor], rows: list[Tensor],
     return K
 
 
-__all__ = ["assemble_hadamard", "layerwise_ntk", "layerwise_ntk_gemm_width", "layerwise_ntk_memory"]
+__all__ = [
+    "add_gram_",
+    "assemble_hadamard",
+    "layerwise_ntk",
+    "layerwise_ntk_gemm_width",
+    "layerwise_ntk_memory",
+    "symmetrize_diagonal_blocks_",
+]

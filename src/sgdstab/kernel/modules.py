@@ -34,20 +34,20 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vjp, vmap
 
 from sgdstab.errors import NoModuleStructureError
-from sgdstab.kernel.layerwise import assemble_hadamard
+from sgdstab.kernel.layerwise import add_gram_, assemble_hadamard, symmetrize_diagonal_blocks_
 from sgdstab.problem.problem import Problem
 from sgdstab.utils.memory import available_memory_bytes, check_allocation, release_freed_memory
-
-_GEMM_ROWS = 512  # rows of K per GEMM block (upper triangle only)
 
 
 @dataclass
 class _Owner:
-    """A module holding trainable parameters directly: its name, its local → layout names."""
+    """A module holding trainable parameters directly: its name, its local → layout names (``params``: its own;
+    ``subtree``: every trainable parameter its forward reads, its children's included)."""
 
     name: str
     module: nn.Module
     params: dict[str, str]
+    subtree: dict[str, str]
 
 
 @dataclass
@@ -88,7 +88,10 @@ def owners(problem: Problem) -> list[_Owner]:
             if id(p) in layout
         }
         if own:
-            found.append(_Owner(name, module, own))
+            subtree = {
+                local: layout[id(p)] for local, p in module.named_parameters(remove_duplicate=False) if id(p) in layout
+            }
+            found.append(_Owner(name, module, own, subtree))
     unique: dict[int, _Owner] = {}
     for o in found:  # a module reachable under two names is one owner
         unique.setdefault(id(o.module), o)
@@ -160,23 +163,17 @@ def _capture(problem: Problem, params: dict[str, Tensor], x: Tensor, owned: list
 
 
 # ------------------------------------------------------------------------------------------------- rows
-def _split_parameters(problem: Problem, owner: _Owner, params: dict[str, Tensor]) -> tuple[dict, dict]:
+def _split_parameters(owner: _Owner, params: dict[str, Tensor]) -> tuple[dict, dict]:
     """The owner's own trainable parameters and the other trainable ones its forward reads, under its local
     names, at θ (frozen parameters and buffers are the module's own)."""
-    layout = {id(p): name for name, p in problem.model.named_parameters() if p.requires_grad}
-    subtree = {
-        local: params[layout[id(p)]]
-        for local, p in owner.module.named_parameters(remove_duplicate=False)
-        if id(p) in layout
-    }
     own = {local: params[name] for local, name in owner.params.items()}
-    return own, {local: v for local, v in subtree.items() if local not in own}
+    return own, {local: params[name] for local, name in owner.subtree.items() if local not in own}
 
 
 def _call_rows(problem: Problem, call: _Call, params: dict[str, Tensor]) -> dict[str, Tensor]:
     """``∂f_c(x_i)/∂θ`` for the owner's parameters through this call alone: layout name → (m·k, numel)."""
     module, locals_ = call.owner.module, call.owner.params
-    own, rest = _split_parameters(problem, call.owner, params)
+    own, rest = _split_parameters(call.owner, params)
 
     def outputs(P: dict[str, Tensor], args: tuple) -> tuple[Tensor, ...]:
         full = tuple(a.unsqueeze(0) if b else a for a, b in zip(args, call.batched, strict=True))
@@ -282,16 +279,6 @@ def _adopt_uncalled(owned: list[_Owner], called: set[int]) -> list[_Owner]:
 
 
 # ------------------------------------------------------------------------------------------------- assembly
-def _add_gram_(K: Tensor, R: Tensor) -> None:
-    """``K += R Rᵀ`` by blocks of rows, the upper triangle computed and mirrored."""
-    nk = R.shape[0]
-    for a in range(0, nk, _GEMM_ROWS):
-        b = min(a + _GEMM_ROWS, nk)
-        block = R[a:b] @ R[a:].T
-        K[a:b, a:] += block
-        K[b:, a:b] += block[:, b - a :].T
-
-
 def _row_groups(plan: _Plan) -> list[list[_Owner]]:
     """Owners that share a parameter are one group: their rows are summed before the product."""
     groups: list[list[_Owner]] = []
@@ -339,7 +326,7 @@ def module_ntk(problem: Problem, theta: Tensor | None = None, chunk_size: int | 
             g.allocate(problem)
             for index, s in enumerate(chunks):
                 g.add_rows(problem, kept[index], params, s)
-        _add_gram_(K, g.release())
+        add_gram_(K, g.release())
         release_freed_memory()
     if plan.jacobian:
         width = sum(problem.layout.numels[problem.layout.names.index(n)] for n in plan.jacobian)
@@ -348,10 +335,8 @@ def module_ntk(problem: Problem, theta: Tensor | None = None, chunk_size: int | 
             f"the Jacobian rows of {len(plan.jacobian)} parameter(s) no module call covers ({nk} × {width})",
             "use method='jacobian' with a chunk_size, or fewer samples",
         )
-        _add_gram_(K, torch.cat([_jac_block(problem, plan.jacobian, params, s) for s in chunks]))
-    for a in range(0, nk, _GEMM_ROWS):  # the mirrored blocks are exact; a diagonal block's GEMM may not be
-        block = K[a : a + _GEMM_ROWS, a : a + _GEMM_ROWS]
-        block.copy_((block + block.T) / 2)
+        add_gram_(K, torch.cat([_jac_block(problem, plan.jacobian, params, s) for s in chunks]))
+    symmetrize_diagonal_blocks_(K)
     return ModuleNtk(
         K,
         tuple(o.name for o in plan.hadamard),

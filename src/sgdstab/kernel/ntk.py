@@ -31,7 +31,7 @@ from torch import Tensor
 
 from sgdstab.errors import MemoryBudgetError, NoModuleStructureError, NtkError, StabilityError
 from sgdstab.kernel.kernel import Kernel
-from sgdstab.kernel.layerwise import layerwise_ntk
+from sgdstab.kernel.layerwise import add_gram_, layerwise_ntk, symmetrize_diagonal_blocks_
 from sgdstab.kernel.modules import module_ntk
 from sgdstab.problem.chain import layer_chain
 from sgdstab.problem.problem import Problem, check_chunk_size
@@ -40,9 +40,6 @@ from sgdstab.utils.memory import available_memory_bytes, format_bytes
 KernelSource: TypeAlias = Problem | Kernel | Tensor | np.ndarray
 """What every consumer of K accepts and hands to :func:`as_kernel`: a :class:`~sgdstab.Problem` (its NTK at θ), a
 :class:`~sgdstab.Kernel`, or a square symmetric PSD matrix as a tensor or array (k = 1)."""
-
-_GEMM_ROWS = 512  # rows of K per GEMM block: small enough to skip most of the lower triangle, large enough for
-# near-peak matmul throughput
 
 
 def ntk_memory(problem: Problem, chunk_size: int | None = None) -> dict[str, int]:
@@ -182,18 +179,14 @@ def _jacobian_gram(problem: Problem, chunk_size: int | None, theta: Tensor | Non
 def _gram_one_jacobian(problem: Problem, chunk: int, theta: Tensor | None) -> Tensor:
     """K from all of J, computed once: the upper triangle by row blocks, mirrored."""
     nk = problem.n * problem.k
-    K = torch.empty((nk, nk), dtype=problem.dtype, device=problem.device)
+    K = torch.zeros((nk, nk), dtype=problem.dtype, device=problem.device)
     # filled in place: peak memory is J plus one chunk's block, not the blocks and a concatenated copy
     J = torch.empty((nk, problem.p), dtype=problem.dtype, device=problem.device)
     for s, block in problem.jacobian_blocks(chunk, theta):
         J[s.start * problem.k : s.stop * problem.k] = block
         del block
-    for a in range(0, nk, _GEMM_ROWS):
-        a_end = min(a + _GEMM_ROWS, nk)
-        block = J[a:a_end] @ J[a:].T  # (rows of block a) × (columns a..end): upper triangle only
-        K[a:a_end, a:] = block
-        K[a_end:, a:a_end] = block[:, a_end - a :].T
-        _symmetrize_(K[a:a_end, a:a_end])
+    add_gram_(K, J)
+    symmetrize_diagonal_blocks_(K)
     return K
 
 

@@ -594,14 +594,14 @@ def _solve_galerkin(
         now = (rho.value if rho else 0.0, crit.value if crit else 0.0)
         if r == rank:
             error = 0.0
-            shown.end(r, now, None)
+            shown.end(r, None)
             break
         if prev is not None:
             error = _relative_change(now, prev)
             if error < galerkin_rtol:
-                shown.end(r, now, error)
+                shown.end(r, error)
                 break
-        shown.end(r, now, error if prev is not None else None)
+        shown.end(r, error if prev is not None else None)
         prev = now
     assert form is not None
     if error == 0.0:
@@ -658,7 +658,7 @@ class _SolveProgress:
             self.last = now
             self._line(f"rank {self.r}: product {self.count} (~{self.PRODUCTS_PER_LEVEL} a level)")
 
-    def end(self, r: int, values: tuple[float, float], change: float | None) -> None:
+    def end(self, r: int, change: float | None) -> None:
         now = time.perf_counter()
         if not self.show or now - self.t0 < self.QUIET_SECONDS:
             return
