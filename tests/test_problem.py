@@ -124,7 +124,7 @@ def _data(n=4, k=1):
         (lambda: (_mlp(1), torch.randn(4, 5, dtype=torch.float64), _data()[1]), "model failed on X"),
         (lambda: ("not a model", *_data()), "torch.nn.Module"),
         (lambda: (_mlp(1), _data()[0].numpy(), _data()[1]), "torch tensors"),
-        (lambda: (_mlp(1), *_data(), "cross_entropy"), "unknown loss convention"),
+        (lambda: (_mlp(1), *_data(), "hinge"), "unknown loss convention"),
     ],
 )
 def test_refusals_name_the_problem(make, match):

@@ -19,7 +19,7 @@ from sgdstab.errors import (
     StabilityError,
 )
 from sgdstab.kernel.kernel import Kernel
-from sgdstab.kernel.ntk import as_kernel, ntk
+from sgdstab.kernel.ntk import as_kernel, ggn_kernel, ntk
 from sgdstab.linear_stability.analysis import Analysis, analyze
 from sgdstab.linear_stability.certificates import (
     Certificate,
@@ -93,6 +93,7 @@ __all__ = [
     "count_parameters",
     "critical_learning_rate",
     "curvature",
+    "ggn_kernel",
     "half_mse_learning_rate",
     "hessian_trace",
     "kernel_curvature",

@@ -127,10 +127,13 @@ def experiment(
 )
 @click.option(
     "--loss",
-    type=click.Choice(["half_mse", "torch_mse"]),
+    type=click.Choice(["half_mse", "torch_mse", "cross_entropy", "bce_with_logits"]),
     default="half_mse",
     show_default=True,
-    help="torch_mse: your lr is on nn.MSELoss; learning-rate figures are shown in it and on L.",
+    help=(
+        "torch_mse: your lr is on nn.MSELoss; learning-rate figures are shown in it and on L. cross_entropy, "
+        "bce_with_logits: the model's outputs are logits, analysed through the generalized Gauss–Newton."
+    ),
 )
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default=None, help="Default: the checkpoint's.")
 @click.option("--rtol", type=float, default=1e-2, show_default=True, help="Relative error of estimated figures.")
@@ -188,12 +191,14 @@ def analyze(
     data = load_dataset(dataset, n=n, classes=ids, seed=seed, data_dir=data_dir, split=split, subset=subset)
     check_analysis_arguments(lr, batch_size, sampling, loss, rtol, seed, at_minimum, n=len(data.X))
     X, reshaped = fit_inputs(model, data.X)
+    # the built-in data's two-class targets are ±1 (one output); a logistic loss takes them as probabilities 0 and 1
+    targets = (data.Y + 1) / 2 if loss == "bce_with_logits" and data.Y.shape[1] == 1 else data.Y
     with warnings.catch_warnings():  # torch 2.13 warns about its own pytree code when an exported module is copied
         warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
         result = run_analysis(
             model,
             X,
-            data.Y,
+            targets,
             lr=lr,
             batch_size=batch_size,
             sampling=sampling,

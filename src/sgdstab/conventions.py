@@ -18,10 +18,12 @@ from torch import Tensor
 
 from sgdstab.errors import ConventionError
 
-LossConvention = Literal["half_mse", "torch_mse"]
+LossConvention = Literal["half_mse", "torch_mse", "cross_entropy", "bce_with_logits"]
 Sampling = Literal["with_replacement", "without_replacement"]
 
-LOSS_CONVENTIONS: tuple[str, ...] = ("half_mse", "torch_mse")
+LOSS_CONVENTIONS: tuple[str, ...] = ("half_mse", "torch_mse", "cross_entropy", "bce_with_logits")
+# the losses of THEORY.md §9 (a per-sample loss convex in the outputs, through the generalized Gauss–Newton)
+GGN_LOSSES: tuple[str, ...] = ("cross_entropy", "bce_with_logits")
 SAMPLING_SCHEMES: tuple[str, ...] = ("with_replacement", "without_replacement")
 
 
@@ -142,14 +144,16 @@ def frobenius_bound(lr: float, c: float, mu: float) -> float:
 
 
 def half_mse_learning_rate(lr: float, loss: str, outputs: int) -> float:
-    """Convert a learning rate used on the ``loss`` convention to the equivalent one on the half-MSE loss L.
+    """Convert a learning rate used on the ``loss`` convention to the equivalent one on the problem's loss L.
 
-    ``torch_mse`` = (2/k)·L, so a step η on it is a step 2η/k on L; ``half_mse`` is returned unchanged.
+    ``torch_mse`` = (2/k)·L, so a step η on it is a step 2η/k on L; ``half_mse`` is returned unchanged. For the
+    losses of THEORY.md §9, L is the mean over samples of the per-sample loss summed over outputs: a step on
+    ``nn.CrossEntropyLoss()`` is the same step on L, a step η on ``nn.BCEWithLogitsLoss()`` is a step η/k on L.
 
     Args:
         lr: the learning rate as given to the optimizer, a positive finite number.
-        loss: ``"half_mse"`` (L = (1/2n) Σ ||f − y||², sgdstab's) or ``"torch_mse"`` (``nn.MSELoss()``, the mean
-            over samples and outputs).
+        loss: ``"half_mse"`` (L = (1/2n) Σ ||f − y||², sgdstab's), ``"torch_mse"`` (``nn.MSELoss()``, the mean
+            over samples and outputs), ``"cross_entropy"`` or ``"bce_with_logits"``.
         outputs: k, the number of outputs.
 
     Returns:
@@ -167,12 +171,19 @@ def half_mse_learning_rate(lr: float, loss: str, outputs: int) -> float:
     value = check_learning_rate(lr)
     if check_loss_convention(loss) == "torch_mse":
         return 2.0 * value / check_outputs(outputs)
-    return value
+    return value * loss_scale(loss, outputs)
 
 
 def loss_scale(loss: str, outputs: int) -> float:
-    """The factor ``s`` with (loss in convention ``loss``) = s · L(θ)."""
-    return 2.0 / check_outputs(outputs) if check_loss_convention(loss) == "torch_mse" else 1.0
+    """The factor ``s`` with (loss in convention ``loss``) = s · L(θ): 2/k for ``torch_mse``; 1/k for
+    ``bce_with_logits`` (``nn.BCEWithLogitsLoss()`` averages over samples and outputs, L sums the outputs); 1 for
+    ``half_mse`` and ``cross_entropy`` (``nn.CrossEntropyLoss()`` is L itself)."""
+    convention = check_loss_convention(loss)
+    if convention == "torch_mse":
+        return 2.0 / check_outputs(outputs)
+    if convention == "bce_with_logits":
+        return 1.0 / check_outputs(outputs)
+    return 1.0
 
 
 def learning_rate_in_convention(lr_on_half_mse: float, loss: str, outputs: int) -> float:

@@ -77,6 +77,15 @@ SHRINK = {
     "flatness-cifar10": {"n": 20, "lrs": [0.05], "batch_sizes": [4], "max_steps": 4000, "gd": False},
     "alignment-cifar10": {"n": 20, "steps": 40, "measure_every": 20, "linear_widths": [], "rf_widths": []},
     "diagram-fashion-mnist": {"n": 20, "widths": [32, 32, 32], "gd_max_steps": 200},
+    "escape-fashion-mnist": {
+        "n": 20,
+        "widths": [32, 32, 32],
+        "gd_max_steps": 200,
+        "escape_steps": 150,
+        "settle_steps": 3000,
+        "chains": 400,
+        "track_every": 500,
+    },
 }
 
 

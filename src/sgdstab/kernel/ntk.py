@@ -89,6 +89,16 @@ def _symmetrize_(block: Tensor) -> None:
     block.copy_((block + block.T) / 2)
 
 
+def _symmetrize_by_blocks_(K: Tensor, size: int = 2048) -> None:
+    """K ← (K + Kᵀ)/2 in place, one pair of blocks at a time (no second nk × nk matrix)."""
+    m = K.shape[0]
+    for a in range(0, m, size):
+        for b in range(a, m, size):
+            mean = (K[a : a + size, b : b + size] + K[b : b + size, a : a + size].T) / 2
+            K[a : a + size, b : b + size] = mean
+            K[b : b + size, a : a + size] = mean.T
+
+
 NTK_METHODS = ("auto", "layerwise", "modules", "jacobian")
 
 
@@ -128,6 +138,50 @@ def ntk(problem: Problem, chunk_size: int | None = None, theta: Tensor | None = 
     """
     K, route, notes = _gram(problem, chunk_size, theta, method)
     return Kernel.from_gram(K, problem.n, problem.k, route, notes)
+
+
+def ggn_kernel(
+    problem: Problem, chunk_size: int | None = None, theta: Tensor | None = None, method: str = "auto"
+) -> Kernel:
+    """The kernel of the generalized Gauss–Newton, ``K_A = A^{1/2} K A^{1/2}`` (THEORY.md §9), at θ: its n×n blocks
+    are ``A_i^{1/2} K_ij A_j^{1/2}`` with ``A_i = ∇²_f ℓ(f_i, y_i)``. ``G = (1/n) J_AᵀJ_A`` for ``J_A = A^{1/2}J``, so
+    every kernel identity of §2–§4 holds with K_A in place of K (and the kernel residuals
+    :meth:`~sgdstab.Problem.kernel_residuals` in place of r). For the square loss (A = I) it is :func:`ntk` itself.
+
+    Args:
+        problem: the problem.
+        chunk_size, theta, method: as for :func:`ntk`, which builds K first.
+
+    Returns:
+        The :class:`~sgdstab.Kernel` K_A (K weighted in place: no second nk × nk matrix); its notes say it is K_A.
+
+    Raises:
+        As :func:`ntk`.
+
+    Example:
+        >>> import torch, sgdstab
+        >>> X = torch.linspace(-1, 1, 12, dtype=torch.float64).reshape(4, 3)
+        >>> model = sgdstab.mlp(3, 3, widths=(4,), seed=0).double()
+        >>> problem = sgdstab.Problem(model, X, torch.tensor([0, 1, 2, 1]), loss="cross_entropy")
+        >>> KA = sgdstab.ggn_kernel(problem)
+        >>> KA.n, KA.k, KA.rank  # softmax: A_i has rank k − 1, so K_A has rank ≤ n(k − 1)
+        (4, 3, 8)
+    """
+    K, route, notes = _gram(problem, chunk_size, theta, method)
+    if problem.square_loss:
+        return Kernel.from_gram(K, problem.n, problem.k, route, notes)
+    n, k = problem.n, problem.k
+    roots = problem.output_hessian_roots(theta).to(K.dtype)
+    rows = max(1, (64 * 1024**2) // max(1, k * n * k * K.element_size()))  # ~64 MiB of K per step
+    by_sample = K.view(n, k, n * k)
+    for b in range(0, n, rows):  # A_i^{1/2} K_i,: for each sample's block row
+        by_sample[b : b + rows] = torch.bmm(roots[b : b + rows], by_sample[b : b + rows])
+    by_column = K.view(n * k, n, k)
+    for b in range(0, n * k, rows * k):  # … then K_:,j A_j^{1/2} (A_j^{1/2} symmetric)
+        by_column[b : b + rows * k] = torch.einsum("rjc,jcd->rjd", by_column[b : b + rows * k], roots)
+    _symmetrize_by_blocks_(K)
+    weighted = f"GGN kernel A^(1/2) K A^(1/2) of the {problem.loss_convention} loss (THEORY.md §9)"
+    return Kernel.from_gram(K, n, k, route, (*notes, weighted))
 
 
 # the modules route agrees with J's rows to rounding; beyond this (relative to the largest entry), a parameter is
@@ -210,7 +264,8 @@ def _gram_recomputed_blocks(problem: Problem, chunk: int, theta: Tensor | None) 
 
 
 def as_kernel(obj: KernelSource) -> Kernel:
-    """A :class:`Kernel` from a ``Kernel`` (returned as is), a :class:`~sgdstab.Problem` (its NTK at θ) or a plain
+    """A :class:`Kernel` from a ``Kernel`` (returned as is), a :class:`~sgdstab.Problem` (its NTK at θ; for a loss of
+    THEORY.md §9 the GGN kernel K_A, :func:`ggn_kernel`) or a plain
     square tensor/array (k = 1, n = its size).
 
     Args:
@@ -230,7 +285,7 @@ def as_kernel(obj: KernelSource) -> Kernel:
     if isinstance(obj, Kernel):
         return obj
     if isinstance(obj, Problem):
-        return ntk(obj)
+        return ggn_kernel(obj)
     if isinstance(obj, Tensor | np.ndarray):
         if obj.ndim != 2 or obj.shape[0] != obj.shape[1]:
             raise StabilityError(f"K must be a square matrix, got shape {tuple(obj.shape)}")

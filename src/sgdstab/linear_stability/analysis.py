@@ -39,7 +39,7 @@ from sgdstab.conventions import (
 )
 from sgdstab.errors import AnalysisError, ProblemError
 from sgdstab.kernel.kernel import Kernel
-from sgdstab.kernel.ntk import ntk
+from sgdstab.kernel.ntk import ggn_kernel
 from sgdstab.linear_stability.solver import Stability, stability
 from sgdstab.measure.alignment import Alignment, alignment
 from sgdstab.measure.curvature import Curvature, check_rtol, check_seed, curvature, plan_method
@@ -97,16 +97,23 @@ class Analysis(ResultMixin):
         """The learning-rate figure ``name`` (a key of ``lr_figures``) in ``loss_convention``, the user's."""
         return self.lr_figures[name][self.loss_convention]
 
+    @property
+    def _lr_on_loss(self) -> bool:
+        """Whether the user's learning rate is the one on L itself (half-MSE, or nn.CrossEntropyLoss = L)."""
+        return self.loss_convention in ("half_mse", "cross_entropy")
+
     def _lr_text(self, name: str) -> str:
         figures = self.lr_figures[name]
-        if self.loss_convention == "half_mse":
+        if self._lr_on_loss:
             return f"{figures['half_mse']:.6g}"
         return f"{figures[self.loss_convention]:.6g} on {self.loss_convention} (= {figures['half_mse']:.6g} on L)"
 
     def __str__(self) -> str:
         """The table ``sgdstab analyze`` prints (``summary_rows`` under a header), then the notes."""
         units = (
-            "on L (half-MSE)" if self.loss_convention == "half_mse" else f"on {self.loss_convention} (yours) and on L"
+            f"on L ({'half-MSE' if self.loss_convention == 'half_mse' else self.loss_convention})"
+            if self._lr_on_loss
+            else f"on {self.loss_convention} (yours) and on L"
         )
         rows = [("section", "figure", "value"), *self.summary_rows()]
         widths = [max(len(row[i]) for row in rows) for i in range(2)]
@@ -118,6 +125,11 @@ class Analysis(ResultMixin):
         lines += [f"note: {note}" for note in self.notes]
         return "\n".join(lines)
 
+    @property
+    def _noise(self) -> str:
+        """What stands for 2L in μ: 2L itself, or the mean output noise scale s of a loss of THEORY.md §9."""
+        return "2L" if self.loss_convention in ("half_mse", "torch_mse") else "s"
+
     def summary_rows(self) -> list[tuple[str, str, str]]:
         """(section, figure, value) rows of the key figures, for a table."""
         cv, al, st = self.curvature, self.alignment, self.stability
@@ -127,18 +139,18 @@ class Analysis(ResultMixin):
 
         rows = [
             ("problem", "n, k, p", f"{self.n}, {self.k}, {self.p} ({self.dtype})"),
-            ("problem", "L = (1/2n) Σ ||f(x_i) − y_i||²", f"{self.loss:.6g}"),
+            ("problem", _LOSS_LABELS.get(self.loss_convention, "L"), f"{self.loss:.6g}"),
             ("curvature", "||H||_F", pm(cv.hessian_frobenius, cv.hessian_frobenius_stderr)),
             ("curvature", "λ_max(H)", pm(cv.sharpness, cv.sharpness_error_bound)),
             ("curvature", "Tr H", pm(cv.trace, cv.trace_stderr)),
             ("curvature", "||G||_F (Gauss–Newton)", pm(cv.gauss_newton_frobenius, cv.gauss_newton_frobenius_stderr)),
             ("curvature", "route", f"{cv.method} ({'exact' if cv.exact else 'estimated'})"),
-            ("alignment", "μ = Tr(ΣG)/(2L||G||_F²)", pm(al.mu, al.mu_stderr)),
-            ("alignment", "μ_H = Tr(ΣH)/(2L||H||_F²)", pm(al.mu_hessian, al.mu_hessian_stderr)),
+            ("alignment", f"μ = Tr(ΣG)/({self._noise}||G||_F²)", pm(al.mu, al.mu_stderr)),
+            ("alignment", f"μ_H = Tr(ΣH)/({self._noise}||H||_F²)", pm(al.mu_hessian, al.mu_hessian_stderr)),
             ("alignment", "μ_inf (uniform)", f"{al.mu_inf:.6g}"),
         ]
         if self.lr is not None:
-            unit = "on L" if self.loss_convention == "half_mse" else f"your {self.loss_convention} step"
+            unit = "on L" if self._lr_on_loss else f"your {self.loss_convention} step"
             rows.append(("stability", f"η ({unit})", self._lr_text("lr")))
             rows.append(
                 (
@@ -262,7 +274,7 @@ def analyze(
     check_analysis_arguments(lr, batch_size, sampling, loss, rtol, seed, at_minimum, n=n)
     problem = _problem(model, X, Y, loss, dtype)
     notes: list[str] = []
-    kernel = ntk(problem) if _kernel_fits(problem, rtol) else None
+    kernel = ggn_kernel(problem) if _kernel_fits(problem, rtol) else None
     if kernel is None:
         notes.append("the NTK does not fit in memory: matrix-free figures, no μ_inf, ρ(T) or η*")
     curv, align = _measure(problem, kernel, method, rtol, seed, top, at_minimum)
@@ -297,6 +309,14 @@ def analyze(
     )
 
 
+_LOSS_LABELS = {
+    "half_mse": "L = (1/2n) Σ ||f(x_i) − y_i||²",
+    "torch_mse": "L = (1/2n) Σ ||f(x_i) − y_i||²",
+    "cross_entropy": "L = (1/n) Σ CE(softmax f(x_i), y_i)",
+    "bce_with_logits": "L = (1/n) Σ_i Σ_c BCE(σ(f_c(x_i)), y_ic)",
+}
+
+
 def _measure(
     problem: Problem, kernel: Kernel | None, method: str, rtol: float, seed: int, top: int, at_minimum: bool | None
 ) -> tuple[Curvature, Alignment]:
@@ -317,6 +337,15 @@ def _measure(
 def _loss_notes(loss_value: float, problem: Problem) -> list[str]:
     """A loss no better than the zero predictor's is most likely the wrong model or preprocessing: say so."""
     zero = zero_predictor_loss(problem.Y)
+    if not problem.square_loss:  # f ≡ 0: uniform predictions, log k for one-hot cross-entropy
+        y = problem.Y
+        zero = float(problem.output_loss.per_sample(torch.zeros_like(y), y).mean())
+        if loss_value < zero:
+            return []
+        return [
+            f"L = {loss_value:.3g} is no better than the zero predictor's (logits f ≡ 0: {zero:.3g}): is this the "
+            "trained model and the data preprocessed as in training?"
+        ]
     if loss_value < zero:
         return []
     return [
@@ -366,7 +395,12 @@ def _sgd_figures(
         return _SgdFigures(**gd, **frob, on_loss=on_loss)
     st = stability(kernel, eta, batch_size, sampling, mu=mu if math.isfinite(mu) and mu > 0 else None)
     notes = []
-    if not is_global_minimum(loss_value, problem.Y, problem.dtype):
+    if not problem.square_loss:
+        notes.append(
+            f"{problem.loss_convention} has no finite global minimum: ρ(T), η* and the certificates are those of "
+            "SGD's linearization at θ with the GGN kernel K_A (THEORY.md §9)"
+        )
+    elif not is_global_minimum(loss_value, problem.Y, problem.dtype):
         notes.append(
             f"θ is not a global minimum (L = {loss_value:.3g}): ρ(T), η* and the certificates linearize SGD "
             "with the Gauss–Newton kernel"

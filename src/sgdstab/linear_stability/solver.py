@@ -435,13 +435,19 @@ def _condition(ker: Kernel) -> float:
     return float(lam[-1] / lam[0]) if len(lam) else 1.0
 
 
-def _kernel_notes(ker: Kernel) -> list[str]:
-    """Singular and ill-conditioned kernels, said plainly (duplicate samples make K singular)."""
+def _kernel_notes(ker: Kernel, softmax: bool = False) -> list[str]:
+    """Singular and ill-conditioned kernels, said plainly (duplicate samples make K singular; so does softmax's
+    A_i, of rank k − 1, in the GGN kernel K_A)."""
     notes = []
     if 0 < ker.rank < ker.nk:
+        why = (
+            f"softmax's output Hessians have rank k − 1, so rank K_A ≤ n(k − 1) = {ker.n * (ker.k - 1)}"
+            if softmax
+            else "duplicate samples, or fewer parameters than n·k"
+        )
         notes.append(
-            f"K is singular: rank {ker.rank} of n·k = {ker.nk} (duplicate samples, or fewer parameters than n·k); "
-            "the analysis runs on range K, where the residual dynamics live"
+            f"K is singular: rank {ker.rank} of n·k = {ker.nk} ({why}); the analysis runs on range K, where the "
+            "residual dynamics live"
         )
     cond = _condition(ker)
     if cond > ILL_CONDITIONED:
@@ -741,19 +747,25 @@ def _minimum_notes(source: KernelSource) -> list[str]:
     """For a Problem: say so when θ is not a global minimum (K is then the Gauss–Newton kernel)."""
     if not isinstance(source, Problem):
         return []
+    if not source.square_loss:
+        return [
+            f"{source.loss_convention} has no finite global minimum: this is the mean-square stability of SGD's "
+            "linearization at the current θ, with per-sample curvature H_i = J_iᵀA_iJ_i (the GGN kernel K_A, "
+            "THEORY.md §9)"
+        ]
     loss = float(source.loss())
     if not is_global_minimum(loss, source.Y, source.dtype):
         return [f"θ is not a global minimum (L = {loss:.3g}): the analysis linearizes with the Gauss–Newton kernel"]
     return []
 
 
-def _solution_notes(ker: Kernel, sol: _Solution, shape: _EigenmatrixShape) -> list[str]:
+def _solution_notes(ker: Kernel, sol: _Solution, shape: _EigenmatrixShape, softmax: bool = False) -> list[str]:
     """What a reader of ρ and η* should know: the Galerkin level, a zero, singular or ill-conditioned K, a top
     eigenmatrix that is not PSD, a solver that did not converge."""
     notes = list(sol.notes)
     if ker.rank == 0:
         notes.append("K = 0: nothing moves; ρ is taken as 0")
-    notes += _kernel_notes(ker)
+    notes += _kernel_notes(ker, softmax)
     if not shape.psd:
         notes.append(
             f"top eigenmatrix is not PSD (λ_min/λ_max = {shape.min_ratio:.2g}): the top eigenvalue is (nearly) "
@@ -824,7 +836,8 @@ def stability(
     rho = sol.rho.value
     # an iterative eigenvector is accurate to about its residual over the gap: judge PSD-ness accordingly
     shape = _psd_check(sol.form, sol.rho.vector, 1e-8 if sol.rho.route == "dense" else 1e-3)
-    notes += _solution_notes(ker, sol, shape)
+    softmax = isinstance(problem_or_kernel, Problem) and problem_or_kernel.loss_convention == "cross_entropy"
+    notes += _solution_notes(ker, sol, shape, softmax)
     cert = certificates(ker, eta, b, scheme, mu=mu, residual=residual) if with_certificates else None
     eta_star = _eta_star(sol.crit.value)
     return Stability(

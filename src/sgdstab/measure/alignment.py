@@ -7,6 +7,13 @@
 - directional alignment ``g(v_j) = v_jᵀΣv_j/(2L·v_jᵀGv_j)`` along the top eigenvectors of G; μ is their
   λ²-weighted mean over all eigenvectors.
 
+For a loss of THEORY.md §9 (cross-entropy, ``bce_with_logits``) 2L is replaced by the mean output noise scale
+``s = (1/n) Σ_i e_iᵀ A_i^+ e_i`` (e_i = ∇_f ℓ_i; for softmax the χ² divergence Σ_c y_ic²/p_ic − 1 of the label from
+the prediction): ``μ = Tr(ΣG)/(s||G||_F²)`` with G the GGN, exactly ``uᵀ(n·bdiag(K_A²) − K_A²)u/(||u||²||K_A||_F²)``
+through the GGN kernel K_A and the kernel residuals u — the square loss's μ when A = I. With labels drawn from the
+model's own predictions, E Σ = (1 − 1/n)·G and E s = rank A_i (k − 1 for softmax), so μ ≈ (1 − 1/n)/(k − 1).
+``two_loss_gn_frob2`` then holds s·||G||_F² and ``loss`` the loss L itself.
+
 Routes: ``"kernel"`` (exact from K), ``"matrix_free"`` (Gauss–Newton- and noise-vector products; Tr(ΣG) exactly
 from n GGN products, ||G||_F² by Hutch++ with a standard error, μ_inf not available). ``μ_H`` needs n Hessian-
 vector products for Tr(ΣH) and the Hessian's ||H||_F² from :func:`sgdstab.curvature`.
@@ -185,19 +192,18 @@ def alignment(
     if method == "auto":  # the kernel route whenever K fits in memory (plan_method only offers it then)
         feasible = plan_method(problem, rtol, at_minimum=True).estimated_seconds
         method = "kernel" if "kernel" in feasible else "matrix_free"
-    r = problem.residuals()
-    loss = float((r * r).sum()) / (2 * problem.n)
+    r, half_scale, loss = _residuals_and_scales(problem)
     K = None
     if method == "kernel":
         K, eig, _ = given_kernel(problem, kernel)
-        figures = _kernel(problem, top, r, loss, K, eig)
+        figures = _kernel(problem, top, r, half_scale, K, eig)
     else:
-        figures = _matrix_free(problem, top, rtol, seed, loss)
-    at_minimum = is_global_minimum(loss, problem.Y, problem.dtype)
-    figures = _undefined_at_zero_loss(problem, figures, loss, at_minimum)
+        figures = _matrix_free(problem, top, rtol, seed, half_scale)
+    at_minimum = problem.square_loss and is_global_minimum(loss, problem.Y, problem.dtype)
+    figures = _undefined_at_zero_loss(problem, figures, half_scale, at_minimum)
     if hessian:
         curv = curvature_result or curvature(problem, method="auto", rtol=rtol, seed=seed, kernel=kernel)
-        h = _mu_hessian(problem, figures, curv, loss, at_minimum)
+        h = _mu_hessian(problem, figures, curv, (loss, half_scale), at_minimum)
     else:
         h = _NOT_MEASURED
     check, precision_notes = precision_check(
@@ -230,6 +236,14 @@ def alignment(
         converged=bool(figures.converged and h.converged),
         float64_check_difference=check,
     )
+
+
+def _residuals_and_scales(problem: Problem) -> tuple[Tensor, float, float]:
+    """(u, s/2, L): the kernel residuals (r for the square loss), half the mean output noise scale s = mean ||u_i||²
+    — which takes 2L's place in μ for a loss of THEORY.md §9 — and the loss (s/2 itself for the square loss)."""
+    u = problem.kernel_residuals()
+    half_scale = float((u.to(torch.float64) ** 2).sum()) / (2 * problem.n)
+    return u, half_scale, half_scale if problem.square_loss else float(problem.loss())
 
 
 def _check_alignment_args(method: str, top: int, rtol: float, seed: int) -> tuple[float, int]:
@@ -326,11 +340,13 @@ def _undefined_at_zero_loss(problem: Problem, figures: NoiseFigures, loss: float
 
 
 def _mu_hessian(
-    problem: Problem, figures: NoiseFigures, curv: Curvature, loss: float, at_minimum: bool
+    problem: Problem, figures: NoiseFigures, curv: Curvature, losses: tuple[float, float], at_minimum: bool
 ) -> HessianNoiseFigures:
     """μ_H with the Hessian's ||H||_F from ``curv``: undefined at a global minimum; near one, from Tr(ΣG) with
-    curvature's bound on ||H − G||_F; elsewhere from n Hessian-vector products."""
-    if not math.isclose(curv.loss, loss, rel_tol=1e-5, abs_tol=1e-12):
+    curvature's bound on ||H − G||_F; elsewhere from n Hessian-vector products. ``losses``: (L, half the mean output
+    noise scale), equal for the square loss."""
+    real_loss, loss = losses
+    if not math.isclose(curv.loss, real_loss, rel_tol=1e-5, abs_tol=1e-12):
         raise MethodError("curvature_result was measured at other parameters (its loss differs)")
     two_l_h = 2 * loss * curv.hessian_frobenius**2
     notes: list[str] = []

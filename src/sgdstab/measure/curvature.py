@@ -174,13 +174,21 @@ def curvature(
     if at_minimum is not None and not isinstance(at_minimum, bool):
         raise MethodError(f"at_minimum must be True, False or None (decide), got {at_minimum!r}")
     start = time.perf_counter()
-    r = problem.residuals()
-    loss = float((r.to(torch.float64) ** 2).sum()) / (2 * problem.n)
+    if problem.square_loss:
+        r = u = problem.residuals()
+        loss = float((r.to(torch.float64) ** 2).sum()) / (2 * problem.n)
+    else:  # THEORY.md §9: R's weights are e_i = ∇_f ℓ_i, the kernel identities use u_i with K_A
+        if at_minimum:
+            raise MethodError(
+                f"at_minimum=True asserts H = G at a global minimum, which {problem.loss_convention} does not have "
+                "(its loss is never 0); use at_minimum=None"
+            )
+        r, u, loss = problem.output_gradients(), problem.kernel_residuals(), float(problem.loss())
     if method == "auto":
         method = choose_route(problem, rtol, expects_near_minimum(problem, at_minimum, loss)).method
     request = RouteRequest(problem, loss, r, top, rtol, seed, at_minimum, max_matvecs, kernel)
     figures = ROUTES[method](request)
-    check, precision_notes = precision_check(problem, kernel=figures.kernel, residuals=r)
+    check, precision_notes = precision_check(problem, kernel=figures.kernel, residuals=u)
     return _assemble(request, method, figures, check, tuple(precision_notes), time.perf_counter() - start)
 
 

@@ -23,7 +23,7 @@ import torch
 from sgdstab.conventions import is_global_minimum, zero_predictor_loss
 from sgdstab.kernel import figures as kf
 from sgdstab.kernel.kernel import Kernel
-from sgdstab.kernel.ntk import ntk
+from sgdstab.kernel.ntk import ggn_kernel
 from sgdstab.problem.problem import Problem
 from sgdstab.utils.results import ResultMixin
 
@@ -96,9 +96,9 @@ def float64_check(
         else:
             # Problem copies the model itself when the dtype differs; float32 keeps the user's (θ is only read)
             model = problem.model if dtype != problem.dtype else copy.deepcopy(problem.model)
-            sub = Problem(model, problem.X[idx], problem.Y[idx], dtype=dtype)
+            sub = Problem(model, problem.X[idx], problem.Y[idx], dtype=dtype, loss=problem.loss_convention)
             sub.set_parameters(problem.theta.to(dtype))
-            K, r = ntk(sub).matrix, sub.residuals()
+            K, r = ggn_kernel(sub).matrix, sub.kernel_residuals()  # K and r for the square loss
         nf = kf.noise_figures(K, r, m, k)
         figures.append((kf.gauss_newton_frobenius(K, m), nf.loss, nf.tr_sigma_g, nf.mu))
     (frob32, loss32, tsg32, mu32), (frob64, loss64, tsg64, mu64) = figures

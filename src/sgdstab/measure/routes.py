@@ -24,11 +24,16 @@ from sgdstab.errors import MethodError
 from sgdstab.estimators.matrix_free import hutchpp, top_eigenpairs
 from sgdstab.kernel import figures as kf
 from sgdstab.kernel.kernel import Kernel
-from sgdstab.kernel.ntk import ntk
+from sgdstab.kernel.ntk import ggn_kernel
 from sgdstab.measure import lanczos
 from sgdstab.measure.plan import DENSE_MAX_P, RESIDUAL_PROBES, estimated_probes, expects_near_minimum
 from sgdstab.measure.traces import layerwise_route, layerwise_trace_cost, layerwise_traces
-from sgdstab.operators.products import gauss_newton_operator, hessian_operator, residual_curvature_matmat
+from sgdstab.operators.products import (
+    gauss_newton_operator,
+    hessian_operator,
+    kernel_coordinates,
+    residual_curvature_matmat,
+)
 from sgdstab.problem.problem import Problem
 from sgdstab.utils.memory import check_allocation
 
@@ -140,7 +145,7 @@ def given_kernel(
     if kernel is None:
         # decomposed as built, not through Kernel.eigen: that refuses a non-finite K, where an overflowing problem's
         # figures are NaN with a note (tests/test_fuzz.py), and this Kernel is not kept for any reuse
-        built = ntk(problem)
+        built = ggn_kernel(problem)
         K = built.matrix
         return K, kf.kernel_eigen(K) if eigen else None, built.notes
     K = kernel.matrix if isinstance(kernel, Kernel) else kernel
@@ -149,11 +154,14 @@ def given_kernel(
         shape = tuple(K.shape) if isinstance(K, Tensor) else type(K).__name__
         raise MethodError(f"kernel must be the problem's NTK, an {nk} × {nk} tensor (or a sgdstab.Kernel); got {shape}")
     _, J1 = next(problem.jacobian_blocks(chunk_size=1))
+    if not problem.square_loss:  # the GGN kernel's first block: A_1^{1/2} J_1 J_1ᵀ A_1^{1/2}
+        J1 = problem.output_hessian_roots()[0].to(J1.dtype) @ J1
     block = (J1 @ J1.T).to(torch.float64).cpu()
     given = K[: problem.k, : problem.k].to(torch.float64).cpu()
     tol = (1e-4 if min(K.dtype.itemsize, problem.itemsize) == 4 else 1e-9) * max(float(block.abs().max()), 1e-30)
     if float((given - block).abs().max()) > tol:
-        raise MethodError("kernel does not match the problem at its current θ (its first block differs from J₁J₁ᵀ)")
+        what = "J₁J₁ᵀ" if problem.square_loss else "A₁^½J₁J₁ᵀA₁^½ (pass the GGN kernel, sgdstab.ggn_kernel)"
+        raise MethodError(f"kernel does not match the problem at its current θ (its first block differs from {what})")
     notes = kernel.notes if isinstance(kernel, Kernel) else ()
     if isinstance(kernel, Kernel) and (eigen or kernel.has_eigen):
         return K, kernel.eigen, notes
@@ -176,7 +184,8 @@ def dense_route(req: RouteRequest) -> RouteFigures:
             f"the Hessian has non-finite entries in {problem.dtype} (overflow at this θ and data scale); "
             "use dtype=torch.float64 or rescale the data"
         )
-    gn = _gauss_newton_from_jacobian(problem.jacobian(), problem.n, problem.k)
+    J_A, _ = kernel_coordinates(problem, problem.jacobian())  # rows A_i^{1/2} J_i: J itself for the square loss
+    gn = _gauss_newton_from_jacobian(J_A, problem.n, problem.k)
     hessian = HessianFigures.of(_dense_figures(H, req.top, 0, "dense Hessian (torch.func.hessian) and eigh"))
     return RouteFigures(hessian, gn, _gradient_norm(problem))
 
@@ -341,8 +350,8 @@ def _hessian_from_products(
 def _exact_traces(problem: Problem, rtol: float) -> tuple[float, float] | None:
     """(Tr H, Tr G) layer by layer (:mod:`sgdstab.measure.traces`) when the model is a chain of Linear layers and that
     costs less than the probes a 1-in-rtol Hutchinson estimate would need; else ``None``."""
-    route = layerwise_route(problem)
-    if route is None:
+    route = None if not problem.square_loss else layerwise_route(problem)  # the layer-by-layer Tr H is the square
+    if route is None:  # loss's
         return None
     if route == "generic":
         cost = layerwise_trace_cost(problem) or math.inf
@@ -436,8 +445,9 @@ def kernel_route(req: RouteRequest) -> RouteFigures:
         hessian = _near_minimum_hessian(req, h_is_g) if req.at_minimum is None else None
         if hessian is None:
             hessian = _hessian_off_minimum(req, gn)
-    # ||∇L||² = rᵀKr/n² (THEORY.md §3): no gradient pass
-    rf = req.residuals.reshape(-1).to(K.dtype)
+    # ||∇L||² = rᵀKr/n² (THEORY.md §3), uᵀK_A u/n² for a GGN loss (§9): no gradient pass
+    u = req.residuals if problem.square_loss else problem.kernel_residuals()
+    rf = u.reshape(-1).to(K.dtype)
     grad_norm = max(float(rf.double() @ (K @ rf).double()), 0.0) ** 0.5 / problem.n
     return RouteFigures(hessian, gn, grad_norm, kernel=K)
 

@@ -225,8 +225,9 @@ def hessian_matmat(problem: Problem, V: Tensor, theta: Tensor | None = None) -> 
 
 
 def _residual_weights(problem: Problem, th: Tensor, s: slice) -> Tensor:
+    """e_i = ∇_f ℓ_i on the chunk ``s`` (the residuals r_i for the square loss)."""
     with torch.no_grad():
-        return (problem.batch_outputs(th, problem.X[s]) - problem.Y[s]).detach()
+        return problem.output_loss.output_gradient(problem.batch_outputs(th, problem.X[s]), problem.Y[s]).detach()
 
 
 def _rvp_single(problem: Problem, th: Tensor, w: Tensor) -> Tensor:
@@ -236,7 +237,7 @@ def _rvp_single(problem: Problem, th: Tensor, w: Tensor) -> Tensor:
         with torch.enable_grad():
             t = th.detach().requires_grad_(True)
             f = problem.batch_outputs(t, problem.X[s])
-            weights = (f.detach() - problem.Y[s]).detach()
+            weights = problem.output_loss.output_gradient(f.detach(), problem.Y[s])
             (g,) = torch.autograd.grad((f * weights).sum(), t, create_graph=True)
             (rw,) = torch.autograd.grad(g @ w, t)
         out += rw
@@ -244,9 +245,10 @@ def _rvp_single(problem: Problem, th: Tensor, w: Tensor) -> Tensor:
 
 
 def residual_curvature_matmat(problem: Problem, V: Tensor, theta: Tensor | None = None) -> Tensor:
-    """R V with ``R = H − G = (1/n) Σ_i Σ_c r_ic ∇²f_ic(θ)``, shape (p, m) → (p, m).
+    """R V with ``R = H − G = (1/n) Σ_i Σ_c e_ic ∇²f_ic(θ)``, shape (p, m) → (p, m); e_i = ∇_f ℓ_i (the residual
+    r_i for the square loss).
 
-    R is the Hessian of ``φ(t) = (1/n) Σ_ic r̄_ic f_ic(t)`` with the residuals ``r̄ = f(θ) − y`` fixed at θ
+    R is the Hessian of ``φ(t) = (1/n) Σ_ic ē_ic f_ic(t)`` with ``ē = e(θ)`` fixed at θ
     (forward-over-reverse per chunk, vmapped over the columns; double backward for one column): a product costs
     about one Hessian-vector product and scales with r, so it stays accurate at a minimum where ``Hv − Gv`` would
     cancel to rounding noise."""
@@ -301,17 +303,21 @@ def _ggn_rows(problem: Problem, th: Tensor, W: Tensor) -> Tensor:
     out = torch.zeros_like(W)
     for s in problem.chunks():
         fn = _outputs_fn(problem, problem.X[s])
-        _, vjp_fn = vjp(fn, th)
+        f, vjp_fn = vjp(fn, th)
+        # the output Hessians A_i between J and Jᵀ (THEORY.md §9); the square loss has A_i = I
+        A = None if problem.square_loss else problem.output_loss.output_hessian(f.detach())
 
-        def one(w: Tensor, fn: Callable[[Tensor], Tensor] = fn, vjp_fn=vjp_fn) -> Tensor:
-            return vjp_fn(jvp(fn, (th,), (w,))[1])[0]
+        def one(w: Tensor, fn: Callable[[Tensor], Tensor] = fn, vjp_fn=vjp_fn, A: Tensor | None = A) -> Tensor:
+            jw = jvp(fn, (th,), (w,))[1]
+            return vjp_fn(jw if A is None else (A @ jw[..., None])[..., 0])[0]
 
         out += _with_vmap_fallback(problem, "ggn", vmap(one), one, W)
     return out / problem.n
 
 
 def gauss_newton_vector_product(problem: Problem, v: Tensor, theta: Tensor | None = None) -> Tensor:
-    """G v = (1/n) Jᵀ(J v): one JVP + one VJP of the batched outputs per chunk. Shape (p,) → (p,)."""
+    """G v = (1/n) Jᵀ A (J v) (A = I for the square loss): one JVP + one VJP of the batched outputs per chunk.
+    Shape (p,) → (p,)."""
     return _ggn_rows(problem, _theta(problem, theta), _as_vector(problem, v)[None])[0]
 
 
@@ -333,7 +339,7 @@ def _noise_rows(problem: Problem, th: Tensor, W: Tensor, gradient: Tensor | None
     for s in problem.chunks():
         fn = _outputs_fn(problem, problem.X[s])
         out, vjp_fn = vjp(fn, th)
-        r = out.detach() - problem.Y[s]  # (c, k)
+        r = problem.output_loss.output_gradient(out.detach(), problem.Y[s])  # (c, k): e_i, r_i for the square loss
 
         def jv(w: Tensor, fn: Callable[[Tensor], Tensor] = fn) -> Tensor:
             return jvp(fn, (th,), (w,))[1]
@@ -507,10 +513,12 @@ def gauss_newton_operator(
     jacobian: Tensor | None = None,
     block_size: int = DEFAULT_BLOCK_SIZE,
 ) -> TorchLinearOperator:
-    """G = (1/n) JᵀJ as a ``LinearOperator``; with a dense ``jacobian`` (nk × p) at θ, the fast Jᵀ(J v)/n route."""
-    if jacobian is not None:
-        return JacobianOperators(jacobian, problem.n, problem.k).gauss_newton(block_size=block_size)
+    """G = (1/n) Jᵀ A J (A = I for the square loss) as a ``LinearOperator``; with a dense ``jacobian`` (nk × p) at
+    θ, the fast J_Aᵀ(J_A v)/n route."""
     th = _theta(problem, theta).clone()
+    if jacobian is not None:
+        J, _ = kernel_coordinates(problem, jacobian, th)
+        return JacobianOperators(J, problem.n, problem.k).gauss_newton(block_size=block_size)
     return TorchLinearOperator(
         lambda V: _ggn_rows(problem, th, V.T.contiguous()).T,
         problem.p,
@@ -535,7 +543,8 @@ def noise_covariance_operator(
     """
     th = _theta(problem, theta).clone()
     if jacobian is not None:
-        ops = JacobianOperators(jacobian, problem.n, problem.k, residuals=problem.residuals(th))
+        J, u = kernel_coordinates(problem, jacobian, th)
+        ops = JacobianOperators(J, problem.n, problem.k, residuals=u)
         return ops.noise_covariance(block_size=block_size)
     g = problem.gradient(th)
     return TorchLinearOperator(
@@ -547,6 +556,20 @@ def noise_covariance_operator(
         block_size=block_size,
         name="noise covariance",
     )
+
+
+def kernel_coordinates(problem: Problem, jacobian: Tensor, theta: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """(J_A, u): the rows A_i^{1/2} J_i and the kernel residuals u_i (THEORY.md §9), with which every product of
+    G and Σ takes the square loss's form (G = J_AᵀJ_A/n, ∇ℓ_i = J_A,iᵀ u_i); (J, r) for the square loss."""
+    th = _theta(problem, theta)
+    if problem.square_loss:
+        return jacobian, problem.residuals(th)
+    n, k = problem.n, problem.k
+    if not isinstance(jacobian, Tensor) or jacobian.shape != (n * k, problem.p):
+        raise OperatorError(f"jacobian must have shape ({n * k}, {problem.p})")
+    roots = problem.output_hessian_roots(th).to(jacobian.dtype)
+    weighted = torch.bmm(roots, jacobian.detach().reshape(n, k, -1)).reshape(n * k, -1)
+    return weighted, problem.kernel_residuals(th)
 
 
 class JacobianOperators:
@@ -585,7 +608,8 @@ class JacobianOperators:
     ) -> JacobianOperators:
         """Materialize J (and the residuals) of a problem at θ."""
         th = _theta(problem, theta)
-        return cls(problem.jacobian(chunk_size, th), problem.n, problem.k, residuals=problem.residuals(th))
+        J, u = kernel_coordinates(problem, problem.jacobian(chunk_size, th), th)
+        return cls(J, problem.n, problem.k, residuals=u)
 
     def _cast(self, V: Tensor, rows: int) -> tuple[Tensor, bool]:
         if not isinstance(V, Tensor) or V.shape[0] != rows or V.ndim not in (1, 2):

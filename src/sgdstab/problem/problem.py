@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -22,6 +23,8 @@ from torch.func import functional_call, grad, jacrev, vmap
 
 from sgdstab.conventions import check_loss_convention, half_mse_learning_rate, loss_scale
 from sgdstab.errors import ProblemError
+from sgdstab.problem.losses import OutputLoss, output_loss
+from sgdstab.problem.targets import checked_targets
 from sgdstab.utils.memory import check_allocation, format_bytes
 from sgdstab.utils.validation import check_int
 
@@ -157,15 +160,18 @@ def _checked_data(X: Tensor, Y: Tensor, dtype: torch.dtype) -> tuple[Tensor, Ten
 
 
 class Problem:
-    """``L(θ) = (1/(2n)) Σ_i ||f(x_i; θ) − y_i||²`` for a model and its data.
+    """``L(θ) = (1/(2n)) Σ_i ||f(x_i; θ) − y_i||²`` (or the mean of another per-sample loss) for a model and its data.
 
     Args:
         model: any ``nn.Module`` mapping a batch ``(N, ...)`` to ``(N, k)`` (or ``(N,)`` for k = 1). It must not
             couple samples or be random: BatchNorm in training mode and active dropout are refused.
         X: inputs, shape ``(n, ...)``.
-        Y: targets, shape ``(n, k)`` (or ``(n,)`` for k = 1).
-        loss: ``"half_mse"`` (L itself) or ``"torch_mse"`` (PyTorch's ``MSELoss`` = (2/k)·L). Every figure is
-            reported for L; the convention only converts learning rates (:meth:`half_mse_lr`).
+        Y: targets, shape ``(n, k)`` (or ``(n,)`` for k = 1); for ``cross_entropy`` class indices ``(n,)`` (stored
+            as one-hot rows) or soft labels ``(n, k)``; for ``bce_with_logits`` probabilities in [0, 1].
+        loss: the square loss as ``"half_mse"`` (L itself) or ``"torch_mse"`` (PyTorch's ``MSELoss`` = (2/k)·L);
+            or a loss of THEORY.md §9 through the generalized Gauss–Newton: ``"cross_entropy"`` (softmax on the
+            model's logits, L = ``nn.CrossEntropyLoss()``) or ``"bce_with_logits"`` (L = k·``nn.BCEWithLogitsLoss()``).
+            Every figure is reported for L; the convention converts learning rates (:meth:`half_mse_lr`).
         dtype: ``torch.float32`` or ``torch.float64``; default the model's. A different dtype works on a copy
             of the model; the user's model is never modified.
         chunk_size: samples per vectorized chunk for per-sample derivatives (default: from a memory budget).
@@ -176,7 +182,8 @@ class Problem:
     Raises:
         ProblemError: the model is not a module, couples or randomizes samples, has no trainable parameters or
             fails on X; X or Y are not real, dense, finite tensors of matching sample counts; the model's output
-            width is not Y's k; ``dtype`` or ``chunk_size`` is invalid.
+            width is not Y's k; class labels outside 0..k−1 or soft labels that are not distributions;
+            ``dtype`` or ``chunk_size`` is invalid.
 
     Example:
         >>> import torch, sgdstab
@@ -212,6 +219,9 @@ class Problem:
         self.dtype = dtype
         self.device = device
         self._flatten_parameters()
+        self.output_loss: OutputLoss = output_loss(self.loss_convention)
+        if not self.output_loss.square:  # class indices become one-hot rows of the model's width
+            Y = checked_targets(Y, self._output_width(X), self.loss_convention)
         X, Y = _checked_data(X, Y, dtype)
         self.X = X.to(device=self.device, dtype=dtype)
         self.Y = Y.to(device=self.device, dtype=dtype)
@@ -248,10 +258,9 @@ class Problem:
         return self.forward(self.layout.unflatten(theta), x)
 
     def batch_loss_sum(self, theta: Tensor, x: Tensor, y: Tensor) -> Tensor:
-        """½ Σ_i ||f(x_i; θ) − y_i||² over a batch (a sum, not a mean: callers divide by the true n once, so an
-        unequal last chunk is weighted correctly); differentiable in θ."""
-        r = self.forward(self.layout.unflatten(theta), x) - y
-        return 0.5 * (r * r).sum()
+        """Σ_i ℓ(f(x_i; θ), y_i) over a batch — ½ Σ_i ||f(x_i; θ) − y_i||² for the square loss (a sum, not a mean:
+        callers divide by the true n once, so an unequal last chunk is weighted correctly); differentiable in θ."""
+        return self.output_loss.per_sample(self.forward(self.layout.unflatten(theta), x), y).sum()
 
     def _f_single(self, theta: Tensor, x: Tensor) -> Tensor:
         """f(x; θ) ∈ R^k for one sample x (no batch dimension)."""
@@ -274,6 +283,19 @@ class Problem:
             )
         return out
 
+    def _output_width(self, X: Tensor) -> int:
+        """k, the model's outputs per sample, from one sample of X (the targets of a classification loss take
+        their width from it)."""
+        if not isinstance(X, Tensor) or X.ndim == 0 or X.shape[0] == 0:
+            raise ProblemError("data are empty: X needs at least one sample along its first dimension")
+        x = X[:1].to(device=self.device, dtype=self.dtype)
+        try:
+            with torch.no_grad():
+                return int(self.forward(self.layout.unflatten(self.theta), x).shape[1])
+        except Exception as exc:  # the model cannot run on these inputs: say so in one line
+            message = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise ProblemError(f"model failed on X of shape {tuple(X.shape)}: {message}") from exc
+
     def _check_model_output(self) -> None:
         m = min(self.n, 8)
         with torch.no_grad():
@@ -284,6 +306,9 @@ class Problem:
         if not torch.equal(out, again):
             raise ProblemError("model is not deterministic (two forward passes differ); disable randomness")
         _check_finite(out, "model output")
+        if not self.output_loss.square:
+            self._warn_if_probabilities(out)
+            return
         # L sums squared residuals: |r| beyond ~1e19 (float32) or ~1e154 (float64) makes L, ∇L and every figure
         # built on them inf; refuse here rather than report inf figures
         for what, r in (("targets Y", self.Y), ("first residuals f(x) − y", out - self.Y[:m])):
@@ -292,6 +317,20 @@ class Problem:
                     f"the squared {what} overflow {self.dtype} (largest |value| {float(r.abs().max()):.3g}); "
                     "rescale the data or use dtype=torch.float64"
                 )
+
+    def _warn_if_probabilities(self, out: Tensor) -> None:
+        """Logits that look like probabilities (every value in [0, 1]; for softmax, rows summing to 1) mean a
+        final softmax or sigmoid inside the model, which the loss then applies a second time."""
+        if out.numel() == 0 or not bool(((out >= 0) & (out <= 1)).all()):
+            return
+        if self.loss_convention == "cross_entropy" and not bool(((out.sum(1) - 1).abs() < 1e-5).all()):
+            return
+        warnings.warn(
+            f"the model's outputs look like probabilities (all in [0, 1]); {self.loss_convention} expects logits: "
+            "drop the model's final softmax/sigmoid",
+            UserWarning,
+            stacklevel=3,
+        )
 
     def _close(self, a: Tensor, b: Tensor) -> bool:
         tol = 1e-4 if self.dtype == torch.float32 else 1e-10
@@ -401,14 +440,48 @@ class Problem:
         with torch.no_grad():
             return torch.cat([self.forward(params, self.X[s]) for s in self.chunks()])
 
+    @property
+    def square_loss(self) -> bool:
+        """Whether L is the square loss (``half_mse``/``torch_mse``); else a loss of THEORY.md §9 (the GGN)."""
+        return self.output_loss.square
+
     def residuals(self, theta: Tensor | None = None) -> Tensor:
-        """r_i = f(x_i; θ) − y_i, shape (n, k)."""
+        """r_i = f(x_i; θ) − y_i, shape (n, k): the square loss's ∇_f ℓ_i.
+
+        Raises:
+            ProblemError: the problem's loss is not the square loss (use :meth:`output_gradients` or
+                :meth:`kernel_residuals`).
+        """
+        if not self.square_loss:
+            raise ProblemError(
+                f"residuals f − y belong to the square loss; this problem's loss is {self.loss_convention}: use "
+                "output_gradients() (∇_f ℓ_i) or kernel_residuals()"
+            )
         return self.outputs(theta) - self.Y
 
+    def output_gradients(self, theta: Tensor | None = None) -> Tensor:
+        """e_i = ∇_f ℓ(f_i, y_i), shape (n, k): the residual f − y for the square loss, softmax(f) − y for
+        cross-entropy, sigmoid(f) − y for ``bce_with_logits``. ``∇ℓ_i = J_iᵀ e_i``."""
+        return self.output_loss.output_gradient(self.outputs(theta), self.Y)
+
+    def output_hessians(self, theta: Tensor | None = None) -> Tensor:
+        """A_i = ∇²_f ℓ(f_i, y_i), shape (n, k, k): I for the square loss, diag(p) − ppᵀ for cross-entropy."""
+        return self.output_loss.output_hessian(self.outputs(theta))
+
+    def output_hessian_roots(self, theta: Tensor | None = None) -> Tensor:
+        """A_i^{1/2}, shape (n, k, k) (the weights of the GGN kernel K_A = A^{1/2} K A^{1/2})."""
+        return self.output_loss.output_hessian_sqrt(self.outputs(theta))
+
+    def kernel_residuals(self, theta: Tensor | None = None) -> Tensor:
+        """u_i = A_i^{1/2} A_i^+ e_i, shape (n, k): the residuals of the kernel identities with K_A in place of K
+        (THEORY.md §9); r itself for the square loss. ``||u_i||² = e_iᵀ A_i^+ e_i``."""
+        return self.output_loss.kernel_residuals(self.outputs(theta), self.Y)
+
     def loss(self, theta: Tensor | None = None) -> Tensor:
-        """L(θ) = (1/(2n)) Σ_i ||r_i||² (half-mean convention, whatever ``loss=`` was given)."""
-        r = self.residuals(theta)
-        return 0.5 * (r * r).sum() / self.n
+        """L(θ) = (1/n) Σ_i ℓ_i: (1/(2n)) Σ_i ||r_i||² for the square loss (half-mean convention, whatever ``loss=``
+        was given); the mean cross-entropy (``nn.CrossEntropyLoss()``); for ``bce_with_logits`` the mean over
+        samples of the sum over outputs."""
+        return self.output_loss.per_sample(self.outputs(theta), self.Y).sum() / self.n
 
     def gradient(self, theta: Tensor | None = None) -> Tensor:
         """∇L(θ), shape (p,)."""
@@ -447,15 +520,14 @@ class Problem:
         th = self.parameters_or(theta)
 
         def sample_loss(t: Tensor, x: Tensor, y: Tensor) -> Tensor:
-            r = self._f_single(t, x) - y
-            return 0.5 * (r * r).sum()
+            return self.output_loss.per_sample(self._f_single(t, x)[None], y[None])[0]
 
         fn = vmap(grad(sample_loss), in_dims=(None, 0, 0))
         for s in self.chunks(chunk_size):
             yield s, fn(th, self.X[s], self.Y[s])
 
     def per_sample_gradients(self, chunk_size: int | None = None, theta: Tensor | None = None) -> Tensor:
-        """∇ℓ_i(θ) = J_iᵀ r_i for every sample, shape (n, p), with ℓ_i = ½||r_i||²."""
+        """∇ℓ_i(θ) = J_iᵀ e_i for every sample, shape (n, p) (e_i = r_i and ℓ_i = ½||r_i||² for the square loss)."""
         self._check_dense(self.n, "per-sample gradients")
         return torch.cat([g for _, g in self.per_sample_gradient_blocks(chunk_size, theta)])
 

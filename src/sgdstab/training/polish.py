@@ -218,9 +218,9 @@ def polish_to_minimum(problem: Problem, max_kernel_builds: int = 10, target: flo
         curvature there is not that of a global minimum.
 
     Raises:
-        PolishError: ``problem`` is not a :class:`~sgdstab.Problem`, ``max_kernel_builds`` is not an integer in
-            [1, 1000], ``target`` is not a finite loss ≥ 0 (or None), or the loss at θ is not finite (a diverged
-            run: no minimum nearby). θ is left as it was.
+        PolishError: ``problem`` is not a :class:`~sgdstab.Problem` of the square loss, ``max_kernel_builds`` is
+            not an integer in [1, 1000], ``target`` is not a finite loss ≥ 0 (or None), or the loss at θ is not
+            finite (a diverged run: no minimum nearby). θ is left as it was.
 
     Example:
         >>> import torch, sgdstab
@@ -236,6 +236,11 @@ def polish_to_minimum(problem: Problem, max_kernel_builds: int = 10, target: flo
     """
     if not isinstance(problem, Problem):
         raise PolishError(f"problem must be an sgdstab.Problem, got {type(problem).__name__}")
+    if not problem.square_loss:
+        raise PolishError(
+            f"polishing to a global minimum needs the square loss; {problem.loss_convention} has no finite minimum "
+            "(measure and analyse where training stopped)"
+        )
     builds = _check_builds(max_kernel_builds)
     threshold = global_minimum_threshold(problem.Y, problem.dtype)
     goal = _check_target(target, threshold)

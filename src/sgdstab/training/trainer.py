@@ -1,7 +1,8 @@
 """Plain SGD on a :class:`sgdstab.Problem`, batches drawn on-tensor (THEORY.md §1).
 
 Step: ``θ ← θ − (η/B) Σ_{i∈batch} ∇ℓ_i(θ)`` with ``ℓ_i = ½||r_i||²`` and η on the half-MSE convention (a
-``torch_mse`` problem's learning rate is converted by :meth:`Problem.half_mse_lr`). Sampling:
+``torch_mse`` problem's learning rate is converted by :meth:`Problem.half_mse_lr`); for a loss of THEORY.md §9
+ℓ_i is that loss (softmax cross-entropy, ``bce_with_logits``) and η its step. Sampling:
 ``"with_replacement"`` (B i.i.d. uniform indices), ``"without_replacement"`` (a uniform B-subset each step;
 B = n is GD) or ``"reshuffle"`` (epoch-wise permutation, what a DataLoader does; a last partial batch is dropped).
 
@@ -363,7 +364,9 @@ class _Trainer:
         step, stop = self.step0, self._start_evaluation()
         # mse_loss(reduction="sum") = Σ_batch ||r_i||² = 2 Σ_batch ℓ_i, hence the step −η/(2B) on its gradient; the
         # scaling by 2 is exact, so the step equals the one on ½Σ||r_i||² bit for bit, with fewer autograd nodes.
-        X, Y, scale = self.problem.X, self.problem.Y, -self.settings.eta / (2 * self.settings.batch_size)
+        # a loss of THEORY.md §9 steps on its own batch sum Σ_batch ℓ_i: −η/B
+        halve = 2 if self.problem.square_loss else 1
+        X, Y, scale = self.problem.X, self.problem.Y, -self.settings.eta / (halve * self.settings.batch_size)
         for step in () if stop else self._remaining_steps():  # step outlives the loop: the last step taken
             self._sgd_step(X, Y, scale)
             stop = self._after_step(step)
@@ -380,7 +383,7 @@ class _Trainer:
         idx = self.sampler()
         x, y = (X, Y) if idx is None else (X.index_select(0, idx), Y.index_select(0, idx))
         out = self.problem.model(x).reshape(y.shape)
-        grads = torch.autograd.grad(F.mse_loss(out, y, reduction="sum"), self.params)
+        grads = torch.autograd.grad(_batch_sum(self.problem, out, y), self.params)
         with torch.no_grad():
             for p, g in zip(self.params, grads, strict=True):
                 p.add_(g, alpha=scale)
@@ -566,15 +569,23 @@ def train(
     return _Trainer(problem, settings, resume).train(progress)
 
 
+def _batch_sum(problem: Problem, out: Tensor, y: Tensor) -> Tensor:
+    """Σ_batch ||r_i||² (twice the square loss's sum, whose gradient the step halves), or Σ_batch ℓ_i."""
+    if problem.square_loss:
+        return F.mse_loss(out, y, reduction="sum")
+    return problem.output_loss.per_sample(out, y).sum()
+
+
 def _full_loss(problem: Problem) -> float:
-    """L = (1/(2n)) Σ_i ||r_i||² at the parameters the model holds, in chunks of at least 1024 samples: a forward
-    pass alone needs far less memory than the per-sample derivatives ``problem.chunk_size`` is sized for."""
+    """L = (1/(2n)) Σ_i ||r_i||² (or (1/n) Σ_i ℓ_i) at the parameters the model holds, in chunks of at least 1024
+    samples: a forward pass alone needs far less memory than the per-sample derivatives ``problem.chunk_size`` is
+    sized for."""
     total = 0.0
     with torch.no_grad():
         for s in problem.chunks(max(problem.chunk_size, 1024)):
             y = problem.Y[s]
-            total += float(F.mse_loss(problem.model(problem.X[s]).reshape(y.shape), y, reduction="sum"))
-    return 0.5 * total / problem.n
+            total += float(_batch_sum(problem, problem.model(problem.X[s]).reshape(y.shape), y))
+    return (0.5 if problem.square_loss else 1.0) * total / problem.n
 
 
 # ---------------------------------------------------------------------------------------------------- progress
