@@ -46,10 +46,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
 )
 @click.option("--quiet", is_flag=True, help="No progress lines.")
 def demo(out: str | None, n: int | None, seed: int, quick: bool, workers: int | None, quiet: bool) -> None:
-    """The main job: a compact version of all five experiments (THEORY.md §6) on the built-in Fashion-MNIST
+    """The main job: a compact version of the experiments (THEORY.md §6, §9) on the built-in Fashion-MNIST
     subset — the flatness of SGD's minima over (η, B), the alignment μ along training, its independence of n and
-    width, one escape, one stability diagram — in one report with its figures (about 1–3 minutes on 2 cores).
-    Prints the path of report.md (default sgdstab-demo/report.md)."""
+    width, one escape, one stability diagram, GD and SGD on cross-entropy — in one report with its figures
+    (about 1–3 minutes on 2 cores). Prints the path of report.md (default sgdstab-demo/report.md)."""
     from sgdstab.experiments.demo import run_demo
 
     if not 0 <= seed < 2**63:  # checked here, not by an IntRange, to keep click's "not a valid integer" wording

@@ -64,7 +64,8 @@ def test_registry_names_and_summaries_match_the_modules():
         assert exp.name == name
         assert exp.summary == MODULES[name][1]
     with pytest.raises(
-        UnknownExperimentError, match="unknown experiment 'nope'; choose one of alignment, diagram, escape"
+        UnknownExperimentError,
+        match="unknown experiment 'nope'; choose one of alignment, cross_entropy, diagram, escape",
     ):
         get_experiment("nope")
 

@@ -35,6 +35,10 @@ MODULES: dict[str, tuple[str, str]] = {  # name → (module, one-line summary sh
         "sgdstab.experiments.diagram",
         "exact stable region of one minimum in the (η, B) plane, with every certificate",
     ),
+    "cross_entropy": (
+        "sgdstab.experiments.cross_entropy",
+        "GD and SGD on cross-entropy: λ_max(H) against 2/η, the exact η*(B) and μ along training",
+    ),
 }
 
 
