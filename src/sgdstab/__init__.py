@@ -40,6 +40,7 @@ from sgdstab.linear_stability.linearized import (
 from sgdstab.linear_stability.solver import Stability, critical_learning_rate, stability, stability_operator
 from sgdstab.measure.alignment import Alignment, alignment
 from sgdstab.measure.curvature import Curvature, curvature, plan_method
+from sgdstab.measure.sharpness import BatchSharpness, batch_sharpness
 from sgdstab.measure.traces import hessian_trace, layerwise_traces
 from sgdstab.models.architectures import (
     ModelSpec,
@@ -58,6 +59,7 @@ __all__ = [
     "DEFAULT_DATASET",
     "Alignment",
     "Analysis",
+    "BatchSharpness",
     "Certificate",
     "CertificateGrid",
     "Certificates",
@@ -86,6 +88,7 @@ __all__ = [
     "alignment",
     "analyze",
     "as_kernel",
+    "batch_sharpness",
     "build_model",
     "certificate_grid",
     "certificates",

@@ -82,6 +82,7 @@ from sgdstab.kernel.kernel import Kernel
 from sgdstab.kernel.ntk import KernelSource, as_kernel
 from sgdstab.linear_stability.certificates import Certificates, certificates
 from sgdstab.linear_stability.checks import check_galerkin_rtol, check_method, check_tol
+from sgdstab.linear_stability.momentum import check_momentum, momentum_critical_lr, momentum_rho
 from sgdstab.linear_stability.operator import (
     BATCHED_PRODUCTS_MAX_RANK,
     SymmetricForm,
@@ -384,7 +385,8 @@ class Stability(ResultMixin):
     √tol over the gap; False also flags a degenerate top eigenvalue); ``eigenmatrix_min_ratio`` its λ_min/λ_max.
     ``matvecs`` counts operator applications for ρ and η* together; ``seconds`` includes the certificates.
     ``kernel_condition``: λ_max/λ_min of K on its range (the dynamics live there); above 1e12 a note says that
-    the smallest directions are resolved to only a few digits.
+    the smallest directions are resolved to only a few digits. ``momentum``, ``nesterov``: the optimizer's β and
+    form (:mod:`sgdstab.linear_stability.momentum`; ρ is then the lifted operator's, ``method`` ``"momentum:…"``).
 
     Example:
         >>> import torch, sgdstab
@@ -418,6 +420,8 @@ class Stability(ResultMixin):
     certificates: Certificates | None
     notes: tuple[str, ...] = ()
     kernel_condition: float = 1.0
+    momentum: float = 0.0
+    nesterov: bool = False
 
     def __str__(self) -> str:
         text = ResultMixin.__str__(dataclasses.replace(self, certificates=None))
@@ -638,7 +642,8 @@ def _level_form(ker: Kernel, r: int, shown: _SolveProgress) -> SymmetricForm:
 class _SolveProgress:
     """Plain lines on stderr while a long Galerkin solve runs (nothing for one under ``QUIET_SECONDS``): each
     level's result and, within a level, a line every ``INTERVAL`` seconds, with an ETA from the measured seconds
-    per product (a product costs ∝ nk·r²) and ~17 products a level."""
+    per product (a product costs ∝ nk·r²) and as many products a level as the most a finished level took (at least
+    17: η* needs about that many; a ρ check by LOBPCG needs more, and the estimate learns it from its first level)."""
 
     QUIET_SECONDS = 20.0
     INTERVAL = 30.0
@@ -651,6 +656,10 @@ class _SolveProgress:
         self.count = 0
         self.level_t0 = self.t0
         self.unit: float | None = None  # seconds per product per r²
+        self.per_level = self.PRODUCTS_PER_LEVEL  # the most products a finished level took
+
+    def _expected(self) -> int:
+        return max(self.per_level, self.count + 1)
 
     def begin(self, r: int) -> None:
         self.r, self.count, self.level_t0 = r, 0, time.perf_counter()
@@ -662,9 +671,10 @@ class _SolveProgress:
             self.unit = (now - self.level_t0) / ((self.count - 1) * self.r**2)
         if self.show and now - self.last >= self.INTERVAL and now - self.t0 >= self.QUIET_SECONDS:
             self.last = now
-            self._line(f"rank {self.r}: product {self.count} (~{self.PRODUCTS_PER_LEVEL} a level)")
+            self._line(f"rank {self.r}: product {self.count} (~{self._expected()} a level)")
 
     def end(self, r: int, change: float | None) -> None:
+        self.per_level = max(self.per_level, self.count)
         now = time.perf_counter()
         if not self.show or now - self.t0 < self.QUIET_SECONDS:
             return
@@ -676,12 +686,12 @@ class _SolveProgress:
         if self.unit is None:
             return 0.0
         left = [r for r in self.ranks if r > done]
-        return sum(self.unit * self.PRODUCTS_PER_LEVEL * r**2 for r in left)
+        return sum(self.unit * self.per_level * r**2 for r in left)
 
     def _line(self, what: str) -> None:
         elapsed = time.perf_counter() - self.t0
         eta = self._remaining(self.r) + (
-            max(0.0, self.unit * self.r**2 * (self.PRODUCTS_PER_LEVEL - self.count)) if self.unit else 0.0
+            max(0.0, self.unit * self.r**2 * (self._expected() - self.count)) if self.unit else 0.0
         )
         total = self.ranks[-1]
         print(
@@ -706,6 +716,8 @@ def critical_learning_rate(
     tol: float = 1e-10,
     galerkin_rtol: float = 1e-3,
     progress: bool = True,
+    momentum: float = 0.0,
+    nesterov: bool = False,
 ) -> float:
     """The exact mean-square critical learning rate ``η* = 2/λ_max(C⁻¹D)`` (THEORY.md §4), no bisection.
 
@@ -722,6 +734,9 @@ def critical_learning_rate(
         galerkin_rtol: Galerkin's stopping rule, in (0, 1).
         progress: on the Galerkin route, a line on stderr per level and every 30 s (with an ETA) once the solve
             has run 20 s; nothing for a shorter one.
+        momentum, nesterov: ``torch.optim.SGD``'s β and Nesterov flag: with β > 0, η*(B, β) of the lifted
+            second moment (:mod:`sgdstab.linear_stability.momentum`), by bisection on ρ = 1 to ``max(tol, 1e-9)``;
+            ``method`` is then ignored (rank K ≤ 1200).
 
     Returns:
         η* on the half-MSE loss L (``inf`` when K = 0).
@@ -736,11 +751,74 @@ def critical_learning_rate(
         >>> round(sgdstab.critical_learning_rate(K, 2, "without_replacement"), 12)  # GD: 2n/λ_max(K)
         1.333333333333
     """
+    beta, nesterov = check_momentum(momentum, nesterov)
     ker = as_kernel(problem_or_kernel)
     c = noise_scale(batch_size, ker.n, check_sampling(sampling))
+    if beta > 0:
+        return momentum_critical_lr(ker, c, beta, nesterov, check_tol(tol))[0]
     sol = _solve(ker, None, c, method, check_tol(tol), galerkin_rtol, want_critical=True, progress=progress)
     assert sol.crit is not None
     return _eta_star(sol.crit.value)
+
+
+def _checked_request(
+    lr: float, sampling: str, tol: float, method: str, momentum: object, nesterov: object
+) -> tuple[float, str, float, tuple[float, bool]]:
+    """:func:`stability`'s arguments that need no kernel, checked: (η, sampling, tol, (β, nesterov))."""
+    eta, scheme, checked_tol = check_learning_rate(lr), check_sampling(sampling), check_tol(tol)
+    check_method(method, METHODS)
+    return eta, scheme, checked_tol, check_momentum(momentum, nesterov)
+
+
+def _softmax(source: KernelSource) -> bool:
+    return isinstance(source, Problem) and source.loss_convention == "cross_entropy"
+
+
+def _with_momentum(
+    ker: Kernel,
+    eta: float,
+    b: int,
+    scheme: str,
+    c: float,
+    optimizer: tuple[float, bool],
+    tol: float,
+    notes: list[str],
+    start: float,
+) -> Stability:
+    """:func:`stability` for SGD with momentum: ρ of the lifted operator and η*(B, β) by bisection."""
+    beta, nesterov = optimizer
+    rho, used = momentum_rho(ker, eta, c, beta, nesterov, tol)
+    eta_star, bisected = momentum_critical_lr(ker, c, beta, nesterov, tol)
+    form = "nesterov" if nesterov else "heavy ball"
+    notes = [*notes, *_kernel_notes(ker), f"SGD with momentum β = {beta:g} ({form}): the lifted second moment"]
+    return Stability(
+        rho=rho,
+        stable=rho <= 1.0 + tol,
+        escape_rate=math.log(rho) if rho > 0 else -math.inf,
+        critical_lr=eta_star,
+        lr_ratio=eta / eta_star,
+        lr=eta,
+        batch_size=b,
+        sampling=scheme,
+        c=c,
+        n=ker.n,
+        k=ker.k,
+        rank=ker.rank,
+        subspace_rank=ker.rank,
+        method=f"momentum:{form.replace(' ', '_')}",
+        exact=True,
+        error=0.0,
+        converged=True,
+        matvecs=used + bisected,
+        seconds=time.perf_counter() - start,
+        eigenmatrix_psd=True,
+        eigenmatrix_min_ratio=math.nan,
+        certificates=None,
+        notes=tuple(notes),
+        kernel_condition=_condition(ker),
+        momentum=beta,
+        nesterov=nesterov,
+    )
 
 
 def _minimum_notes(source: KernelSource) -> list[str]:
@@ -789,6 +867,8 @@ def stability(
     residual: Tensor | None = None,
     with_certificates: bool = True,
     progress: bool = True,
+    momentum: float = 0.0,
+    nesterov: bool = False,
 ) -> Stability:
     """Mean-square linear stability of SGD(lr, batch_size, sampling) at a global minimum (THEORY.md §4).
 
@@ -807,6 +887,9 @@ def stability(
         with_certificates: also compute every certificate of THEORY.md §5.
         progress: on the Galerkin route, a line on stderr per level and every 30 s (with an ETA) once the solve
             has run 20 s; nothing for a shorter one.
+        momentum, nesterov: ``torch.optim.SGD``'s β (dampening 0) and Nesterov flag: with β > 0 the stability of
+            SGD with momentum (:mod:`sgdstab.linear_stability.momentum`, rank K ≤ 1200): ρ of the lifted second
+            moment and η*(B, β); ``method``, ``galerkin_rtol`` and the certificates (plain SGD's) do not apply.
 
     Returns:
         A :class:`Stability`: ρ(T), whether it is ≤ 1, η*, the route taken and (by default) the certificates.
@@ -823,21 +906,19 @@ def stability(
         (0.25, True, 1.333333333333)
     """
     start = time.perf_counter()
-    eta = check_learning_rate(lr)
-    scheme = check_sampling(sampling)
-    tol = check_tol(tol)
-    check_method(method, METHODS)
+    eta, scheme, tol, (beta, nesterov) = _checked_request(lr, sampling, tol, method, momentum, nesterov)
     ker = as_kernel(problem_or_kernel)
     b = check_batch_size(batch_size, ker.n)
     c = noise_scale(b, ker.n, scheme)
     notes = _minimum_notes(problem_or_kernel)
+    if beta > 0:
+        return _with_momentum(ker, eta, b, scheme, c, (beta, nesterov), tol, notes, start)
     sol = _solve(ker, eta, c, method, tol, galerkin_rtol, want_critical=True, progress=progress)
     assert sol.crit is not None and sol.rho is not None
     rho = sol.rho.value
     # an iterative eigenvector is accurate to about its residual over the gap: judge PSD-ness accordingly
     shape = _psd_check(sol.form, sol.rho.vector, 1e-8 if sol.rho.route == "dense" else 1e-3)
-    softmax = isinstance(problem_or_kernel, Problem) and problem_or_kernel.loss_convention == "cross_entropy"
-    notes += _solution_notes(ker, sol, shape, softmax)
+    notes += _solution_notes(ker, sol, shape, _softmax(problem_or_kernel))
     cert = certificates(ker, eta, b, scheme, mu=mu, residual=residual) if with_certificates else None
     eta_star = _eta_star(sol.crit.value)
     return Stability(
