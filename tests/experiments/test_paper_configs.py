@@ -42,6 +42,20 @@ def test_the_committed_paper_report_is_that_config_and_its_claims_are_as_stated(
     assert all((folder / name).stat().st_size > 10_000 for name in ("flatness.png", "batch_size.png"))
 
 
+def test_the_committed_paper_diagram_is_that_config_and_passes_at_full_rank():
+    """The measured Fashion-MNIST diagram shipped beside its config: n·k = 10⁴ at a float64 interpolating minimum,
+    η*(1) exact to the full rank, every claim passed, η*(n) = GD's 2/λ_max."""
+    folder = FOLDER / "results" / "diagram-fashion-mnist"
+    summary = json.loads((folder / "summary.json").read_text())
+    shipped = read_config_file(FOLDER / "diagram-fashion-mnist.toml")
+    for key in ("dataset", "classes", "n", "subset", "widths", "activation", "gd_lr", "gd_max_steps", "samplings"):
+        assert summary["config"][key] == shipped[key], key
+    assert summary["passed"] and len(summary["claims"]) == 5
+    report = (folder / "report.md").read_text()
+    assert "p = 898510" in report and "L = 6.30e-32" in report
+    assert all((folder / name).stat().st_size > 10_000 for name in ("diagram_without_replacement.png", "slack.png"))
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_paper_config_loads_and_documents_itself(path):
     name = read_config_file(path)["experiment"]
