@@ -20,6 +20,11 @@ Three routes (THEORY.md §2, §8), chosen by :func:`plan_method` or forced with 
   eigenvalues, Hutch++ deflated by the Lanczos vectors for Tr and ||·||_F², stopped at the requested relative
   standard error ``rtol``.
 
+For a loss of docs/THEORY.md §9 (``Problem(..., loss="cross_entropy" | "bce_with_logits")``) the ``gauss_newton_*``
+figures are the generalized Gauss–Newton's, G = (1/n) Σ J_iᵀA_iJ_i, exact through the GGN kernel K_A
+(:func:`sgdstab.ggn_kernel`), R's weights are e_i = ∇_f ℓ_i, and H's figures come from its products (or dense);
+``at_minimum=True`` is refused (these losses have no finite minimum).
+
 Models that are not twice differentiable everywhere (ReLU) are measured as torch differentiates them: the
 second derivative of a kink is taken as zero, so the Hessian is the Gauss–Newton part plus the smooth terms.
 """
