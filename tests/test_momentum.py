@@ -114,3 +114,26 @@ def test_the_schur_reduction_equals_the_full_lifted_operator():
             T = torch.stack([apply(E).reshape(-1) for E in basis], dim=1)
             full = float(torch.linalg.eigvals(T).abs().max())
             assert momentum_rho(ker, eta, 0.3, beta, nesterov, 1e-12)[0] == pytest.approx(full, rel=1e-9)
+
+
+@pytest.mark.parametrize("sampling", ["with_replacement", "without_replacement"])
+def test_the_mean_square_proxy_is_the_enumerated_matrix_and_bounds_rho(sampling):
+    """λ_max(E_B[(I − ηH_B)²]) on range(Jᵀ), every batch enumerated in parameter space; it is ≥ the exact ρ(T)."""
+    J = _jacobians(n=5, k=2, p=6, seed=7)
+    n, k, p = J.shape
+    _, s, Vh = torch.linalg.svd(J.reshape(n * k, p), full_matrices=False)
+    Q = Vh[s > 1e-10 * s[0]].T
+    H = [Q.T @ J[i].T @ J[i] @ Q for i in range(n)]
+    batches = (
+        list(itertools.product(range(n), repeat=2))
+        if sampling == "with_replacement"
+        else list(itertools.combinations(range(n), 2))
+    )
+    ker = _kernel(J)
+    for eta in (0.05, 0.2, 0.5):
+        I = torch.eye(Q.shape[1], dtype=torch.float64)
+        M = sum((I - eta * sum(H[i] for i in b) / 2) @ (I - eta * sum(H[i] for i in b) / 2) for b in batches)
+        expected = float(torch.linalg.eigvalsh(M / len(batches))[-1])
+        st = sgdstab.stability(ker, eta, 2, sampling, with_certificates=False)
+        assert st.mean_square_proxy == pytest.approx(expected, rel=1e-12)
+        assert st.rho <= st.mean_square_proxy * (1 + 1e-12)

@@ -92,6 +92,7 @@ from sgdstab.linear_stability.operator import (
     stability_operator,
     symmetric_form,
 )
+from sgdstab.linear_stability.proxy import mean_square_proxy
 from sgdstab.problem.problem import Problem
 from sgdstab.utils.memory import available_memory_bytes, check_allocation
 from sgdstab.utils.results import ResultMixin
@@ -387,6 +388,8 @@ class Stability(ResultMixin):
     ``kernel_condition``: λ_max/λ_min of K on its range (the dynamics live there); above 1e12 a note says that
     the smallest directions are resolved to only a few digits. ``momentum``, ``nesterov``: the optimizer's β and
     form (:mod:`sgdstab.linear_stability.momentum`; ρ is then the lifted operator's, ``method`` ``"momentum:…"``).
+    ``mean_square_proxy``: λ_max(E_B[(I − ηH_B)²]) on range(Jᵀ) (:mod:`sgdstab.linear_stability.proxy`), an upper
+    bound on ρ (a sufficient condition only), shown beside it; NaN with momentum and above rank 4000.
 
     Example:
         >>> import torch, sgdstab
@@ -422,6 +425,7 @@ class Stability(ResultMixin):
     kernel_condition: float = 1.0
     momentum: float = 0.0
     nesterov: bool = False
+    mean_square_proxy: float = math.nan
 
     def __str__(self) -> str:
         text = ResultMixin.__str__(dataclasses.replace(self, certificates=None))
@@ -946,4 +950,5 @@ def stability(
         certificates=cert,
         notes=tuple(notes),
         kernel_condition=_condition(ker),
+        mean_square_proxy=mean_square_proxy(ker, eta, c),
     )
