@@ -20,7 +20,7 @@ from sgdstab.kernel.kernel import Kernel
 
 __all__ = ["PROXY_MAX_RANK", "mean_square_proxy"]
 
-PROXY_MAX_RANK = 4000  # an r × r symmetric eigenvalue problem: seconds here, a minute and more beyond
+PROXY_MAX_RANK = 2000  # an r × r symmetric eigenvalue problem: about a second here at this rank
 
 
 def mean_square_proxy(ker: Kernel, lr: float, c: float) -> float:

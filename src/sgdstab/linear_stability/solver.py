@@ -389,7 +389,7 @@ class Stability(ResultMixin):
     the smallest directions are resolved to only a few digits. ``momentum``, ``nesterov``: the optimizer's β and
     form (:mod:`sgdstab.linear_stability.momentum`; ρ is then the lifted operator's, ``method`` ``"momentum:…"``).
     ``mean_square_proxy``: λ_max(E_B[(I − ηH_B)²]) on range(Jᵀ) (:mod:`sgdstab.linear_stability.proxy`), an upper
-    bound on ρ (a sufficient condition only), shown beside it; NaN with momentum and above rank 4000.
+    bound on ρ (a sufficient condition only), shown beside it; NaN with momentum and above rank 2000.
 
     Example:
         >>> import torch, sgdstab
