@@ -23,7 +23,7 @@ stability) and μ against the value expected if the labels were drawn from the m
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -247,14 +247,13 @@ def _flatter_claim(gd: list[dict[str, Any]], sgd: list[dict[str, Any]]) -> Claim
 
 def _mu_claim(gd: list[dict[str, Any]], sgd: list[dict[str, Any]], floor: float) -> Claim:
     ranges = {run[0]["run"]: [min(r["mu"] for r in run), max(r["mu"] for r in run)] for run in (gd, sgd)}
-    claim = Claim(
+    return Claim(
         "mu_bounded",
         f"μ stays bounded away from 0 along both runs (μ ≥ {fmt(floor)} at every measured point)",
         all(lo >= floor for lo, _ in ranges.values()),
         "; ".join(f"{name}: μ in [{fmt(lo, 3)}, {fmt(hi, 3)}]" for name, (lo, hi) in ranges.items()),
         {"ranges": ranges},
     )
-    return replace(claim)
 
 
 def _table(gd: list[dict[str, Any]], sgd: list[dict[str, Any]]) -> str:

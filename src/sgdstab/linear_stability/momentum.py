@@ -89,31 +89,26 @@ class _Lifted:
             P, Q = [[1 + b, -b], [1.0, 0.0]], [[-eta, 0.0], [0.0, 0.0]]
         return np.array(P), np.array(Q)
 
-    def operator(self, eta: float) -> Callable[[Tensor], Tensor]:
-        """Z ↦ T(Z) for Z of shape (2, 2, r, r) (the blocks of the second moment in K's eigenbasis)."""
+    def mean_updates(self, eta: float) -> Tensor:
+        """A_i = P + Q λ_i/n, the 2 × 2 mean update along each range eigenvector i, shape (r, 2, 2)."""
         P, Q = self.coefficients(eta)
-        lam_n = self.lam / self.n
+        return torch.tensor(P)[None] + torch.tensor(Q)[None] * (self.lam / self.n)[:, None, None]
+
+    def operator(self, eta: float) -> Callable[[Tensor], Tensor]:
+        """Z ↦ T(Z) for Z of shape (2, 2, r, r) (the blocks of the second moment in K's eigenbasis): the whole
+        lifted map, which the Schur reduction below replaces (kept as its reference, tests/test_momentum.py)."""
         # Ā's blocks are diagonal in the eigenbasis: Ā_ab = P_ab + Q_ab λ/n
-        A = [[P[a, c] + Q[a, c] * lam_n for c in range(2)] for a in range(2)]
-        q = Q[:, 0]
+        A = self.mean_updates(eta).permute(1, 2, 0)  # A[a][c] is the (r,) diagonal of block (a, c)
+        q = torch.tensor(self.coefficients(eta)[1][:, 0])
+        qq = torch.outer(q, q)
         r, n, k = self.lam.shape[0], self.n, self.k
         U3 = self.U.reshape(n, k, r)
         lam = self.lam
 
-        def apply(Z: Tensor) -> Tensor:  # Z: (2, 2, r, r)
-            out = torch.zeros_like(Z)
-            for a in range(2):
-                for b in range(2):
-                    acc = out[a, b]
-                    for c in range(2):
-                        for d in range(2):
-                            acc += A[a][c][:, None] * Z[c, d] * A[b][d][None, :]
+        def apply(Z: Tensor) -> Tensor:  # Z: (2, 2, r, r); (Ā Z Āᵀ)_ab = Σ_cd diag(Ā_ac) Z_cd diag(Ā_bd)
+            out = torch.einsum("aci,cdij,bdj->abij", A, Z, A)
             if self.c > 0:
-                S = _noise_block(Z[0, 0], lam, U3, n)
-                for a in range(2):
-                    for b in range(2):
-                        if q[a] != 0 and q[b] != 0:
-                            out[a, b] += self.c * q[a] * q[b] * S
+                out += self.c * qq[:, :, None, None] * _noise_block(Z[0, 0], lam, U3, n)
             return out
 
         return apply
@@ -137,24 +132,20 @@ def _lifted(ker: Kernel, c: float, beta: float, nesterov: bool) -> _Lifted:
     return _Lifted(lam.to(torch.float64), U.to(torch.float64), ker.n, ker.k, c, beta, nesterov)
 
 
-def _pair_factors(lifted: _Lifted, eta: float, s: float) -> tuple[Tensor, np.ndarray]:
-    """(g, q): g_ij = [(s·I − A_i ⊗ A_j)⁻¹ vec(q qᵀ)]₀ for every pair of range eigenvalues (i, j), A_i = P + Q λ_i/n
-    the 2 × 2 mean update along eigenvector i and q the first column of Q; shape (r, r)."""
-    P, Q = lifted.coefficients(eta)
-    lam_n = lifted.lam / lifted.n
-    A = torch.tensor(P)[None] + torch.tensor(Q)[None] * lam_n[:, None, None]  # (r, 2, 2)
+def _pair_factors(lifted: _Lifted, eta: float, s: float) -> Tensor:
+    """g_ij = [(s·I − A_i ⊗ A_j)⁻¹ vec(q qᵀ)]₀ for every pair of range eigenvalues (i, j), with A_i the mean
+    updates and q the first column of Q; shape (r, r)."""
+    A = lifted.mean_updates(eta)
     kron = torch.einsum("iac,jbd->ijabcd", A, A).reshape(A.shape[0], A.shape[0], 4, 4)
-    q = Q[:, 0]
+    q = lifted.coefficients(eta)[1][:, 0]
     rhs = torch.tensor(np.outer(q, q).reshape(4), dtype=torch.float64)
     system = s * torch.eye(4, dtype=torch.float64) - kron
-    return torch.linalg.solve(system, rhs.expand(system.shape[:-1])).select(-1, 0), q
+    return torch.linalg.solve(system, rhs.expand(system.shape[:-1])).select(-1, 0)
 
 
 def _gd_radius(lifted: _Lifted, eta: float) -> float:
     """ρ(Ā ⊗ Ā) = max_i ρ(A_i)², the mean dynamics' part of T."""
-    P, Q = lifted.coefficients(eta)
-    A = torch.tensor(P)[None] + torch.tensor(Q)[None] * (lifted.lam / lifted.n)[:, None, None]
-    return float(torch.linalg.eigvals(A).abs().max()) ** 2
+    return float(torch.linalg.eigvals(lifted.mean_updates(eta)).abs().max()) ** 2
 
 
 def _reduced_radius(lifted: _Lifted, g: Tensor, tol: float, v0: np.ndarray | None) -> tuple[float, np.ndarray, int]:
@@ -189,6 +180,21 @@ def _reduced_radius(lifted: _Lifted, g: Tensor, tol: float, v0: np.ndarray | Non
     return float(np.abs(values[0])), np.real(vectors[:, 0]), count[0]
 
 
+class _PerronRoots:
+    """The Perron root of X ↦ c·g(η, s) ∘ S(X) at any (η, s), each ARPACK run started from the last eigenvector;
+    ``products`` counts the operator applications of all of them."""
+
+    def __init__(self, lifted: _Lifted, tol: float) -> None:
+        self.lifted, self.tol = lifted, min(tol, 1e-10)
+        self.v0: np.ndarray | None = None
+        self.products = 0
+
+    def __call__(self, eta: float, s: float) -> float:
+        value, self.v0, used = _reduced_radius(self.lifted, _pair_factors(self.lifted, eta, s), self.tol, self.v0)
+        self.products += used
+        return value
+
+
 def _radius(lifted: _Lifted, eta: float, tol: float) -> tuple[float, int]:
     """ρ(T) by the Schur reduction of the module docstring: s > ρ(Ā ⊗ Ā) is an eigenvalue of T with Z₁₁ ≠ 0 iff
     the Perron root of X ↦ c·g(s) ∘ S(X) is 1, and that root falls as s grows; so ρ(T) is the s where it crosses
@@ -198,25 +204,17 @@ def _radius(lifted: _Lifted, eta: float, tol: float) -> tuple[float, int]:
     s0 = _gd_radius(lifted, eta)
     if lifted.c == 0:
         return s0, 0
-    products, v0 = 0, None
-
-    def root(s: float) -> float:
-        nonlocal products, v0
-        g, _ = _pair_factors(lifted, eta, s)
-        value, v0, used = _reduced_radius(lifted, g, min(tol, 1e-10), v0)
-        products += used
-        return value
-
+    root = _PerronRoots(lifted, tol)
     lo = s0 * (1 + 1e-12) if s0 > 0 else 1e-300
-    if root(lo) <= 1.0:
-        return s0, products
+    if root(eta, lo) <= 1.0:
+        return s0, root.products
     hi = max(2 * lo, 1.0)
-    while root(hi) > 1.0:
+    while root(eta, hi) > 1.0:
         lo, hi = hi, 2 * hi
     while hi - lo > max(tol, 1e-12) * hi:
         mid = math.sqrt(lo * hi) if lo > 0 else hi / 2
-        lo, hi = (mid, hi) if root(mid) > 1.0 else (lo, mid)
-    return (lo + hi) / 2, products
+        lo, hi = (mid, hi) if root(eta, mid) > 1.0 else (lo, mid)
+    return (lo + hi) / 2, root.products
 
 
 def momentum_rho(ker: Kernel, eta: float, c: float, beta: float, nesterov: bool, tol: float) -> tuple[float, int]:
@@ -233,11 +231,8 @@ def momentum_critical_lr(ker: Kernel, c: float, beta: float, nesterov: bool, tol
     if c == 0:
         return hi, 0
     # below GD's threshold ρ(Ā ⊗ Ā) < 1, so ρ(T) ≤ 1 iff the Perron root of X ↦ c·g(1) ∘ S(X) is ≤ 1
-    lo, products, v0 = 0.0, 0, None
+    root, lo = _PerronRoots(lifted, tol), 0.0
     while hi - lo > max(tol, 1e-9) * hi:
         mid = (lo + hi) / 2
-        g, _ = _pair_factors(lifted, mid, 1.0)
-        value, v0, used = _reduced_radius(lifted, g, min(tol, 1e-10), v0)
-        products += used
-        lo, hi = (mid, hi) if value <= 1.0 else (lo, mid)
-    return lo, products
+        lo, hi = (mid, hi) if root(mid, 1.0) <= 1.0 else (lo, mid)
+    return lo, root.products

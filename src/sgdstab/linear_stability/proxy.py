@@ -16,6 +16,7 @@ import math
 
 import torch
 
+from sgdstab.kernel.figures import block_diagonal
 from sgdstab.kernel.kernel import Kernel
 
 __all__ = ["PROXY_MAX_RANK", "mean_square_proxy"]
@@ -33,8 +34,7 @@ def mean_square_proxy(ker: Kernel, lr: float, c: float) -> float:
     if r > PROXY_MAX_RANK:
         return math.nan
     lam, U = lam.to(torch.float64), U.to(torch.float64)
-    K = ker.K.reshape(n, k, n, k)
-    diagonal = K.diagonal(dim1=0, dim2=2).permute(2, 0, 1)  # (n, k, k): the blocks K_ii
+    diagonal = block_diagonal(ker.K, n, k)  # (n, k, k): the blocks K_ii
     U3 = U.reshape(n, k, r)
     inner = torch.einsum("iar,iab,ibs->rs", U3, diagonal, U3)  # Uᵀ bdiag(K) U
     root = lam.sqrt()

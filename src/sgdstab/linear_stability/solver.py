@@ -740,7 +740,7 @@ def critical_learning_rate(
             has run 20 s; nothing for a shorter one.
         momentum, nesterov: ``torch.optim.SGD``'s β and Nesterov flag: with β > 0, η*(B, β) of the lifted
             second moment (:mod:`sgdstab.linear_stability.momentum`), by bisection on ρ = 1 to ``max(tol, 1e-9)``;
-            ``method`` is then ignored (rank K ≤ 1200).
+            ``method`` is then ignored (rank K ≤ 2000).
 
     Returns:
         η* on the half-MSE loss L (``inf`` when K = 0).
@@ -778,6 +778,27 @@ def _softmax(source: KernelSource) -> bool:
     return isinstance(source, Problem) and source.loss_convention == "cross_entropy"
 
 
+def _verdict(
+    ker: Kernel, rho: float, eta_star: float, eta: float, b: int, scheme: str, c: float, tol: float
+) -> dict[str, object]:
+    """The :class:`Stability` fields every route fills alike: ρ's verdict, η*, the request and the kernel's size."""
+    return {
+        "rho": rho,
+        "stable": rho <= 1.0 + tol,
+        "escape_rate": math.log(rho) if rho > 0 else -math.inf,
+        "critical_lr": eta_star,
+        "lr_ratio": eta / eta_star,
+        "lr": eta,
+        "batch_size": b,
+        "sampling": scheme,
+        "c": c,
+        "n": ker.n,
+        "k": ker.k,
+        "rank": ker.rank,
+        "kernel_condition": _condition(ker),
+    }
+
+
 def _with_momentum(
     ker: Kernel,
     eta: float,
@@ -796,18 +817,7 @@ def _with_momentum(
     form = "nesterov" if nesterov else "heavy ball"
     notes = [*notes, *_kernel_notes(ker), f"SGD with momentum β = {beta:g} ({form}): the lifted second moment"]
     return Stability(
-        rho=rho,
-        stable=rho <= 1.0 + tol,
-        escape_rate=math.log(rho) if rho > 0 else -math.inf,
-        critical_lr=eta_star,
-        lr_ratio=eta / eta_star,
-        lr=eta,
-        batch_size=b,
-        sampling=scheme,
-        c=c,
-        n=ker.n,
-        k=ker.k,
-        rank=ker.rank,
+        **_verdict(ker, rho, eta_star, eta, b, scheme, c, tol),
         subspace_rank=ker.rank,
         method=f"momentum:{form.replace(' ', '_')}",
         exact=True,
@@ -819,7 +829,6 @@ def _with_momentum(
         eigenmatrix_min_ratio=math.nan,
         certificates=None,
         notes=tuple(notes),
-        kernel_condition=_condition(ker),
         momentum=beta,
         nesterov=nesterov,
     )
@@ -892,7 +901,7 @@ def stability(
         progress: on the Galerkin route, a line on stderr per level and every 30 s (with an ETA) once the solve
             has run 20 s; nothing for a shorter one.
         momentum, nesterov: ``torch.optim.SGD``'s β (dampening 0) and Nesterov flag: with β > 0 the stability of
-            SGD with momentum (:mod:`sgdstab.linear_stability.momentum`, rank K ≤ 1200): ρ of the lifted second
+            SGD with momentum (:mod:`sgdstab.linear_stability.momentum`, rank K ≤ 2000): ρ of the lifted second
             moment and η*(B, β); ``method``, ``galerkin_rtol`` and the certificates (plain SGD's) do not apply.
 
     Returns:
@@ -926,18 +935,7 @@ def stability(
     cert = certificates(ker, eta, b, scheme, mu=mu, residual=residual) if with_certificates else None
     eta_star = _eta_star(sol.crit.value)
     return Stability(
-        rho=rho,
-        stable=rho <= 1.0 + tol,
-        escape_rate=math.log(rho) if rho > 0 else -math.inf,
-        critical_lr=eta_star,
-        lr_ratio=eta / eta_star,
-        lr=eta,
-        batch_size=b,
-        sampling=scheme,
-        c=c,
-        n=ker.n,
-        k=ker.k,
-        rank=ker.rank,
+        **_verdict(ker, rho, eta_star, eta, b, scheme, c, tol),
         subspace_rank=sol.subspace,
         method=sol.method,
         exact=sol.method != "galerkin" or sol.error == 0.0,
@@ -949,6 +947,5 @@ def stability(
         eigenmatrix_min_ratio=shape.min_ratio,
         certificates=cert,
         notes=tuple(notes),
-        kernel_condition=_condition(ker),
         mean_square_proxy=mean_square_proxy(ker, eta, c),
     )

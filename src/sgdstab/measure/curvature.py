@@ -188,10 +188,12 @@ def curvature(
                 f"at_minimum=True asserts H = G at a global minimum, which {problem.loss_convention} does not have "
                 "(its loss is never 0); use at_minimum=None"
             )
-        r, u, loss = problem.output_gradients(), problem.kernel_residuals(), float(problem.loss())
+        f, out = problem.outputs(), problem.output_loss  # one forward pass for e, u and L
+        r, u = out.output_gradient(f, problem.Y), out.kernel_residuals(f, problem.Y)
+        loss = float(out.per_sample(f, problem.Y).sum()) / problem.n
     if method == "auto":
         method = choose_route(problem, rtol, expects_near_minimum(problem, at_minimum, loss)).method
-    request = RouteRequest(problem, loss, r, top, rtol, seed, at_minimum, max_matvecs, kernel)
+    request = RouteRequest(problem, loss, r, top, rtol, seed, at_minimum, max_matvecs, kernel, u)
     figures = ROUTES[method](request)
     check, precision_notes = precision_check(problem, kernel=figures.kernel, residuals=u)
     return _assemble(request, method, figures, check, tuple(precision_notes), time.perf_counter() - start)

@@ -111,7 +111,9 @@ class GaussNewtonFigures:
 @dataclass(frozen=True)
 class RouteRequest:
     """What :func:`sgdstab.curvature` asks of a route: the problem at θ with its loss and residuals, and the
-    caller's settings (see :func:`sgdstab.curvature`); ``kernel``: the caller's NTK at θ, if any."""
+    caller's settings (see :func:`sgdstab.curvature`); ``kernel``: the caller's NTK at θ, if any. ``residuals`` are
+    the weights e_i = ∇_f ℓ_i of R; ``kernel_residuals`` the u_i that go with K_A (docs/THEORY.md §9), the same
+    tensor for the square loss (None: take ``residuals``)."""
 
     problem: Problem
     loss: float
@@ -122,6 +124,7 @@ class RouteRequest:
     at_minimum: bool | None
     max_matvecs: int
     kernel: Kernel | Tensor | None = None
+    kernel_residuals: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -446,7 +449,7 @@ def kernel_route(req: RouteRequest) -> RouteFigures:
         if hessian is None:
             hessian = _hessian_off_minimum(req, gn)
     # ||∇L||² = rᵀKr/n² (THEORY.md §3), uᵀK_A u/n² for a GGN loss (§9): no gradient pass
-    u = req.residuals if problem.square_loss else problem.kernel_residuals()
+    u = req.residuals if req.kernel_residuals is None else req.kernel_residuals
     rf = u.reshape(-1).to(K.dtype)
     grad_norm = max(float(rf.double() @ (K @ rf).double()), 0.0) ** 0.5 / problem.n
     return RouteFigures(hessian, gn, grad_norm, kernel=K)

@@ -25,6 +25,7 @@ import torch
 
 from sgdstab.conventions import check_batch_size, check_sampling, is_global_minimum
 from sgdstab.errors import MethodError
+from sgdstab.measure.plan import check_rtol, check_seed
 from sgdstab.operators.products import hessian_vector_product
 from sgdstab.problem.problem import Problem
 from sgdstab.utils.results import ResultMixin
@@ -154,11 +155,9 @@ def batch_sharpness(
     start = time.perf_counter()
     scheme = check_sampling(sampling)
     b = check_batch_size(batch_size, problem.n)
-    if isinstance(rtol, bool) or not isinstance(rtol, int | float) or not 0 < rtol < 1:
-        raise MethodError(f"rtol must be a number in (0, 1), got {rtol!r}")
+    rtol, seed = check_rtol(rtol), check_seed(seed)
     max_batches = check_int(max_batches, "max_batches", minimum=1, error=MethodError)
     max_exact = check_int(max_exact, "max_exact", minimum=0, error=MethodError)
-    seed = check_int(seed, "seed", minimum=0, error=MethodError)
     if problem.square_loss and is_global_minimum(float(problem.loss()), problem.Y, problem.dtype):
         note = "θ is a global minimum to rounding: every batch gradient is rounding noise, batch sharpness is undefined"
         nan = math.nan
@@ -201,7 +200,9 @@ def batch_sharpness(
 
 
 def _precise(values: list[float], rtol: float) -> bool:
-    if len(values) < _MIN_BATCHES:
+    """Whether the Monte-Carlo mean is within ``rtol`` (one standard error), looked at every 16 batches from
+    :data:`_MIN_BATCHES` on (not the whole list again after every batch)."""
+    if len(values) < _MIN_BATCHES or len(values) % 16:
         return False
     mean, se = _mean_and_stderr(values, exact=False)
     return se <= rtol * abs(mean)

@@ -93,18 +93,6 @@ class OutputLoss:
         w = w - w.mean(-1, keepdim=True)
         return (self.output_hessian_sqrt(f) @ w[:, :, None])[:, :, 0]
 
-    def noise_scale(self, f: Tensor, y: Tensor) -> Tensor:
-        """||u_i||² = e_iᵀ A_i^+ e_i per sample, shape (m,): ||r_i||², χ²(y_i‖p_i) = Σ y²/p − 1, or
-        Σ_c (s − y)²/(s(1 − s)); in closed form."""
-        if self.name == "square":
-            r = f - y
-            return (r * r).sum(-1)
-        if self.name == "cross_entropy":
-            p = torch.softmax(f, dim=-1)
-            return (y * y / p).sum(-1) - 1
-        s = torch.sigmoid(f)
-        return ((s - y) ** 2 / (torch.sigmoid(f) * torch.sigmoid(-f))).sum(-1)
-
 
 SQUARE = OutputLoss("square")
 CROSS_ENTROPY = OutputLoss("cross_entropy")

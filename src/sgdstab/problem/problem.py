@@ -220,9 +220,9 @@ class Problem:
         self.device = device
         self._flatten_parameters()
         self.output_loss: OutputLoss = output_loss(self.loss_convention)
+        X, Y = _checked_data(X, Y, dtype)
         if not self.output_loss.square:  # class indices become one-hot rows of the model's width
             Y = checked_targets(Y, self._output_width(X), self.loss_convention)
-        X, Y = _checked_data(X, Y, dtype)
         self.X = X.to(device=self.device, dtype=dtype)
         self.Y = Y.to(device=self.device, dtype=dtype)
         _check_finite(self.X, "X")
@@ -266,16 +266,18 @@ class Problem:
         """f(x; θ) ∈ R^k for one sample x (no batch dimension)."""
         return self.forward(self.layout.unflatten(theta), x.unsqueeze(0))[0]
 
-    def _probe(self, x: Tensor) -> Tensor:
+    def _probe(self, x: Tensor, data_shape: tuple[int, ...] | None = None) -> Tensor:
         """The model's outputs on a copy of ``x``, refusing (one line) a model that fails or writes into its
-        input (in place, it would change X itself and then break the derivatives)."""
+        input (in place, it would change X itself and then break the derivatives). ``data_shape``: the shape the
+        error names (default X's)."""
         params = self.layout.unflatten(self.theta)
         copy_ = x.clone()
         try:
             out = self.forward(params, copy_)
         except Exception as exc:  # the model cannot run on these inputs: say so in one line
             message = " ".join(f"{type(exc).__name__}: {exc}".split())
-            raise ProblemError(f"model failed on X of shape {tuple(self.X.shape)}: {message}") from exc
+            shape = tuple(self.X.shape) if data_shape is None else data_shape
+            raise ProblemError(f"model failed on X of shape {shape}: {message}") from exc
         if not torch.equal(copy_, x):
             raise ProblemError(
                 "the model modifies its input in place (e.g. x.mul_() or x += …, in-place activations on x); "
@@ -286,15 +288,8 @@ class Problem:
     def _output_width(self, X: Tensor) -> int:
         """k, the model's outputs per sample, from one sample of X (the targets of a classification loss take
         their width from it)."""
-        if not isinstance(X, Tensor) or X.ndim == 0 or X.shape[0] == 0:
-            raise ProblemError("data are empty: X needs at least one sample along its first dimension")
-        x = X[:1].to(device=self.device, dtype=self.dtype)
-        try:
-            with torch.no_grad():
-                return int(self.forward(self.layout.unflatten(self.theta), x).shape[1])
-        except Exception as exc:  # the model cannot run on these inputs: say so in one line
-            message = " ".join(f"{type(exc).__name__}: {exc}".split())
-            raise ProblemError(f"model failed on X of shape {tuple(X.shape)}: {message}") from exc
+        with torch.no_grad():
+            return int(self._probe(X[:1].to(device=self.device, dtype=self.dtype), tuple(X.shape)).shape[1])
 
     def _check_model_output(self) -> None:
         m = min(self.n, 8)
