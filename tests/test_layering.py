@@ -27,6 +27,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("sgdstab.measure",),
     ("sgdstab.linear_stability",),
     ("sgdstab.training",),
+    ("sgdstab.tracking",),
     ("sgdstab.experiments",),
     ("sgdstab.sweep",),
     ("sgdstab.cli", "sgdstab"),

@@ -17,6 +17,7 @@ from sgdstab.errors import (
     ProblemError,
     SgdstabError,
     StabilityError,
+    TrackerError,
 )
 from sgdstab.kernel.kernel import Kernel
 from sgdstab.kernel.ntk import as_kernel, ggn_kernel, ntk
@@ -41,6 +42,7 @@ from sgdstab.linear_stability.solver import Stability, critical_learning_rate, s
 from sgdstab.measure.alignment import Alignment, alignment
 from sgdstab.measure.curvature import Curvature, curvature, plan_method
 from sgdstab.measure.sharpness import BatchSharpness, batch_sharpness
+from sgdstab.measure.top_eigen import Sharpness, sharpness, step_sharpness
 from sgdstab.measure.traces import hessian_trace, layerwise_traces
 from sgdstab.models.architectures import (
     ModelSpec,
@@ -52,6 +54,7 @@ from sgdstab.models.architectures import (
     random_features,
 )
 from sgdstab.problem.problem import Problem
+from sgdstab.tracking.tracker import Tracker
 from sgdstab.training.polish import PolishResult, polish_to_minimum
 from sgdstab.training.trainer import History, train
 
@@ -79,10 +82,13 @@ __all__ = [
     "Problem",
     "ProblemError",
     "SgdstabError",
+    "Sharpness",
     "Simulation",
     "Stability",
     "StabilityDiagram",
     "StabilityError",
+    "Tracker",
+    "TrackerError",
     "TypicalThreshold",
     "__version__",
     "alignment",
@@ -109,10 +115,12 @@ __all__ = [
     "plan_method",
     "polish_to_minimum",
     "random_features",
+    "sharpness",
     "simulate_linearized",
     "stability",
     "stability_diagram",
     "stability_operator",
+    "step_sharpness",
     "train",
     "typical_critical_learning_rate",
 ]

@@ -119,6 +119,11 @@ class TrainingError(SgdstabError, ValueError):
     """Invalid arguments to :func:`train` (unknown tracked figure, bad step counts, checkpoint settings)."""
 
 
+class TrackerError(SgdstabError, ValueError):
+    """A :class:`sgdstab.Tracker` given bad arguments or data, an output folder it may not write, or a step out of
+    order."""
+
+
 # ----------------------------------------------------------------------------------------- experiments
 class ConfigError(SgdstabError, ValueError):
     """An experiment configuration is invalid: unknown key, wrong type, value out of range, unreadable file."""

@@ -1,4 +1,4 @@
-"""The main job, in its CI-sized variant: six experiments in one report, every claim repeated in summary.json."""
+"""The main job, in its CI-sized variant: eight experiments in one report, every claim repeated in summary.json."""
 
 from __future__ import annotations
 
@@ -28,12 +28,21 @@ def demo(tmp_path_factory):
     return out, report
 
 
-def test_demo_writes_one_report_linking_all_six(demo):
+def test_demo_writes_one_report_linking_all_eight(demo):
     out, report = demo
     assert report == out / "report.md"
     summary = json.loads((out / "summary.json").read_text())
     assert [e["name"] for e in summary["experiments"]] == list(ORDER)
-    assert set(ORDER) == {"alignment", "flatness", "scaling", "escape", "diagram", "cross_entropy"}
+    assert set(ORDER) == {
+        "alignment",
+        "flatness",
+        "scaling",
+        "escape",
+        "diagram",
+        "cross_entropy",
+        "momentum",
+        "edge_of_stability",
+    }
     text = report.read_text()
     for e in summary["experiments"]:
         sub = json.loads((out / e["dir"] / "summary.json").read_text())

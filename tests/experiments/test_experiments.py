@@ -65,7 +65,7 @@ def test_registry_names_and_summaries_match_the_modules():
         assert exp.summary == MODULES[name][1]
     with pytest.raises(
         UnknownExperimentError,
-        match="unknown experiment 'nope'; choose one of alignment, cross_entropy, diagram, escape",
+        match="unknown experiment 'nope'; choose one of alignment, cross_entropy, diagram, edge_of_stability, escape",
     ):
         get_experiment("nope")
 

@@ -1,5 +1,5 @@
-"""``sgdstab demo``: the main job — a compact version of the five experiments of THEORY.md §6 and the
-cross-entropy one of §9 on the built-in
+"""``sgdstab demo``: the main job — a compact version of the five experiments of THEORY.md §6, the
+cross-entropy one of §9 and the momentum one of §9.1 on the built-in
 Fashion-MNIST subset, in one report with its figures (about a minute of CPU; at most about 3 minutes on 2 cores).
 
 It runs, each into its own subdirectory of the output directory and each through its own experiment
@@ -14,7 +14,9 @@ It runs, each into its own subdirectory of the output directory and each through
 4. ``escape`` — one sharp minimum, SGD restarts on both sides of the exact η*;
 5. ``diagram`` — the exact stable region of one minimum in the (η, B) plane;
 6. ``cross_entropy`` — GD and SGD on the softmax cross-entropy, tracked through the generalized Gauss–Newton:
-   λ_max(H) against 2/η, the exact η*(B) of the linearization and μ along training.
+   λ_max(H) against 2/η, the exact η*(B) of the linearization and μ along training;
+7. ``momentum`` — ``torch.optim.SGD`` with momentum 0.9 (heavy ball, Nesterov) and without, restarted next to one
+   minimum on both sides of each one's exact η*(B, β).
 
 The top-level ``report.md`` repeats every claim with its verdict and links each experiment's report and figures,
 and says which certificate binds at the diagram's minimum (:func:`sgdstab.experiments.diagram.which_binds`, from
@@ -49,7 +51,7 @@ from sgdstab.utils.text import fmt
 
 DEMO_CLASSES = (0, 6)  # T-shirt/top against shirt: the hardest pair of Fashion-MNIST, so curvature matters
 DEMO_N = 64
-ORDER = ("flatness", "alignment", "scaling", "escape", "diagram", "cross_entropy")
+ORDER = ("flatness", "alignment", "scaling", "escape", "diagram", "cross_entropy", "momentum", "edge_of_stability")
 HEADLINE = {  # the original demo's three checks → the flatness claims that carry them
     "frobenius_certificate": ("frobenius_bound",),
     "linear_stability": ("linearly_stable",),
@@ -82,6 +84,8 @@ def _compact(name: str) -> dict[str, Any]:
         "escape": {"n": 48, "widths": (32,), "lr_ratios": (0.6, 1.8), "escape_steps": 300, "chains": 2000},
         "diagram": {"n": DEMO_N, "widths": (32,), "num_batch_sizes": 8, "random_checks": 8},
         "cross_entropy": {"n": DEMO_N, "steps": 1000},
+        "momentum": {"n": 48, "widths": (32,), "steps": 1200},
+        "edge_of_stability": {"n": 100, "width": 32, "steps": 800, "measure_every": 80},
     }[name]
 
 
@@ -95,6 +99,10 @@ def _sized(name: str, n: int, base: Any, changes: dict[str, Any]) -> dict[str, A
     if name == "alignment":
         out["batch_size"] = min(base.batch_size, n)
     if name == "cross_entropy":
+        out["batch_size"] = min(base.batch_size, max(1, n - 1))
+    if name == "momentum":
+        out["batch_size"] = min(base.batch_size, n)
+    if name == "edge_of_stability":
         out["batch_size"] = min(base.batch_size, max(1, n - 1))
     return out
 
@@ -122,7 +130,7 @@ def run_demo(
     atomic_write_json(out_dir / "config.json", {"experiment": "demo", "n": n, "seed": seed, "quick": quick})
     load_start = os.getloadavg()
     wall, cpu = time.perf_counter(), time.process_time()
-    console.print(f"[bold]sgdstab demo[/bold]: the six experiments of THEORY.md §6 and §9, compact, into {out_dir}")
+    console.print(f"[bold]sgdstab demo[/bold]: the eight experiments of THEORY.md §6 and §9, compact, into {out_dir}")
     workers = workers if workers is not None else min(2, os.cpu_count() or 1)
     if workers < 1:
         raise ConfigError(f"workers must be at least 1, got {workers}")
@@ -271,7 +279,10 @@ compact experiments on the built-in Fashion-MNIST subset check it: the flatness 
 alignment μ along training, its independence of n and width, the escape from a sharp minimum (SGD above the exact
 η* leaves, below it stays) and the exact stable region of one minimum. Every figure is computed exactly through
 the NTK K = JJᵀ (built once per measured point); η is on L = (1/2n) Σ ||f(x_i) − y_i||². A sixth carries the
-analysis to cross-entropy (docs/THEORY.md §9): GD and SGD tracked through the generalized Gauss–Newton."""
+analysis to cross-entropy (docs/THEORY.md §9): GD and SGD tracked through the generalized Gauss–Newton. A seventh
+restarts torch.optim.SGD with momentum next to a minimum on both sides of its exact η*(B, β) (§9.1). An eighth
+follows GD and SGD from initialization in a plain torch loop with sgdstab.Tracker: λ_max(H) rises to 2/η under GD,
+stays below it under SGD, where η ≤ η*(B) (§9.2)."""
 
 
 def _binding_section(numbers: dict[str, Any] | None) -> list[str]:

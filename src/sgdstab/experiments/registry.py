@@ -39,6 +39,14 @@ MODULES: dict[str, tuple[str, str]] = {  # name → (module, one-line summary sh
         "sgdstab.experiments.cross_entropy",
         "GD and SGD on cross-entropy: λ_max(H) against 2/η, the exact η*(B) and μ along training",
     ),
+    "edge_of_stability": (
+        "sgdstab.experiments.edge_of_stability",
+        "sgdstab.Tracker on GD and SGD from initialization: λ_max → 2/η for GD; SGD below, at η ≤ η*(B)",
+    ),
+    "momentum": (
+        "sgdstab.experiments.momentum",
+        "SGD with momentum β ∈ {0, 0.9} near the exact η*(B, β): stays below, escapes above",
+    ),
 }
 
 
