@@ -349,3 +349,20 @@ def test_a_diverged_run_is_recorded_not_raised(tmp_path, one_thread):
     assert row["loss"] == math.inf and math.isnan(row["sharpness"])
     assert any("diverged" in note for note in tr.notes)
     tr.close()
+
+
+def test_a_warm_start_on_a_former_top_direction_still_finds_the_top(tmp_path, one_thread):
+    """After the top eigenvalue changes places, the last eigenvector is (nearly) an eigenvector of the second one:
+    from it alone Lanczos's residual test passes at once on the wrong eigenvalue. The tracker's warm start must
+    still find λ_max."""
+    X, Y = _data()
+    model = _model(5)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    tr = sgdstab.Tracker(model, X, Y, opt, every=1, out=tmp_path, batch_size=8, kernel_size=0)
+    H = _dense_hessian(model, X, Y, _half_mse)
+    values, vectors = torch.linalg.eigh(H)
+    second = vectors[:, -2] + 1e-9 * torch.randn(H.shape[0], generator=torch.Generator().manual_seed(0))
+    tr._measurer._warm = second
+    row = tr.step()
+    assert row["sharpness"] == pytest.approx(float(values[-1]), rel=2e-3)
+    assert abs(row["sharpness"] - float(values[-2])) > 0.01 * float(values[-1])

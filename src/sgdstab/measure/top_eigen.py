@@ -200,6 +200,8 @@ def sharpness(
         start: a warm start of shape (p,), e.g. the ``.vector`` of the previous call (normalized here; a zero
             vector falls back to the seeded random start). If its Krylov space closes before dimension p (it spans
             an invariant subspace, which need not hold the top eigenvector), Lanczos restarts from the random start.
+            A start that is *nearly* an eigenvector passes the residual test on that eigenvalue, top or not: after
+            θ moved, add a random part to the last vector (as :class:`sgdstab.Tracker` does).
         rtol: stop once the top Ritz pair's residual ||Av − λv|| is within ``rtol·|λ|``.
         max_products: the most Hessian-vector products (Lanczos steps) to spend; the basis holds as many vectors.
         seed: seed of the random start (a Gaussian vector).

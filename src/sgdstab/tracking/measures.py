@@ -70,7 +70,7 @@ class Measurer:
         """The figures of one row (``index``: the row's number, which seeds its batches and picks kernel rows)."""
         start = time.perf_counter()
         s = self.scale
-        found = sharpness(self.problem, start=self._warm, rtol=self.settings.sharpness_rtol)
+        found = sharpness(self.problem, start=self._start(self._warm, index), rtol=self.settings.sharpness_rtol)
         self._warm = found.vector
         row: dict[str, Any] = {
             "lr": view.lr,
@@ -81,7 +81,8 @@ class Measurer:
             "hessian_products": found.products,
         }
         if P is not None:
-            pre = sharpness(self.problem, preconditioner=P, start=self._warm_preconditioned)
+            start = self._start(self._warm_preconditioned, index)
+            pre = sharpness(self.problem, preconditioner=P, start=start, rtol=self.settings.sharpness_rtol)
             self._warm_preconditioned = pre.vector
             row["preconditioned_sharpness"] = s * pre.value
         if not view.preconditioned:
@@ -92,6 +93,16 @@ class Measurer:
             row |= self._kernel_figures(view)
         row["measure_seconds"] = time.perf_counter() - start
         return row
+
+    def _start(self, last: Tensor | None, index: int) -> Tensor | None:
+        """The last top eigenvector with a fresh random part (a quarter of its weight): a start that is nearly
+        an eigenvector spans an almost invariant Krylov space, whose residual test would pass on the *old* top
+        direction after the curvature's top eigenvalue changed places; the random part keeps the others in view."""
+        if last is None:
+            return None
+        gen = torch.Generator().manual_seed(self.settings.seed + 7919 * (index + 1))
+        noise = torch.randn(last.shape[0], generator=gen, dtype=torch.float64).to(last)
+        return last / torch.linalg.vector_norm(last) + 0.5 * noise / torch.linalg.vector_norm(noise)
 
     def _batch_sharpness(self, index: int) -> dict[str, float]:
         st = self.settings
