@@ -81,8 +81,8 @@ class Measurer:
             "hessian_products": found.products,
         }
         if P is not None:
-            start = self._start(self._warm_preconditioned, index)
-            pre = sharpness(self.problem, preconditioner=P, start=start, rtol=self.settings.sharpness_rtol)
+            warm = self._start(self._warm_preconditioned, index)
+            pre = sharpness(self.problem, preconditioner=P, start=warm, rtol=self.settings.sharpness_rtol)
             self._warm_preconditioned = pre.vector
             row["preconditioned_sharpness"] = s * pre.value
         if not view.preconditioned:
@@ -95,7 +95,7 @@ class Measurer:
         return row
 
     def _start(self, last: Tensor | None, index: int) -> Tensor | None:
-        """The last top eigenvector with a fresh random part (a quarter of its weight): a start that is nearly
+        """The last top eigenvector with a fresh random part (half its norm): a start that is nearly
         an eigenvector spans an almost invariant Krylov space, whose residual test would pass on the *old* top
         direction after the curvature's top eigenvalue changed places; the random part keeps the others in view."""
         if last is None:
