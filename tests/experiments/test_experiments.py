@@ -22,7 +22,7 @@ from sgdstab.cli import main
 from sgdstab.errors import ConfigError, OutputError, SgdstabError, UnknownExperimentError
 from sgdstab.experiments import build_config, config_to_toml, experiment_names, get_experiment, load_config
 from sgdstab.experiments.base import CONFIG_FILE, REPORT_FILE, RESULTS_FILE, SUMMARY_FILE
-from sgdstab.experiments.registry import MODULES
+from sgdstab.experiments.registry import MODULES, run_experiment
 
 NAMES = experiment_names()
 
@@ -701,3 +701,20 @@ def test_which_binds_groups_batch_sizes_and_skips_not_necessary_bounds():
     assert "allows 1.1–5× the exact η*, and is looser than GD's 2/λ_max at 2/3 batch sizes" in text
     assert "Wu–Ma–E box lies below η* at B ∈ {1, 2} (0.9–0.95×)" in text
     assert "μ measured" not in text.split("\n\n")[1]  # no measured μ given: none reported
+
+
+def test_escape_without_rho_below_eta_star_keeps_every_verdict(quick_runs, tmp_path):
+    """rho_below = false (the paper-scale config) leaves out only the ρ(T) of restarts below η*: the same runs, the
+    same claims passed, the same ρ above η*."""
+    _, out = quick_runs["escape"]
+    run_experiment("escape", tmp_path, quick=True, quiet=True, overrides={"rho_below": False})
+    full, lean = _rows(out), _rows(tmp_path)
+    assert [r["lr_ratio"] for r in lean] == [r["lr_ratio"] for r in full]
+    for a, b in zip(full, lean, strict=True):
+        if float(a["lr_ratio"]) > 1:
+            assert float(b["rho"]) == pytest.approx(float(a["rho"]), rel=1e-12)
+        else:
+            assert math.isnan(float(b["rho"])) and float(a["rho"]) < 1
+        assert a["slope"] == b["slope"] and a["escaped"] == b["escaped"]
+    assert {n: c["passed"] for n, c in _claims(tmp_path).items()} == {n: c["passed"] for n, c in _claims(out).items()}
+    assert "rho_below = false" in (tmp_path / "report.md").read_text()

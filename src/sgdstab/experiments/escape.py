@@ -36,6 +36,7 @@ exactly when η < 2/λ_max(H)); ``settled``, ``settled_flatter`` (λ_max and ||H
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,11 @@ class EscapeConfig(NetConfig):
         4000, ge=400, le=100000, help="runs of the linearized dynamics (enough for their 0.25% and 99.75% quantiles)"
     )
     track_every: int = param(50, ge=1, help="λ_max(G) is recorded every this many steps while settling")
+    rho_below: bool = param(
+        True,
+        help="also compute ρ(T) of the restarts below η* (their verdict is η < η*, i.e. ρ < 1, either way; at n·k = "
+        "10⁴ with K of full rank that LOBPCG solve takes hours, the ones above η* minutes)",
+    )
 
     def check(self) -> None:
         check_device(self.device)
@@ -235,7 +241,7 @@ def _restart(
     b, scheme = cfg.batch_size, cfg.sampling
     lr = ratio * sharp.eta_star
     ctx.stage(f"restart {index + 1}/{len(cfg.lr_ratios)}: SGD at η = {ratio:g}·η* = {fmt(lr, 4)}, B = {b}")
-    st = stability(sharp.kernel, lr, b, scheme, with_certificates=False)
+    st = stability(sharp.kernel, lr, b, scheme, with_certificates=False) if ratio > 1 or cfg.rho_below else None
     problem.set_parameters(start.theta)
     # the run must not be cut as 'diverged' when it leaves the minimum: only a blow-up far above the loss scale
     guard = 1e6 * sharp.scale / cfg.start_loss
@@ -279,8 +285,8 @@ def _linear_phase(
         index=index,
         ratio=ratio,
         lr=lr,
-        rho=st.rho,
-        log_rho=st.escape_rate,
+        rho=st.rho if st is not None else math.nan,  # not computed (rho_below = false): below 1, as η < η*
+        log_rho=st.escape_rate if st is not None else math.nan,
         gd_stable=lr < 2 / sharp.lam,
         losses=losses,
         window=(a, end),
@@ -656,6 +662,12 @@ def _intro(
         f"{cfg.escape_steps} steps of SGD; GD at the same η from the same start is the control. The mean-square "
         "rate log ρ(T) bounds the growth of E L; one run grows at the typical (Lyapunov) rate, which the linearized "
         f"runs ({cfg.chains} of them) estimate (THEORY.md §4)."
+        + (
+            ""
+            if cfg.rho_below
+            else " ρ(T) of the restarts below η* is not computed at this scale (rho_below = false): η < η* makes it "
+            "< 1 exactly, and its value would take a LOBPCG solve of hours to K's full rank."
+        )
     )
 
 
