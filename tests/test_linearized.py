@@ -190,3 +190,21 @@ def test_bad_threshold_input_is_refused():
         typical_critical_learning_rate(K, 2, tol=0.0)
     with pytest.raises(StabilityError):
         typical_critical_learning_rate(K, 2, chains=0)
+
+
+def test_exact_rate_false_skips_only_the_stability_solve(monkeypatch):
+    """The escape experiment simulates in groups and has ρ already: without the exact rate the chains are the same
+    and no stability solve runs."""
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(12, 30, generator=g, dtype=torch.float64)
+    K = A @ A.T / 30
+    full = simulate_linearized(K, 0.5, 2, steps=60, chains=16, seed=4)
+    import sgdstab.linear_stability.linearized as lin
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a stability solve ran")
+
+    monkeypatch.setattr(lin, "stability", refuse)
+    lean = simulate_linearized(K, 0.5, 2, steps=60, chains=16, seed=4, exact_rate=False)
+    assert np.array_equal(lean.chain_rates, full.chain_rates) and lean.typical_rate == full.typical_rate
+    assert math.isnan(lean.predicted_rate) and math.isnan(lean.critical_lr) and math.isfinite(full.predicted_rate)

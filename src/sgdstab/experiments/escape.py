@@ -161,7 +161,9 @@ def _linearized_slopes(
     group = 0
     while len(slopes) < chains:
         count = min(per_call, chains - len(slopes))
-        sim = simulate_linearized(kernel, lr, b, end, chains=count, seed=seed + group, sampling=scheme, u0=u0)
+        sim = simulate_linearized(
+            kernel, lr, b, end, chains=count, seed=seed + group, sampling=scheme, u0=u0, exact_rate=False
+        )
         log_norms = np.asarray(sim.log_norms)
         assert log_norms.shape[0] == end + 1  # every step kept
         slopes += [_slope(log_norms[:, j], a, end) for j in range(count)]
