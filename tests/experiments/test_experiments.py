@@ -703,7 +703,7 @@ def test_which_binds_groups_batch_sizes_and_skips_not_necessary_bounds():
     assert "μ measured" not in text.split("\n\n")[1]  # no measured μ given: none reported
 
 
-def test_escape_without_rho_below_eta_star_keeps_every_verdict(quick_runs, tmp_path):
+def test_escape_without_rho_below_eta_star_keeps_every_verdict(quick_runs, tmp_path, one_thread):
     """rho_below = false (the paper-scale config) leaves out only the ρ(T) of restarts below η*: the same runs, the
     same claims passed, the same ρ above η*."""
     _, out = quick_runs["escape"]
@@ -715,6 +715,7 @@ def test_escape_without_rho_below_eta_star_keeps_every_verdict(quick_runs, tmp_p
             assert float(b["rho"]) == pytest.approx(float(a["rho"]), rel=1e-12)
         else:
             assert math.isnan(float(b["rho"])) and float(a["rho"]) < 1
-        assert a["slope"] == b["slope"] and a["escaped"] == b["escaped"]
+        # one thread as the fixture's runs: equal up to the rounding of another BLAS order at most
+        assert float(a["slope"]) == pytest.approx(float(b["slope"]), rel=1e-3) and a["escaped"] == b["escaped"]
     assert {n: c["passed"] for n, c in _claims(tmp_path).items()} == {n: c["passed"] for n, c in _claims(out).items()}
     assert "rho_below = false" in (tmp_path / "report.md").read_text()
