@@ -244,6 +244,8 @@ def _restart(
     lr = ratio * sharp.eta_star
     ctx.stage(f"restart {index + 1}/{len(cfg.lr_ratios)}: SGD at η = {ratio:g}·η* = {fmt(lr, 4)}, B = {b}")
     st = stability(sharp.kernel, lr, b, scheme, with_certificates=False) if ratio > 1 or cfg.rho_below else None
+    if st is not None:  # the predicted growth, before the run: at paper scale this line comes tens of minutes in
+        ctx.stage(f"  ρ(T) = {st.rho:.6g}, log ρ = {st.escape_rate:+.4g} per step")
     problem.set_parameters(start.theta)
     # the run must not be cut as 'diverged' when it leaves the minimum: only a blow-up far above the loss scale
     guard = 1e6 * sharp.scale / cfg.start_loss
