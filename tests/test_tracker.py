@@ -131,6 +131,8 @@ def test_kernel_figures_match_the_library_at_the_measured_point(tmp_path, one_th
     mu = sgdstab.alignment(sub, method="kernel").mu
     assert row["mu"] == pytest.approx(mu, rel=1e-8)
     assert row["threshold"] == pytest.approx(2 * 1.9 / 0.03)
+    # the Frobenius bound and the mean-square proxy are plain SGD's: not reported under momentum
+    assert math.isnan(row["frobenius_bound"]) and math.isnan(row["mean_square_proxy"])
 
 
 def test_adam_preconditioned_sharpness_against_its_own_state(tmp_path, one_thread):

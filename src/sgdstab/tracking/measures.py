@@ -134,8 +134,9 @@ class Measurer:
         c = noise_scale(batch[0], problem.n, batch[1])
         lr_on_L = problem.half_mse_lr(view.lr * (1 - view.dampening))
         figures = {"mu": nf.mu, "gauss_newton_frobenius": self.scale * frob}
-        figures["frobenius_bound"] = self.scale * frobenius_bound(lr_on_L, c, nf.mu) if nf.mu == nf.mu else math.nan
-        if view.momentum == 0:  # the proxy is plain SGD's second moment
+        if view.momentum == 0:  # the bound and the proxy are plain SGD's (THEORY.md §5, §9.0); momentum has η*(B, β)
+            bound = frobenius_bound(lr_on_L, c, nf.mu) if not math.isnan(nf.mu) else math.nan
+            figures["frobenius_bound"] = self.scale * bound
             figures["mean_square_proxy"] = mean_square_proxy(kernel, lr_on_L, c)
         try:
             eta = critical_learning_rate(

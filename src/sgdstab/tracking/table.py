@@ -51,7 +51,7 @@ COLUMNS: dict[str, str] = {
     "step_sharpness": "Δθᵀ H Δθ / ||Δθ||² along the update of this step",
     "mu": "the alignment μ of SGD's noise with the curvature (on the kernel subset)",
     "gauss_newton_frobenius": "||G||_F of the (generalized) Gauss–Newton matrix (on the kernel subset)",
-    "frobenius_bound": "sqrt(1/(c·μ))/η: the largest ||H||_F at which SGD can stay at a minimum (THEORY.md §5)",
+    "frobenius_bound": "sqrt(1/(c·μ))/η: the largest ||H||_F at which plain SGD can stay at a minimum (THEORY.md §5)",
     "mean_square_proxy": "λ_max(E_B[(I − ηH_B)²]) of plain SGD on the kernel subset: ≥ ρ(T), so ≤ 1 is only sufficient",
     "critical_lr": "the exact mean-square critical learning rate η*(B, β) of SGD's linearization here",
     "measure_seconds": "wall time of this measurement",
