@@ -336,7 +336,7 @@ class Store:
             conn.execute("PRAGMA foreign_keys = ON")
             conn.execute("PRAGMA synchronous = FULL")
             if create:
-                conn.execute("PRAGMA journal_mode = WAL")
+                _switch_to_wal(conn, busy_timeout)
         except sqlite3.DatabaseError as exc:
             raise StoreError(_describe_db_error(path, exc)) from None
         return conn
@@ -863,6 +863,21 @@ def _describe_db_error(path: Path, exc: sqlite3.DatabaseError) -> str:
     if "readonly" in text:
         return f"the sweep store {str(path)!r} is read-only ({text}); pass a writable --out DIR"
     return f"sweep store {str(path)!r}: {text}"
+
+
+def _switch_to_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Put the store in WAL mode (persistent, so once per file). SQLite answers "database is locked" to this
+    pragma at once, without its busy handler, while another process opens the same new file; two sweeps started
+    together on one directory hit that, so the switch is retried here for up to ``busy_timeout``."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
 
 
 __all__ = [
