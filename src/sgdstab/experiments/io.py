@@ -109,13 +109,7 @@ def prepare_output_dir(path: str | os.PathLike[str], owner: str | None = None) -
     ``owner``: the experiment (or ``"demo"``, ``"sweep"``) about to write there; the directory must then be its
     own (:func:`claim_output_dir`). Raises :class:`OutputError` with a one-line message.
     """
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"output path {str(out)!r} is a file, not a directory; pass --out DIR")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create output directory {str(out)!r}: {exc.strerror}; pass another --out") from None
+    out = files.make_directory(path, "output directory", "pass another --out DIR")
     if not os.access(out, os.W_OK | os.X_OK):
         raise OutputError(f"output directory {str(out)!r} is not writable; pass another --out DIR")
     files.remove_temporaries(out)

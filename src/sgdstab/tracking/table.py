@@ -68,12 +68,7 @@ def _cell(value: Any) -> str:
 
 def claim_folder(out: Path) -> None:
     """Create ``out`` if needed and make it the tracker's (ownership marker), or refuse it (:class:`OutputError`)."""
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"tracker output {str(out)!r} is a file, not a directory; pass out=DIR")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create tracker output {str(out)!r}: {exc.strerror}; pass another out") from None
+    files.make_directory(out, "tracker output", "pass another out=DIR")
     with files.folder_lock(out):
         marker = files.read_marker(out)
         if marker is not None:
