@@ -56,6 +56,33 @@ def test_the_committed_paper_diagram_is_that_config_and_passes_at_full_rank():
     assert all((folder / name).stat().st_size > 10_000 for name in ("diagram_without_replacement.png", "slack.png"))
 
 
+def test_the_committed_paper_escape_is_that_config_and_its_claims_are_as_stated():
+    """The measured Fashion-MNIST escape shipped beside its config: the same minimum as the committed diagram (its
+    η*(1) to 1e-9: with and without replacement c = 1 at B = 1), the run above η* escaped and the one below stayed,
+    and the one failed claim is the one the config header names."""
+    folder = FOLDER / "results" / "escape-fashion-mnist"
+    summary = json.loads((folder / "summary.json").read_text())
+    shipped = read_config_file(FOLDER / "escape-fashion-mnist.toml")
+    keys = ("dataset", "classes", "n", "subset", "widths", "activation", "gd_lr", "gd_max_steps", "batch_size")
+    for key in (*keys, "sampling", "lr_ratios", "escape_steps", "chains", "settle_steps", "rho_below"):
+        assert summary["config"][key] == shipped[key], key
+    claims = {c["name"]: c["passed"] for c in summary["claims"]}
+    assert [name for name, passed in claims.items() if not passed] == ["settled"]
+    assert len(claims) == 10
+    diagram = json.loads((FOLDER / "results" / "diagram-fashion-mnist" / "summary.json").read_text())
+    eta_star = summary["numbers"]["critical_lr"]
+    assert diagram["numbers"]["critical_lr"]["without_replacement"][0] == pytest.approx(eta_star, rel=1e-9)
+    runs = {run["lr_ratio"]: run for run in summary["numbers"]["runs"]}
+    assert not runs[0.8]["escaped"] and runs[2.5]["escaped"]
+    assert runs[2.5]["slope"] < runs[2.5]["log_rho"]  # one run grows below the mean-square rate
+    assert runs[2.5]["settled_hessian_frobenius"] < runs[2.5]["settled_bound"]
+    header = (FOLDER / "escape-fashion-mnist.toml").read_text()
+    assert f"escaped at step {runs[2.5]['escape_step']}" in header and "`settled` failed" in header
+    report = (folder / "report.md").read_text()
+    assert "p = 898510" in report and "**1 of 10 claims FAILED:** settled" in report
+    assert all((folder / name).stat().st_size > 10_000 for name in ("escape.png", "settle.png"))
+
+
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_paper_config_loads_and_documents_itself(path):
     name = read_config_file(path)["experiment"]
