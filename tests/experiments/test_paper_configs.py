@@ -3,6 +3,7 @@ states its measured run time, and runs end to end when shrunk (same data set, ne
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -54,6 +55,25 @@ def test_the_committed_paper_diagram_is_that_config_and_passes_at_full_rank():
     report = (folder / "report.md").read_text()
     assert "p = 898510" in report and "L = 6.30e-32" in report
     assert all((folder / name).stat().st_size > 10_000 for name in ("diagram_without_replacement.png", "slack.png"))
+
+
+def test_the_committed_paper_flatness_run_with_exact_stability_is_that_config_and_stable():
+    """One SGD solution of the Fashion-MNIST flatness config run with its exact_stability on (η = 0.1, B = 4, no GD):
+    the exact η*(4) at the polished minimum is above η, and the report's table says what the summary says."""
+    folder = FOLDER / "results" / "flatness-fashion-mnist-exact-stability"
+    summary = json.loads((folder / "summary.json").read_text())
+    shipped = read_config_file(FOLDER / "flatness-fashion-mnist.toml")
+    for key in ("dataset", "classes", "n", "subset", "widths", "activation", "until_loss", "exact_stability"):
+        assert summary["config"][key] == shipped[key], key
+    assert summary["config"]["lrs"] == [0.1] and summary["config"]["batch_sizes"] == [4]
+    claims = {c["name"]: c for c in summary["claims"]}
+    assert all(c["passed"] for c in claims.values()) and "linearly_stable" in claims
+    with open(folder / "results.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["method"] == "SGD" and float(row["min_loss"]) < 1e-30  # η* is exact at an interpolating minimum
+    assert float(row["lr"]) / float(row["critical_lr"]) == pytest.approx(float(row["lr_ratio"]), rel=1e-12)
+    assert 0.8 < float(row["lr_ratio"]) < 1  # η/η*(4) = 0.852: stable, and not by a wide margin
+    assert "| SGD | 0.1 | 4 |" in (folder / "report.md").read_text()
 
 
 def test_the_committed_paper_escape_is_that_config_and_its_claims_are_as_stated():
