@@ -256,19 +256,6 @@ def current_umask() -> int:
 
 
 # ---------------------------------------------------------------------------------------------------- temporaries
-def make_directory(folder: PathLike, label: str, fix: str) -> Path:
-    """Create ``folder`` and its parents if missing; a file in its place, or a folder that cannot be made, is a
-    one-line :class:`OutputError` naming it as ``label`` ("output directory", "tracker output") and the ``fix``."""
-    out = Path(folder)
-    if out.exists() and not out.is_dir():
-        raise OutputError(f"{label} {str(out)!r} is a file, not a directory; {fix}")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {label} {str(out)!r}: {exc.strerror}; {fix}") from None
-    return out
-
-
 def is_temporary(name: str) -> bool:
     """Whether ``name`` is a temporary file name of :func:`write_stream` (``.<name>.sgdstab-<pid>-<random>.tmp``)."""
     return _TEMP_NAME.match(name) is not None
@@ -309,6 +296,19 @@ def _alive(pid: int) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------------- ownership
+def make_directory(folder: PathLike, label: str, fix: str) -> Path:
+    """Create ``folder`` and its parents if missing; a file in its place, or a folder that cannot be made, is a
+    one-line :class:`OutputError` naming it as ``label`` ("output directory", "tracker output") and the ``fix``."""
+    out = Path(folder)
+    if out.exists() and not out.is_dir():
+        raise OutputError(f"{label} {str(out)!r} is a file, not a directory; {fix}")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {label} {str(out)!r}: {exc.strerror}; {fix}") from None
+    return out
+
+
 def read_marker(folder: PathLike) -> dict[str, Any] | None:
     """The ownership marker of ``folder`` as ``{"owner": str, "files": [str]}``, or None when there is none.
     A marker that is not sgdstab's (not a regular file, too large, not its JSON) raises :class:`OutputError`."""
